@@ -1,0 +1,1 @@
+"""The stepwatch wire protocol, sans I/O."""

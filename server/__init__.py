@@ -1,0 +1,1 @@
+"""The stepwatch server: the monitored sampling engine, the built-in model and the service."""
