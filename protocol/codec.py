@@ -60,7 +60,7 @@ class _Direction:
 def _direction(sender: str, classes: Iterable[type[Any]], max_frame_bytes: int) -> _Direction:
     specs = {cls.TYPE: compile_record(cls) for cls in classes}
     names = {TYPE_KEY: max(map(len, specs)), VERSION_KEY: 0}
-    bounds = unpack_limits(specs.values(), names)
+    bounds = unpack_limits(specs.values(), names, floor=limits.MAX_NAME_CHARS)
     return _Direction(sender, specs, max_frame_bytes, bounds)
 
 
@@ -87,7 +87,14 @@ def encode(message: Message) -> bytes:
     body = spec.write(message)
     # Check what we send exactly as the peer will, so a bad value fails here, at its source.
     spec.read(body, "")
-    frame = msgpack.packb({TYPE_KEY: message.TYPE, VERSION_KEY: PROTOCOL_VERSION, **body})
+    try:
+        frame = msgpack.packb({TYPE_KEY: message.TYPE, VERSION_KEY: PROTOCOL_VERSION, **body})
+    # The only value that passes the checks but cannot be packed: a str holding a lone
+    # surrogate, which has no UTF-8 form (no decoded frame ever produces one).
+    except UnicodeEncodeError as exc:
+        raise MessageError(
+            ErrorCode.INVALID_VALUE, f"a string is not valid Unicode: {exc}"
+        ) from exc
     assert isinstance(frame, bytes)
     _check_size(frame, direction)
     return frame
@@ -153,8 +160,8 @@ def _nested_deeper_than(value: object, depth_limit: int) -> bool:
         item, depth = pending.pop()
         if isinstance(item, dict):
             children: Iterable[object] = item.values()
-        elif isinstance(item, tuple):
-            children = item
+        elif type(item) is tuple:  # exactly: msgpack's ExtType is a named tuple
+            children = cast(tuple[object, ...], item)
         else:
             continue
         if depth > depth_limit:

@@ -44,6 +44,10 @@ class Length:
     high: int
 
 
+#: The Python types of a msgpack array: tuples when decoded, lists when written.
+_ARRAYS = (list, tuple)
+
+
 def describe(value: object) -> str:
     """Name a received value's wire type for an error message, without echoing its content."""
     match value:
@@ -59,7 +63,8 @@ def describe(value: object) -> str:
             return f"a string of {len(value)} characters"
         case bytes():
             return f"a binary of {len(value)} bytes"
-        case list() | tuple():
+        # Exact types: msgpack's ExtType is a named tuple, but no array.
+        case list() | tuple() if type(value) in _ARRAYS:
             return f"an array of {len(value)} items"
         case dict():
             return f"a map of {len(value)} entries"
@@ -204,8 +209,9 @@ class ListSpec:
     bounds: Length
 
     def read(self, value: object, path: str) -> object:
-        if not isinstance(value, list | tuple):
+        if type(value) not in _ARRAYS:
             raise _invalid(path, "an array", value)
+        assert isinstance(value, list | tuple)
         _check_length(path, len(value), self.bounds, "items")
         return tuple(self.item.read(item, f"{path}[{index}]") for index, item in enumerate(value))
 
@@ -358,19 +364,22 @@ def _need(bound: Range | Length | None, kind: type[_Bound], hint: Hint) -> _Boun
     return bound
 
 
-def unpack_limits(records: Iterable[RecordSpec], envelope: Mapping[str, int]) -> dict[str, int]:
+def unpack_limits(
+    records: Iterable[RecordSpec], envelope: Mapping[str, int], floor: int
+) -> dict[str, int]:
     """The largest string, binary, array and map any of ``records`` may hold, as the keyword
-    arguments of :func:`msgpack.unpackb` (``max_str_len`` and so on).
+    arguments of :func:`msgpack.unpackb` (``max_str_len`` and so on), and never below ``floor``.
 
     ``envelope`` maps the top-level keys every frame adds (``type``, ``v``) to the longest
     string each may hold; they count towards the longest string and the largest top-level map.
+    The floor lets a short value of a kind no field has (a binary in a client frame) reach the
+    schema, which names the field it is in.
     """
-    most = {"max_str_len": max(map(len, envelope)), "max_bin_len": 0, "max_array_len": 0}
-    most["max_map_len"] = 0
+    most = dict.fromkeys(("max_str_len", "max_bin_len", "max_array_len", "max_map_len"), floor)
     for record in records:
         most["max_map_len"] = max(most["max_map_len"], len(record.fields) + len(envelope))
         _widen(most, record)
-    most["max_str_len"] = max(most["max_str_len"], *envelope.values())
+    most["max_str_len"] = max(most["max_str_len"], *map(len, envelope), *envelope.values())
     return most
 
 
