@@ -9,6 +9,7 @@ every mutant to both decoders. The run is derandomized, so CI sees the same fram
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,8 +30,17 @@ from stepwatch.protocol import (
     encode,
 )
 
-EXAMPLES = 450
+EXAMPLES = 300
 MINIMUM_FRAMES = 10_000
+DECODER_CODES = {
+    "malformed_frame",
+    "invalid_message",
+    "unknown_type",
+    "unknown_field",
+    "missing_field",
+    "invalid_value",
+    "unsupported_version",
+}
 TYPE_NAMES = [cls.TYPE for cls in (*CLIENT_MESSAGE_TYPES, *SERVER_MESSAGE_TYPES)]
 
 
@@ -90,32 +100,36 @@ def mutate_structure(frame: bytes, rnd: random.Random, junk: Any) -> bytes:
 
 
 def mutants(frame: bytes, rnd: random.Random, junk: Any) -> Iterator[bytes]:
-    for _ in range(6):
+    """36 broken variants of ``frame``."""
+    for _ in range(10):
         yield flip_bits(frame, rnd)
-    for _ in range(3):
-        yield frame[: rnd.randrange(len(frame))]
     for _ in range(4):
+        yield frame[: rnd.randrange(len(frame))]
+    for _ in range(6):
         yield edit_bytes(frame, rnd)
     yield frame + msgpack.packb(junk)
     yield rnd.randbytes(rnd.randrange(64))
     yield msgpack.packb(junk)
     yield msgpack.packb({"type": rnd.choice(TYPE_NAMES), "v": 1, "junk": junk})
-    for _ in range(8):
+    for _ in range(12):
         yield mutate_structure(frame, rnd, junk)
 
 
-def check_decoder(decode: Callable[[bytes], Message], frame: bytes) -> None:
+def check_decoder(decode: Callable[[bytes], Message], frame: bytes) -> str:
+    """Decode ``frame``; return the error code, or ``"ok"``."""
     try:
         message = decode(frame)
     except ProtocolError as exc:
         assert isinstance(exc.code, ErrorCode)
         # Whatever the decoder says must itself be sendable back to the peer.
         encode(Error.from_exception(exc, request_id="r", run_id="r"))
-    else:
-        assert decode(encode(message)) == message
+        return exc.code.value
+    assert decode(encode(message)) == message
+    return "ok"
 
 
 def test_decoders_raise_only_protocol_errors() -> None:
+    outcomes: Counter[str] = Counter()
     frames = 0
 
     @settings(
@@ -129,9 +143,11 @@ def test_decoders_raise_only_protocol_errors() -> None:
     def fuzz(message: Message, junk: Any, rnd: random.Random) -> None:
         nonlocal frames
         for frame in mutants(encode(message), rnd, junk):
-            check_decoder(decode_client, frame)
-            check_decoder(decode_server, frame)
+            outcomes[check_decoder(decode_client, frame)] += 1
+            outcomes[check_decoder(decode_server, frame)] += 1
             frames += 1
 
     fuzz()
     assert frames >= MINIMUM_FRAMES
+    # The mutants reach every stage of the decoder, not just the msgpack parser.
+    assert set(outcomes) >= {"ok", *DECODER_CODES}, outcomes
