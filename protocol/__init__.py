@@ -1,1 +1,121 @@
-"""The stepwatch wire protocol, sans I/O."""
+"""The stepwatch wire protocol, sans I/O: typed messages, their msgpack codec, limits, errors.
+
+Bytes in, typed messages out; typed messages in, bytes out. Nothing here opens a socket, starts
+a task or imports the server's stack, so any transport (the server's Starlette WebSocket, the
+client's ``websockets`` connection, a test) can drive it. ``protocol/README.md`` specifies the
+protocol for implementers in other languages.
+"""
+
+from .client_messages import (
+    ClientMessage,
+    Hello,
+    Ping,
+    ResumePoint,
+    Set,
+    Start,
+    Stop,
+    Subscribe,
+    Unsubscribe,
+)
+from .codec import (
+    PROTOCOL_VERSION,
+    SUBPROTOCOL,
+    SUPPORTED_VERSIONS,
+    decode_client,
+    decode_server,
+    encode,
+)
+from .errors import ErrorCode, FrameError, MessageError, ProtocolError, error_for
+from .messages import (
+    CLIENT_MESSAGE_TYPES,
+    RUN_EVENT_TYPES,
+    SERVER_MESSAGE_TYPES,
+    Message,
+)
+from .server_messages import (
+    Accepted,
+    Adjusted,
+    Applied,
+    Check,
+    Error,
+    Finished,
+    HistoryEntry,
+    Image,
+    ModelInfo,
+    Pong,
+    Preview,
+    Progress,
+    RunError,
+    RunEvent,
+    RunParameters,
+    ServerMessage,
+    SettingChange,
+    Started,
+    Subscribed,
+    Unsubscribed,
+    VerifierInfo,
+    Welcome,
+)
+from .values import (
+    Decision,
+    FinishReason,
+    PreviewFormat,
+    RunState,
+    Setting,
+    StopMode,
+)
+
+__all__ = [
+    "CLIENT_MESSAGE_TYPES",
+    "PROTOCOL_VERSION",
+    "RUN_EVENT_TYPES",
+    "SERVER_MESSAGE_TYPES",
+    "SUBPROTOCOL",
+    "SUPPORTED_VERSIONS",
+    "Accepted",
+    "Adjusted",
+    "Applied",
+    "Check",
+    "ClientMessage",
+    "Decision",
+    "Error",
+    "ErrorCode",
+    "Finished",
+    "FinishReason",
+    "FrameError",
+    "Hello",
+    "HistoryEntry",
+    "Image",
+    "Message",
+    "MessageError",
+    "ModelInfo",
+    "Ping",
+    "Pong",
+    "Preview",
+    "PreviewFormat",
+    "Progress",
+    "ProtocolError",
+    "ResumePoint",
+    "RunError",
+    "RunEvent",
+    "RunParameters",
+    "RunState",
+    "ServerMessage",
+    "Set",
+    "Setting",
+    "SettingChange",
+    "Start",
+    "Started",
+    "Stop",
+    "StopMode",
+    "Subscribe",
+    "Subscribed",
+    "Unsubscribe",
+    "Unsubscribed",
+    "VerifierInfo",
+    "Welcome",
+    "decode_client",
+    "decode_server",
+    "encode",
+    "error_for",
+]
