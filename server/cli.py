@@ -13,6 +13,8 @@ import sys
 
 def serve(parser: argparse.ArgumentParser) -> None:
     """Run the stepwatch service."""
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    parser.add_argument("--port", type=int, default=8765, help="port to listen on")
     parser.set_defaults(handler=_serve)
 
 
