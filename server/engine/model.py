@@ -86,7 +86,7 @@ class PromptVocabulary:
     description: str
 
 
-PromptCheck = Callable[[str], None]
+PromptCheck = Callable[[str], object]
 
 
 @dataclass(frozen=True, eq=False)
@@ -305,11 +305,14 @@ def describe_pipeline(
     vocabulary: PromptVocabulary | None = None,
     prompt_check: PromptCheck | None = None,
     verifiers: tuple[ModelVerifier, ...] = (),
+    fixed_size: bool | None = None,
 ) -> LoadedModel:
     """Describe ``pipeline`` as a :class:`LoadedModel` named ``name``.
 
     ``tiny_autoencoder`` (an ``AutoencoderTiny``) adds the ``tiny`` preview decoder;
-    ``overrides`` replaces fields of the derived :class:`ModelDefaults`. Raises
+    ``overrides`` replaces fields of the derived :class:`ModelDefaults`; ``fixed_size`` says the
+    model makes images of its default size only (derived: the pipeline takes no height/width).
+    ``verifiers`` are the model's own (the first is its default verifier). Raises
     :class:`~.errors.ModelError` for a pipeline the engine cannot watch.
     """
     names, steps, cfg = _call_defaults(pipeline)
@@ -340,7 +343,7 @@ def describe_pipeline(
         schedulers=samplers.schedule_names(),
         decoders=decoders,
         flow=flow,
-        fixed_size="height" not in names or "width" not in names,
+        fixed_size=fixed_size if fixed_size is not None else not {"height", "width"} <= names,
         guidance_live=hasattr(type(pipeline), "do_classifier_free_guidance"),
         call_parameters=names,
         base_scheduler_config=dict(pipeline.scheduler.config),

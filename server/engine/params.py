@@ -128,6 +128,8 @@ class RunParams:
             "preview_format",
             f"must be one of {', '.join(PreviewFormat)}",
         )
+        # Accept the plain string a wire message carries; keep the enum from here on.
+        object.__setattr__(self, "preview_format", PreviewFormat(self.preview_format))
 
 
 def _check_policy_settings(params: RunParams) -> None:
