@@ -272,10 +272,10 @@ def _preview_decoders(
 def _call_defaults(pipeline: Any) -> tuple[frozenset[str], int, float]:
     parameters = inspect.signature(pipeline.__call__).parameters
     names = frozenset(parameters)
-    if "callback_on_step_end" not in names:
+    if "callback_on_step_end" not in names or not hasattr(type(pipeline), "interrupt"):
         raise ModelError(
-            f"{type(pipeline).__name__} does not support callback_on_step_end; "
-            "the engine cannot watch it"
+            f"{type(pipeline).__name__} does not support callback_on_step_end and interrupt; "
+            "the engine cannot watch and stop it"
         )
     steps = parameters.get("num_inference_steps")
     cfg = parameters.get("guidance_scale")

@@ -56,7 +56,7 @@ from .events import (
 )
 from .model import LoadedModel
 from .params import RunParams, SettingsChange
-from .policy import CFG_OFF_AT, PolicyDecision, PolicySettings, cfg_refusal, decide
+from .policy import CFG_OFF_AT, PolicyDecision, PolicySettings, Scored, cfg_refusal, decide
 from .previews import PreviewDecoder, encode_png, encode_thumbnail, to_uint8
 from .verifiers import Verifier, VerifierRegistry, score_batch
 from .x0 import StepCapture
@@ -357,7 +357,7 @@ class _MonitoredRun:
             raise _RunFailed(
                 FailureCode.VERIFIER_FAILED, f"verifier {params.verifier}: {exc}"
             ) from exc
-        scored = [*self.history, _Scored(self.step, score.value)]
+        scored: list[Scored] = [*self.history, _Scored(self.step, score.value)]
         decision = decide(scored, self.settings, cfg=self.cfg, total_steps=self.total)
         record = QualityRecord(
             step=self.step,

@@ -124,10 +124,12 @@ def _load_diffusers(spec: ModelSpec, device: torch.device, dtype: torch.dtype) -
     from diffusers import AutoencoderTiny, DiffusionPipeline
 
     try:
-        pipeline = DiffusionPipeline.from_pretrained(spec.source, dtype=dtype).to(device)
+        pipeline = DiffusionPipeline.from_pretrained(spec.source, dtype=dtype)  # type: ignore[no-untyped-call]
+        pipeline = pipeline.to(device)
         tiny = None
         if spec.tiny_vae is not None:
-            tiny = AutoencoderTiny.from_pretrained(spec.tiny_vae, dtype=dtype).to(device)
+            tiny = AutoencoderTiny.from_pretrained(spec.tiny_vae, dtype=dtype)  # type: ignore[no-untyped-call]
+            tiny = tiny.to(device)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelError(f"cannot load model {spec.name!r} from {spec.source!r}: {exc}") from exc
     return describe_pipeline(spec.name, pipeline, tiny_autoencoder=tiny)
