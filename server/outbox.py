@@ -8,10 +8,14 @@ for a slow connection. The rules are the protocol README's:
   dropped and the newer one joins the end of the queue (so ``seq`` stays increasing);
 - a **check** with a preview collapses the preview of an older check of the same run still
   waiting (that check goes out with ``preview`` nil);
-- nothing else is ever dropped. When more than ``capacity`` frames wait, the connection is too
-  slow: the outbox *overflows*, takes nothing more, and its reader (the connection's sender)
+- nothing else is ever dropped. When more than ``capacity`` live frames wait, the connection is
+  too slow: the outbox *overflows*, takes nothing more, and its reader (the connection's sender)
   learns it from :meth:`Outbox.get` (:class:`OutboxOverflow`) and closes the connection with
   ``slow_consumer``; the client resumes from the last ``seq`` it saw.
+
+A replay (the events a ``subscribe`` asks for) is queued at once and does not count against the
+capacity: its frames are the run log's own bytes, so it costs the outbox little memory, and the
+send timeout still drops a client that does not read it.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class _Waiting:
     frame: bytes
     run_id: str | None = None
     event: LoggedEvent | None = None
+    counted: bool = True
     dropped: bool = False
     collapsed: bool = False
 
@@ -70,23 +75,25 @@ class Outbox:
         return self._closed or self.overflowed
 
     def __len__(self) -> int:
-        """Frames waiting to be sent."""
+        """Live frames waiting to be sent."""
         return self._waiting
 
     def reply(self, message: ServerMessage) -> None:
         """Queue a reply (``welcome``, ``error``, ...); replies are never dropped."""
         self._push(_Waiting(encode(message)))
 
-    def event(self, run_id: str, event: LoggedEvent) -> None:
-        """Queue a run event, superseding waiting progress or previews of the same run."""
+    def event(self, run_id: str, event: LoggedEvent, *, replay: bool = False) -> None:
+        """Queue a run event, superseding waiting progress or previews of the same run.
+
+        ``replay`` events (see the module docstring) do not count against the capacity.
+        """
         if self.closed:
             return
-        item = _Waiting(event.frame, run_id, event)
+        item = _Waiting(event.frame, run_id, event, counted=not replay)
         if event.coalescible:
             older = self._progress.pop(run_id, None)
             if older is not None:
-                older.dropped = True
-                self._waiting -= 1
+                self._drop(older)
             self._progress[run_id] = item
         elif event.has_preview:
             older = self._preview.pop(run_id, None)
@@ -99,8 +106,7 @@ class Outbox:
         """Drop every waiting event of ``run_id`` (the connection stopped watching it)."""
         for item in self._queue:
             if item.run_id == run_id and not item.dropped:
-                item.dropped = True
-                self._waiting -= 1
+                self._drop(item)
         self._progress.pop(run_id, None)
         self._preview.pop(run_id, None)
 
@@ -109,15 +115,20 @@ class Outbox:
         self._closed = True
         self._ready.set()
 
+    def _drop(self, item: _Waiting) -> None:
+        item.dropped = True
+        if item.counted:
+            self._waiting -= 1
+
     def _push(self, item: _Waiting) -> None:
         if self.closed:
             return
-        if self._waiting >= self.capacity:
+        if item.counted and self._waiting >= self.capacity:
             self.overflowed = True
             self._ready.set()
             return
         self._queue.append(item)
-        self._waiting += 1
+        self._waiting += item.counted
         self._ready.set()
 
     async def get(self) -> bytes | None:
@@ -132,7 +143,7 @@ class Outbox:
                 item = self._queue.popleft()
                 if item.dropped:
                     continue
-                self._waiting -= 1
+                self._waiting -= item.counted
                 if item.run_id is not None:
                     self._release(item)
                 return item.bytes_to_send()

@@ -282,7 +282,7 @@ class RunManager:
             outbox.forget_run(run_id)
             outbox.reply(Subscribed(run_id, run.state, run.log.last_seq))
             for event in run.log.after(after_seq):
-                outbox.event(run_id, event)
+                outbox.event(run_id, event, replay=True)
             if not run.finished:
                 run.watchers.add(outbox)
             return
@@ -293,7 +293,7 @@ class RunManager:
         outbox.forget_run(run_id)
         outbox.reply(Subscribed(run_id, "finished", stored))
         for frame in frames:
-            outbox.event(run_id, logged_from_frame(frame))
+            outbox.event(run_id, logged_from_frame(frame), replay=True)
 
     def unsubscribe(self, run_id: str, outbox: Outbox) -> None:
         """Stop sending ``run_id``'s events to ``outbox`` (and drop those waiting)."""

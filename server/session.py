@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, assert_never
 
 import anyio
 from starlette.responses import PlainTextResponse
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketDisconnected
 
 from stepwatch.protocol import (
     SUBPROTOCOL,
@@ -59,6 +59,8 @@ CAPABILITIES = ("previews", "resume", "steer", "early_stop")
 CLOSE_TIMEOUT = 1.0
 #: WebSocket close codes the session uses.
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY = 1000, 1001, 1008
+#: What sending on a connection the client has closed raises.
+GONE = (WebSocketDisconnect, WebSocketDisconnected, OSError)
 #: Codes after which the session closes the connection.
 CLOSING_CODES = frozenset(
     {ErrorCode.HELLO_REQUIRED, ErrorCode.UNAUTHORIZED, ErrorCode.UNSUPPORTED_VERSION}
@@ -260,7 +262,7 @@ class Session:
                     await self.websocket.send({"type": "websocket.send", "bytes": frame})
         except (OutboxOverflow, TimeoutError) as exc:
             await self._drop_slow_consumer(exc)
-        except (WebSocketDisconnect, RuntimeError):
+        except GONE:
             pass  # the client went away; nothing more can be sent
         else:
             await self._close_socket(self.close_code, self.close_reason)
@@ -276,7 +278,7 @@ class Session:
         with anyio.move_on_after(CLOSE_TIMEOUT):
             try:
                 await self.websocket.send({"type": "websocket.send", "bytes": encode(error)})
-            except (WebSocketDisconnect, RuntimeError):
+            except GONE:
                 return
         await self._close_socket(CLOSE_POLICY, ErrorCode.SLOW_CONSUMER.value)
 
@@ -284,5 +286,5 @@ class Session:
         with anyio.move_on_after(CLOSE_TIMEOUT):
             try:
                 await self.websocket.close(code, reason)
-            except (WebSocketDisconnect, RuntimeError):
+            except GONE:
                 pass

@@ -225,3 +225,26 @@ class Recorder:
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
+
+
+# -- the service's tests (tests/server/service) ---------------------------------------------------
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def served_model() -> LoadedModel:
+    """The tiny SD model the service tests serve (its own pipeline: servers run it in threads)."""
+    return describe_pipeline("tiny", make_sd_pipeline())
+
+
+@pytest.fixture(scope="session")
+def large_preview_model() -> LoadedModel:
+    """A tiny SD model whose previews are full VAE decodes at the image's size: runs of it
+    send large frames (a 128×128 PNG preview is about 50 KB), as real models do."""
+    return describe_pipeline(
+        "tiny-vae", make_sd_pipeline(seed=1), overrides={"preview_decoder": "vae"}
+    )

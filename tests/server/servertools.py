@@ -67,12 +67,19 @@ class RunningServer:
 
 @asynccontextmanager
 async def running_server(
-    config: ServerConfig, load_models: ModelLoader
+    config: ServerConfig, load_models: ModelLoader, *, send_buffer: int | None = None
 ) -> AsyncIterator[RunningServer]:
     """Serve ``config`` on a free loopback port for the duration of the block, then shut down
-    the way SIGTERM does (runs finish with reason ``shutdown``)."""
+    the way SIGTERM does (runs finish with reason ``shutdown``).
+
+    ``send_buffer`` fixes the kernel's send buffer of every connection (accepted sockets inherit
+    it from the listening one), as on a slow network; by default loopback buffers grow to
+    megabytes and hide a client that does not read.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     app = create_app(config, load_models=load_models)
@@ -97,38 +104,47 @@ async def running_server(
 
 @dataclass
 class Client:
-    """One protocol connection. Messages nobody waited for yet stay in :attr:`inbox`."""
+    """One protocol connection.
+
+    Messages nobody waited for yet stay in :attr:`inbox`; every run event received is also kept
+    in :attr:`seen`, by run, in the order it arrived.
+    """
 
     ws: ClientConnection
     inbox: list[ServerMessage] = field(default_factory=list)
+    seen: dict[str, list[RunEvent]] = field(default_factory=dict)
     welcome: Welcome | None = None
 
     async def send(self, message: ClientMessage) -> None:
         await self.ws.send(encode(message))
 
-    async def recv(self, timeout: float = WAIT) -> ServerMessage:
+    async def _read(self) -> ServerMessage:
+        message = decode_server(await self.ws.recv())
+        if isinstance(message, RunEvent):
+            self.seen.setdefault(message.run_id, []).append(message)
+        return message
+
+    async def recv(self) -> ServerMessage:
         """The next message, from the inbox first."""
         if self.inbox:
             return self.inbox.pop(0)
-        with anyio.fail_after(timeout):
-            return decode_server(await self.ws.recv())
+        with anyio.fail_after(WAIT):
+            return await self._read()
 
-    async def next(
-        self, wanted: Callable[[ServerMessage], bool], timeout: float = WAIT
-    ) -> ServerMessage:
+    async def next(self, wanted: Callable[[ServerMessage], bool]) -> ServerMessage:
         """The first message (inbox first) for which ``wanted`` is true; others are kept."""
         for index, message in enumerate(self.inbox):
             if wanted(message):
                 return self.inbox.pop(index)
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(WAIT):
             while True:
-                message = decode_server(await self.ws.recv())
+                message = await self._read()
                 if wanted(message):
                     return message
                 self.inbox.append(message)
 
-    async def expect(self, kind: type[M], timeout: float = WAIT) -> M:
-        message = await self.next(lambda m: isinstance(m, kind), timeout)
+    async def expect(self, kind: type[M]) -> M:
+        message = await self.next(lambda m: isinstance(m, kind))
         assert isinstance(message, kind)
         return message
 
@@ -145,17 +161,32 @@ class Client:
         assert isinstance(reply, Accepted), reply
         return reply
 
-    async def run_events(self, run_id: str, timeout: float = WAIT) -> list[RunEvent]:
-        """Every event of ``run_id`` up to and including ``finished``."""
-        events: list[RunEvent] = []
-        while True:
-            message = await self.next(
-                lambda m: isinstance(m, RunEvent) and m.run_id == run_id, timeout
-            )
-            assert isinstance(message, RunEvent)
-            events.append(message)
-            if isinstance(message, Finished):
-                return events
+    async def event(self, run_id: str, kind: type[M]) -> M:
+        """The next event of ``run_id`` of type ``kind`` (it stays in :attr:`seen`)."""
+        message = await self.next(lambda m: isinstance(m, kind) and m.run_id == run_id)
+        assert isinstance(message, kind)
+        return message
+
+    async def run_events(self, run_id: str) -> list[RunEvent]:
+        """Every event of ``run_id`` received, once its ``finished`` has arrived."""
+        if not any(isinstance(e, Finished) for e in self.seen.get(run_id, [])):
+            await self.event(run_id, Finished)
+        self.inbox = [m for m in self.inbox if not (isinstance(m, RunEvent) and m.run_id == run_id)]
+        return list(self.seen[run_id])
+
+
+async def all_run_events(run_id: str, *clients: Client) -> list[list[RunEvent]]:
+    """The events of ``run_id`` as each client received them, read by all at once (a client
+    read after another would fall behind meanwhile)."""
+    results: dict[int, list[RunEvent]] = {}
+
+    async def read(index: int, client: Client) -> None:
+        results[index] = await client.run_events(run_id)
+
+    async with anyio.create_task_group() as readers:
+        for index, client in enumerate(clients):
+            readers.start_soon(read, index, client)
+    return [results[index] for index in range(len(clients))]
 
 
 @asynccontextmanager
