@@ -208,3 +208,10 @@ async def connect(
             await client.send(Hello(client="tests/1", token=token, resume=tuple(resume)))
             client.welcome = await client.expect(Welcome)
         yield client
+
+
+class BrokenVerifier:
+    """A custom verifier (registered as ``module:callable``) that fails at its first check."""
+
+    def score(self, images: Any, prompt: str) -> list[float]:
+        raise RuntimeError("the verifier's model is missing")
