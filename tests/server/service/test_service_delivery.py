@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from servertools import collect, connect, running_server
@@ -29,7 +30,7 @@ from stepwatch.server.engine.model import LoadedModel
 
 pytestmark = pytest.mark.anyio
 
-LARGE_FRAMES = {
+LARGE_FRAMES: dict[str, Any] = {
     "model": "tiny-vae",
     "prompt": "red circle",
     "steps": 40,
