@@ -1,4 +1,4 @@
-"""Tiny random-weight Stable Diffusion pipelines, built offline, for the engine and loader tests.
+"""Tiny random-weight SD, SDXL and SD3 pipelines, built offline, for the engine and loader tests.
 
 They follow diffusers' own ``get_dummy_components`` pattern: real pipeline classes with a few
 thousand parameters, 32×32 images, seeded. The CLIP tokenizer is built from an in-memory
@@ -23,6 +23,9 @@ from diffusers import (  # noqa: E402
     AutoencoderTiny,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -161,6 +164,53 @@ def make_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     return pipeline
 
 
+def make_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
+    """A tiny SD3 pipeline: flow matching, a 16-channel latent, no T5 (the pipeline pads)."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    config = _text_config(tokenizer)
+    transformer = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=1,
+        in_channels=16,
+        out_channels=16,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=64,
+        pooled_projection_dim=64,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(4, 8),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=2,
+        sample_size=32,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=1.5305,
+        shift_factor=0.0609,
+    )
+    pipeline = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=CLIPTextModelWithProjection(config),
+        tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(config),
+        tokenizer_2=tiny_tokenizer(),
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
 def make_tiny_autoencoder(seed: int = 0) -> AutoencoderTiny:
     """A tiny random ``AutoencoderTiny`` matching the tiny pipelines' 4-channel, 2× latents."""
     torch.manual_seed(seed)
@@ -181,6 +231,11 @@ def sd_pipeline() -> Iterator[StableDiffusionPipeline]:
 @pytest.fixture(scope="session")
 def sdxl_pipeline() -> Iterator[StableDiffusionXLPipeline]:
     yield make_sdxl_pipeline()
+
+
+@pytest.fixture(scope="session")
+def sd3_model() -> LoadedModel:
+    return describe_pipeline("tiny-sd3", make_sd3_pipeline())
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,6 @@ BASE: dict[str, Any] = {
     "seed": 3,
     "steps": 12,
     "cfg": 3.0,
-    "sampler": "dpmpp_2m",
     "early_stop": False,
 }
 
@@ -79,7 +78,7 @@ def registry_with(verifier_id: str, verifier: object) -> VerifierRegistry:
     return registry
 
 
-@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model"])
+@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model", "sd3_model"])
 def test_checks_happen_exactly_at_the_interval(
     model_name: str, recorder: Recorder, request: pytest.FixtureRequest
 ) -> None:
@@ -123,7 +122,7 @@ def test_monitoring_without_actions_leaves_the_image_unchanged(
     assert np.abs(pixels(result.image.png) - to_uint8(bare)[0]).max() <= 1
 
 
-@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model"])
+@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model", "sd3_model"])
 def test_previews_show_x0_not_the_noisy_latent(
     model_name: str, recorder: Recorder, request: pytest.FixtureRequest
 ) -> None:
@@ -156,7 +155,7 @@ def _bare_latents(model: LoadedModel, steps: int) -> dict[int, torch.Tensor]:
         latents[index + 1] = tensors["latents"].clone()
         return {}
 
-    model.pipeline.scheduler = model.build_scheduler("dpmpp_2m", "normal")
+    model.pipeline.scheduler = model.build_scheduler(model.defaults.sampler, "normal")
     model.pipeline(
         "red circle",
         num_inference_steps=steps,
@@ -173,7 +172,8 @@ def _observe_guidance(model: LoadedModel, recorder: Recorder) -> list[float]:
     projected onto (conditional - unconditional), from the UNet's own outputs."""
     used: list[float] = []
     unet_outputs: list[torch.Tensor] = []
-    hook = model.pipeline.unet.register_forward_hook(
+    denoiser = getattr(model.pipeline, "unet", None) or model.pipeline.transformer
+    hook = denoiser.register_forward_hook(
         lambda module, args, output: unet_outputs.append(output[0])
     )
 
@@ -198,7 +198,7 @@ def _observe_guidance(model: LoadedModel, recorder: Recorder) -> list[float]:
     return used
 
 
-@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model"])
+@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model", "sd3_model"])
 def test_a_cfg_raise_is_used_by_the_following_steps(
     model_name: str, recorder: Recorder, request: pytest.FixtureRequest
 ) -> None:
@@ -238,7 +238,7 @@ def test_a_run_without_cfg_is_never_switched_to_cfg(
     assert "CFG is off" in recorder.checks[0].reason
 
 
-@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model"])
+@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model", "sd3_model"])
 def test_early_stop_ends_before_the_last_step_with_the_decoded_x0(
     model_name: str, recorder: Recorder, request: pytest.FixtureRequest
 ) -> None:
