@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_autoencoder
 from PIL import Image
+from tiny_models import make_tiny_autoencoder
 
 from stepwatch.server.engine.events import Preview
 from stepwatch.server.engine.model import Family, LoadedModel, detect_family
