@@ -122,6 +122,8 @@ class Session:
         self.close_code = CLOSE_NORMAL
         self.close_reason = ""
         self._scope = anyio.CancelScope()
+        #: When the send in progress began (loop time); ``None`` between sends.
+        self._send_started: float | None = None
 
     async def run(self) -> None:
         """Serve the connection until either side closes it."""
@@ -256,17 +258,41 @@ class Session:
     # -- sending -------------------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
-        try:
-            while (frame := await self.outbox.get()) is not None:
-                with anyio.fail_after(self.limits.send_timeout):
+        stalled: Exception | None = None
+        gone = False
+        async with anyio.create_task_group() as sending:
+            sending.start_soon(self._watch_sends, sending.cancel_scope)
+            try:
+                while (frame := await self.outbox.get()) is not None:
+                    self._send_started = anyio.current_time()
                     await self.websocket.send({"type": "websocket.send", "bytes": frame})
-        except (OutboxOverflow, TimeoutError) as exc:
-            await self._drop_slow_consumer(exc)
-        except GONE:
-            pass  # the client went away; nothing more can be sent
-        else:
+                    self._send_started = None
+            except OutboxOverflow as exc:
+                stalled = exc
+            except GONE:
+                gone = True  # the client went away; nothing more can be sent
+            sending.cancel_scope.cancel()
+        if self._send_started is not None:
+            stalled = TimeoutError(f"a send took longer than {self.limits.send_timeout:g} s")
+        if stalled is not None:
+            await self._drop_slow_consumer(stalled)
+        elif not gone:
             await self._close_socket(self.close_code, self.close_reason)
         self._scope.cancel()
+
+    async def _watch_sends(self, sending: anyio.CancelScope) -> None:
+        """Cancel ``sending`` when one send has waited longer than the send timeout.
+
+        One watchdog per connection instead of a timeout around every send: a send costs no
+        timer, which matters when one event goes to many watchers.
+        """
+        timeout = self.limits.send_timeout
+        while True:
+            await anyio.sleep(timeout / 4)
+            started = self._send_started
+            if started is not None and anyio.current_time() - started > timeout:
+                sending.cancel()
+                return
 
     async def _drop_slow_consumer(self, exc: Exception) -> None:
         logger.info("closing a connection that does not read its events: %s", exc)

@@ -61,10 +61,21 @@ def assert_resumed(resumed: list[RunEvent], reference: list[RunEvent], after_seq
     assert isinstance(resumed[-1], Finished)
 
 
+@pytest.mark.parametrize(
+    "limits",
+    [
+        ServiceLimits(outbox_size=8, send_timeout=60.0),  # its outbox overflows
+        ServiceLimits(outbox_size=4096, send_timeout=0.5),  # a send waits too long
+    ],
+    ids=["overflow", "send_timeout"],
+)
 async def test_a_watcher_that_stops_reading_is_dropped_and_can_resume(
-    tmp_path: Path, served_model: LoadedModel, large_preview_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    large_preview_model: LoadedModel,
+    limits: ServiceLimits,
 ) -> None:
-    config = ServerConfig(data_dir=tmp_path, limits=ServiceLimits(outbox_size=8, send_timeout=0.5))
+    config = ServerConfig(data_dir=tmp_path, limits=limits)
     models = [served_model, large_preview_model]
     async with running_server(config, lambda c: models, send_buffer=4096) as server:
         stalled = socket.socket()
