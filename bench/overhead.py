@@ -139,7 +139,7 @@ def measure_overhead(
 
 def judge_readings(judge: Judge, result: RunResult) -> tuple[float, bool]:
     assert result.image is not None
-    pixels = np.asarray(Image.open(io.BytesIO(result.image.png)).convert("RGB"))
+    pixels = np.array(Image.open(io.BytesIO(result.image.png)).convert("RGB"))
     images = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
     [(score, _components)] = judge.score(images, result.params.prompt)
     [matches] = judge.matches(images, result.params.prompt)

@@ -26,7 +26,7 @@ def registry_for(model: LoadedModel) -> VerifierRegistry:
 
 
 def as_tensor(png: bytes) -> torch.Tensor:
-    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    pixels = np.array(Image.open(io.BytesIO(png)).convert("RGB"))
     return torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
 
 
