@@ -250,6 +250,11 @@ class RunManager:
             logger.error("cannot record a new run: %s", exc)
             raise ProtocolError(ErrorCode.INTERNAL, "the server cannot record runs") from exc
         self._runs[run.run_id] = run
+        if queue.closed:  # the server began to shut down while the run was being recorded
+            queue.reserved -= 1
+            owner.reply(Accepted(request_id, run.run_id, run.token, 0))
+            await self._finish(run, run.translator.unstarted(1, "shutdown"), 0)
+            return run
         # Nothing awaits between queueing and replying, so ``accepted`` precedes every event.
         position = queue.put(run)
         owner.reply(Accepted(request_id, run.run_id, run.token, position))
