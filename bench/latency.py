@@ -5,8 +5,9 @@ WebSocket clients in a child process. Latency is step end → client receipt: th
 handed an event over (stamped in the server) to the time a watcher's ``recv`` returned it, on one
 clock (``time.monotonic_ns``), for ``progress`` and ``check`` events that reached the watcher
 live. The sampler's pace is seconds per step between its first and last progress event; the
-slowdown compares it with the run nobody watched. Configurations are interleaved (rotated each
-repeat) so drifting machine load hits all alike.
+slowdown is the median, over repeats, of the pace of a watched run divided by that of an
+unwatched run right next to it (so load that drifts over minutes cancels out). The server's
+event-loop thread's CPU time per step is reported too: what fan-out costs, whatever the load.
 
 Targets: p99 <= 5 ms with 1 watcher, <= 20 ms with 100; slowdown <= 5 %.
 
@@ -47,6 +48,7 @@ def start_fields(args: argparse.Namespace) -> dict[str, Any]:
         "check_interval": args.check_interval,
         "early_stop": False,
         "quality_threshold": 0.0,  # no CFG raises: every run does the same work
+        **({"width": args.size, "height": args.size} if args.size else {}),
     }
 
 
@@ -66,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--prompt", default="red circle")
+    parser.add_argument("--size", type=int, help="image width and height (model default)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--check-interval", type=int, default=2)
     parser.add_argument("--watchers", type=int, nargs="+", default=[0, 1, 10, 100])
@@ -77,30 +80,43 @@ def main() -> None:
     pooled: dict[int, dict[str, list[int]]] = {n: defaultdict(list) for n in counts}
     paces: dict[int, list[float]] = {n: [] for n in counts}
     loop_cpu: dict[int, list[float]] = {n: [] for n in counts}
+    ratios: dict[int, list[float]] = {n: [1.0] if n == 0 else [] for n in counts}
     limits = ServiceLimits(max_runs_per_connection=64)
     with (
         tempfile.TemporaryDirectory() as data,
         ServerThread(model, Path(data), limits, None) as server,
     ):
         run_clients(_clients.watch_run, server.url, 1, {**fields, "steps": 10})  # warm up
+
+        def measure(n: int) -> float:
+            cpu_before = server.loop_cpu_ns()
+            result = run_clients(_clients.watch_run, server.url, n, fields)
+            server.wait_finished(result["run_id"])
+            cpu = server.loop_cpu_ns() - cpu_before
+            emitted = server.emitted(result["run_id"])
+            pace = step_seconds(emitted)
+            paces[n].append(pace)
+            loop_cpu[n].append(cpu / 1e6 / args.steps)
+            for kind, values in latencies(result, emitted).items():
+                pooled[n][kind].extend(values)
+            print(f"repeat {repeat + 1}, {n} watchers: {pace * 1e3:.2f} ms/step")
+            return pace
+
+        # Each watched run is paired with an unwatched one right before or after it, so load
+        # that drifts over minutes cancels out of the ratio.
         for repeat in range(args.repeats):
-            for n in counts[repeat % len(counts) :] + counts[: repeat % len(counts)]:
-                cpu_before = server.loop_cpu_ns()
-                result = run_clients(_clients.watch_run, server.url, n, fields)
-                server.wait_finished(result["run_id"])
-                cpu = server.loop_cpu_ns() - cpu_before
-                emitted = server.emitted(result["run_id"])
-                paces[n].append(step_seconds(emitted))
-                loop_cpu[n].append(cpu / 1e6 / args.steps)
-                for kind, values in latencies(result, emitted).items():
-                    pooled[n][kind].extend(values)
-                print(f"repeat {repeat + 1}, {n} watchers: {paces[n][-1] * 1e3:.2f} ms/step")
-    baseline = median(paces[0])
+            for n in counts[1:]:
+                if repeat % 2 == 0:
+                    baseline = measure(0)
+                    ratios[n].append(measure(n) / baseline)
+                else:
+                    watched = measure(n)
+                    ratios[n].append(watched / measure(0))
     rows, report = [], []
     for n in counts:
         pace = median(paces[n])
         progress, check = summary_ms(pooled[n]["progress"]), summary_ms(pooled[n]["check"])
-        slowdown = pace / baseline - 1
+        slowdown = median(ratios[n]) - 1
         cpu = median(loop_cpu[n])
         rows.append(
             [
@@ -122,6 +138,7 @@ def main() -> None:
                 "step_ms": pace * 1e3,
                 "step_ms_each": [p * 1e3 for p in paces[n]],
                 "slowdown": slowdown,
+                "paired_ratios": ratios[n],
                 "loop_cpu_ms_per_step": cpu,
             }
         )
@@ -141,7 +158,7 @@ def main() -> None:
         rows,
     )
     path = write_results(
-        "latency",
+        "latency" if not args.size else f"latency-{args.size}px",
         {
             "model": args.model,
             "fields": fields,

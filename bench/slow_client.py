@@ -57,6 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--prompt", default="red circle")
+    parser.add_argument("--size", type=int, help="image width and height (model default)")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--watchers", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
@@ -71,6 +72,7 @@ def main() -> None:
         "check_interval": 2,
         "early_stop": False,
         "quality_threshold": 0.0,
+        **({"width": args.size, "height": args.size} if args.size else {}),
         "preview_format": "png",
     }
     limits = ServiceLimits(send_timeout=args.send_timeout)
@@ -145,7 +147,7 @@ def main() -> None:
         f"{ratios['check_p99']:.2f}x, sampler {ratios['sampler']:.3f}x"
     )
     path = write_results(
-        "slow_client",
+        "slow_client" if not args.size else f"slow_client-{args.size}px",
         {
             "model": args.model,
             "fields": fields,

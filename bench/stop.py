@@ -41,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--prompt", default="red circle")
+    parser.add_argument("--size", type=int, help="image width and height (model default)")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
@@ -52,6 +53,7 @@ def main() -> None:
         "check_interval": 5,
         "early_stop": False,
         "quality_threshold": 0.0,
+        **({"width": args.size, "height": args.size} if args.size else {}),
     }
     choose = random.Random(0)
     stop_at = [choose.randrange(5, min(60, args.steps - 5)) for _ in range(args.repeats)]
@@ -107,7 +109,7 @@ def main() -> None:
         rows,
     )
     path = write_results(
-        "stop",
+        "stop" if not args.size else f"stop-{args.size}px",
         {
             "model": args.model,
             "fields": fields,
