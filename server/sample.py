@@ -59,6 +59,9 @@ def sample(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-steps", type=int, help="earliest early stop (half the steps)")
     parser.add_argument("--no-early-stop", action="store_true", help="never stop early")
     parser.add_argument("--preview-decoder", help="identity, linear, tiny or vae")
+    parser.add_argument(
+        "--preview-format", default="jpeg", choices=["jpeg", "webp", "png"], help="thumbnails"
+    )
     parser.add_argument("--out", type=Path, help="image file (default stepwatch-<seed>.png)")
     parser.add_argument("--json", action="store_true", help="one JSON object per event")
     parser.set_defaults(handler=_sample)
@@ -89,7 +92,7 @@ def _sample(args: argparse.Namespace) -> int:
     from stepwatch.server.engine.errors import EngineError
     from stepwatch.server.engine.events import FinishReason, StopMode
     from stepwatch.server.engine.monitor import run_monitored
-    from stepwatch.server.engine.params import RunParams
+    from stepwatch.server.engine.params import PreviewFormat, RunParams
     from stepwatch.server.engine.verifiers import VerifierRegistry
     from stepwatch.server.models.loading import ModelSpec, load_model
 
@@ -117,6 +120,7 @@ def _sample(args: argparse.Namespace) -> int:
                 min_steps=args.min_steps,
                 early_stop=not args.no_early_stop,
                 preview_decoder=args.preview_decoder,
+                preview_format=PreviewFormat(args.preview_format),
             )
         )
     except EngineError as exc:

@@ -57,7 +57,7 @@ def test_json_mode_prints_one_object_per_event_and_writes_the_image(
     }
     thumbnail = Image.open(io.BytesIO(base64.b64decode(check["preview"]["data"])))
     # The default preview decoder for SD is the linear one, at the latent's 16×16.
-    assert thumbnail.format == "WEBP" and thumbnail.size == (16, 16)
+    assert thumbnail.format == "JPEG" and thumbnail.size == (16, 16)
     finished = events[-1]["result"]
     assert finished["reason"] == "completed" and finished["steps_run"] == 6
     written = tmp_path / "stepwatch-7.png"

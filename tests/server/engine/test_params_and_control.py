@@ -18,7 +18,7 @@ def test_defaults_follow_the_original_design() -> None:
     params = RunParams("red circle")
     assert params.check_interval == 5
     assert params.steps is params.cfg is params.sampler is params.verifier is None
-    assert params.preview_format is PreviewFormat.WEBP
+    assert params.preview_format is PreviewFormat.JPEG
 
 
 @pytest.mark.parametrize(
