@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from servertools import all_run_events, connect, running_server
+from servertools import collect, connect, running_server
 from websockets.exceptions import ConnectionClosed
 
 from stepwatch.protocol import (
@@ -77,7 +77,7 @@ async def test_a_watcher_that_stops_reading_is_dropped_and_can_resume(
             accepted = await owner.start(**LARGE_FRAMES)
             for client in (watcher, slow):
                 await client.send(Subscribe(accepted.run_id))
-            reference, watched = await all_run_events(accepted.run_id, owner, watcher)
+            reference, watched = await collect((owner, accepted.run_id), (watcher, accepted.run_id))
             # Only now does the slow client read: what reached it, then the reason it was cut.
             received: list[ServerMessage] = []
             with pytest.raises(ConnectionClosed) as closed:
