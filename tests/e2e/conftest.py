@@ -42,7 +42,9 @@ def dashboard_built() -> None:
     )
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API holds an asyncio loop of its own in the main thread while
+# it runs, which the anyio tests of other folders must not find there.
+@pytest.fixture(scope="module")
 def server(
     dashboard_built: None, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DashboardServer]:
@@ -51,13 +53,13 @@ def server(
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     assert CHROMIUM.exists(), "Chromium is missing: apt-get install chromium (make test does)"
     browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -72,8 +72,11 @@ def stored_run(page: Page, base_url: str, run_id: str) -> dict[str, Any]:
     return record
 
 
-def image_loaded(page: Page, selector: str) -> bool:
-    """Whether the image at ``selector`` has been decoded (a broken image has no width)."""
-    return bool(
-        page.locator(selector).evaluate("image => image.complete && image.naturalWidth > 0")
+def wait_for_image(page: Page, selector: str) -> None:
+    """Wait until the image at ``selector`` has a source and is decoded (a broken image, or
+    one without a source yet, has no width)."""
+    page.wait_for_function(
+        "selector => { const image = document.querySelector(selector);"
+        " return Boolean(image?.src) && image.complete && image.naturalWidth > 0; }",
+        arg=selector,
     )

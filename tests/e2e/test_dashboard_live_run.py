@@ -8,11 +8,11 @@ from dashboard_actions import (
     OUTPUT,
     chart_checks,
     chart_steps,
-    image_loaded,
     open_dashboard,
     start_run,
     stored_run,
     wait_for_checks,
+    wait_for_image,
 )
 from dashboard_server import DashboardServer
 from playwright.sync_api import Page, expect
@@ -28,7 +28,7 @@ def test_start_watch_steer_and_stop_a_run(page: Page, server: DashboardServer) -
     seen = chart_checks(page)
     wait_for_checks(page, seen + 1)
     expect(page.locator("#filmstrip img")).not_to_have_count(0)
-    assert image_loaded(page, "#latest-preview")
+    wait_for_image(page, "#latest-preview")
     assert all(step % 10 == 0 for step in chart_steps(page))
 
     # The threshold moves: the run acknowledges the step it took effect, and the line follows.
@@ -47,7 +47,7 @@ def test_start_watch_steer_and_stop_a_run(page: Page, server: DashboardServer) -
     expect(page.locator("#run-state")).to_have_text("stopped")
     expect(ack).to_have_text(re.compile(r"Stop applied at step \d+"))
     expect(page.locator("#final-image")).to_be_visible()
-    assert image_loaded(page, "#final-image")
+    wait_for_image(page, "#final-image")
     expect(page.get_by_role("button", name="Stop and keep image")).to_be_disabled()
 
     # Every check the server stored is a point of the chart, in order.

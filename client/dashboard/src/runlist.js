@@ -53,9 +53,13 @@ export function renderRunLists(box, app) {
     }
   };
   more.onclick = async () => {
-    const page = await app.api.runs({ limit: PAGE, before: older });
-    older = showPage(page, { append: true });
-    more.hidden = older === null;
+    try {
+      const page = await app.api.runs({ limit: PAGE, before: older });
+      older = showPage(page, { append: true });
+      more.hidden = older === null;
+    } catch (error) {
+      problem.textContent = `Older runs could not be loaded: ${error.message}`;
+    }
   };
 
   refresh();

@@ -32,7 +32,7 @@ export class RunState {
         this.started(event.parameters);
         break;
       case "progress":
-        this.state = "running";
+        if (this.state !== "finished") this.state = "running";
         this.step = event.step;
         this.total = event.total;
         this.elapsed = event.elapsed;

@@ -136,10 +136,10 @@ function renderChips(chips, prompt, vocabulary) {
     return;
   }
   help.textContent = `This model knows ${vocabulary.length} words; select one to add it to the prompt.`;
+  // Focus stays on the chip, so a keyboard user can go on to the next word.
   const add = (word) => {
     const text = prompt.value.trimEnd();
     prompt.value = text ? `${text} ${word}` : word;
-    prompt.focus();
   };
   fill(
     chips,
