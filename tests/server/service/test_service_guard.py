@@ -12,6 +12,7 @@ from servertools import Client, collect, connect, running_server
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from stepwatch.protocol import (
+    ClientMessage,
     Error,
     ErrorCode,
     Finished,
@@ -72,7 +73,7 @@ async def test_bad_frames_get_coded_errors_and_the_connections_runs_go_on(
             for data, code, field in cases:
                 error = await error_for(client, data)
                 assert (error.code, error.field) == (code, field)
-            requests = [
+            requests: list[tuple[ClientMessage, ErrorCode, str | None]] = [
                 (Start("c", "red circle", steps=200), ErrorCode.INVALID_VALUE, "steps"),
                 (Start("d", "red circle", model="big"), ErrorCode.UNKNOWN_MODEL, "model"),
                 (Start("e", "red", verifier="oracle"), ErrorCode.UNKNOWN_VERIFIER, "verifier"),

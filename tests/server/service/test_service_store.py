@@ -17,11 +17,11 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import make_sd_pipeline
 from servertools import Client, connect, running_server
+from tiny_models import make_sd_pipeline
 from websockets.exceptions import ConnectionClosed
 
-from stepwatch.protocol import Check, Finished, Progress, Subscribe, Subscribed
+from stepwatch.protocol import Check, Finished, Progress, Started, Subscribe, Subscribed
 from stepwatch.server.config import ServerConfig
 from stepwatch.server.engine.model import LoadedModel
 
@@ -78,7 +78,9 @@ async def test_the_store_survives_a_restart_and_the_http_api_serves_it(
             record = await get_json(f"{base}/api/runs/{finished.run_id}")
             assert record["state"] == "finished" and record["reason"] == finished.reason
             assert record["steps_run"] == finished.steps_run
-            started_parameters = events[0].parameters  # type: ignore[union-attr]
+            started = events[0]
+            assert isinstance(started, Started)
+            started_parameters = started.parameters
             assert record["parameters"]["prompt"] == started_parameters.prompt
             assert record["parameters"]["seed"] == started_parameters.seed
             assert [(h["step"], h["score"]) for h in record["history"]] == [
@@ -108,7 +110,7 @@ async def test_the_store_survives_a_restart_and_the_http_api_serves_it(
 def saved_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny SD pipeline saved as a diffusers folder, as an operator would configure one."""
     folder = tmp_path_factory.mktemp("tiny-sd")
-    make_sd_pipeline().save_pretrained(folder)
+    make_sd_pipeline().save_pretrained(folder)  # type: ignore[attr-defined]
     return folder
 
 
