@@ -19,7 +19,7 @@ from playwright.sync_api import Page, expect
 
 
 def test_start_watch_steer_and_stop_a_run(page: Page, server: DashboardServer) -> None:
-    run_id = start_run(page, server.url, steps=1000, check_interval=10)
+    run_id = start_run(page, server.url, steps=1000, check_interval=5)
     expect(page.locator("#run-title")).to_have_text("red circle")
     expect(page.locator("#run-state")).to_have_text("running")
 
@@ -29,7 +29,7 @@ def test_start_watch_steer_and_stop_a_run(page: Page, server: DashboardServer) -
     wait_for_checks(page, seen + 1)
     expect(page.locator("#filmstrip img")).not_to_have_count(0)
     wait_for_image(page, "#latest-preview")
-    assert all(step % 10 == 0 for step in chart_steps(page))
+    assert all(step % 5 == 0 for step in chart_steps(page))
 
     # The threshold moves: the run acknowledges the step it took effect, and the line follows.
     assert page.locator("#quality-chart").get_attribute("data-threshold") != "0.9"

@@ -18,6 +18,7 @@ function palette(element) {
     grid: read("--chart-grid"),
     text: read("--text-muted"),
     raise: read("--chart-raise"),
+    early: read("--ok"),
     stop: read("--chart-stop"),
     owner: read("--chart-owner"),
     surface: read("--surface"),
@@ -97,20 +98,21 @@ export class QualityChart {
       if (check.decision === "continue") continue;
       const x = u.valToPos(check.step, "x", true);
       const y = u.valToPos(check.score, "score", true);
-      ring(ctx, x, y, 6 * ratio, check.decision === "raise_cfg" ? c.raise : c.stop, 2 * ratio);
+      ring(ctx, x, y, 6 * ratio, check.decision === "raise_cfg" ? c.raise : c.early, 2 * ratio);
     }
-    // Labels of marks close together go on successive lines instead of over each other.
+    // Each mark's label goes on the first line where it overlaps no other label.
     const rules = [
       ...run.changes.filter((item) => item.kind === "applied").map((item) => [item.step, c.owner, `${settingName(item.setting)} ${fmt(item.new)}`]),
       ...run.stops.map((stop) => [stop.step, c.stop, `stop (${stop.mode})`]),
     ].sort((a, b) => a[0] - b[0]);
-    let line = 0;
-    let lastX = -Infinity;
+    const taken = []; // per line, the [left, right] extents of its labels
     for (const [step, color, label] of rules) {
       const x = u.valToPos(step, "x", true);
-      line = x - lastX < 90 * ratio ? (line + 1) % 4 : 0;
-      lastX = x;
-      rule(ctx, x, top, bottom, color, label, ratio, line, u.bbox.left + u.bbox.width);
+      const box = labelBox(ctx, x, label, u.bbox.left + u.bbox.width, ratio);
+      let line = taken.findIndex((boxes) => boxes.every(([l, r]) => box.right + 8 * ratio < l || box.left > r + 8 * ratio));
+      if (line === -1) line = taken.push([]) - 1;
+      taken[line].push([box.left, box.right]);
+      rule(ctx, x, top, bottom, color, label, box, top + (2 + 14 * line) * ratio, ratio);
     }
     ctx.restore();
   }
@@ -145,7 +147,15 @@ function ring(ctx, x, y, radius, color, width) {
   ctx.stroke();
 }
 
-function rule(ctx, x, top, bottom, color, label, ratio, line, right) {
+// Where a mark's label goes: right of its line, or left of it where it would leave the plot.
+function labelBox(ctx, x, label, right, ratio) {
+  const width = ctx.measureText(label).width;
+  const fits = x + 4 * ratio + width <= right;
+  const left = fits ? x + 4 * ratio : x - 4 * ratio - width;
+  return { left, right: left + width, align: fits ? "left" : "right", textX: fits ? left : left + width };
+}
+
+function rule(ctx, x, top, bottom, color, label, box, textY, ratio) {
   ctx.beginPath();
   ctx.setLineDash([3 * ratio, 3 * ratio]);
   ctx.moveTo(x, top);
@@ -156,10 +166,8 @@ function rule(ctx, x, top, bottom, color, label, ratio, line, right) {
   ctx.setLineDash([]);
   ctx.fillStyle = color;
   ctx.textBaseline = "top";
-  // A label that would run off the plot's right edge goes on the left of its line.
-  const fits = x + 4 * ratio + ctx.measureText(label).width <= right;
-  ctx.textAlign = fits ? "left" : "right";
-  ctx.fillText(label, fits ? x + 4 * ratio : x - 4 * ratio, top + (2 + 14 * line) * ratio);
+  ctx.textAlign = box.align;
+  ctx.fillText(label, box.textX, textY);
 }
 
 export function settingName(setting) {

@@ -179,6 +179,7 @@ function describeChart(view, run) {
     h("span", { class: "key key-threshold" }, `threshold ${fmt(run.threshold)}`),
     h("span", { class: "key key-cfg" }, "CFG (right axis)"),
     h("span", { class: "key key-raise" }, "CFG raised"),
+    h("span", { class: "key key-early" }, "early stop"),
     h("span", { class: "key key-owner" }, "setting changed"),
     last ? h("span", { class: "muted" }, `${run.checks.length} checks, last ${score(last.score)} at step ${last.step}`) : h("span", { class: "muted" }, "no check yet"),
   );

@@ -95,7 +95,7 @@ export function renderSteering(section, app, getRun) {
       sliderValue.textContent = fmt(run.threshold);
     }
     // The CFG box follows the run (the policy raises CFG) until the owner starts typing in it.
-    if (!cfgInput.dataset.edited && run.cfg !== null) cfgInput.value = String(run.cfg);
+    if (!cfgInput.dataset.edited && run.cfg !== null) cfgInput.value = String(Number(run.cfg.toFixed(2)));
   };
   const stopStatus = app.onStatus(update);
   return {
