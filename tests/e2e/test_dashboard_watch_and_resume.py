@@ -30,7 +30,10 @@ def test_a_second_page_watches_the_same_checks(
     watcher_context = browser.new_context(viewport={"width": 390, "height": 844})
     watcher = watcher_context.new_page()
     try:
-        open_dashboard(watcher, server.url, f"#/runs/{run_id}")
+        # They find it among the live runs; its page has a link they can share.
+        open_dashboard(watcher, server.url)
+        watcher.locator(f'.live-list a[href="#/runs/{run_id}"]').click()
+        assert watcher.url == f"{server.url}/#/runs/{run_id}"
         expect(watcher.locator("#run-title")).to_have_text("red circle")
         expect(watcher.locator("#steer-readonly")).to_contain_text("You are watching this run")
         expect(watcher.get_by_role("button", name="Stop and keep image")).to_have_count(0)
@@ -92,3 +95,9 @@ def test_the_page_says_when_the_server_is_gone_and_reconnects(page: Page, tmp_pa
         expect(start).to_be_enabled()
         card = page.locator(f'.history-list li[data-run-id="{run_id}"]')
         expect(card).to_contain_text("server shut down")
+        expect(card.locator(".sparkline polyline")).to_have_count(1)
+        # Its page shows what the store kept: the state, the checks and no live controls.
+        card.get_by_role("link").click()
+        expect(page.locator("#run-state")).to_have_text("server shut down")
+        wait_for_checks(page, 1)
+        expect(page.get_by_role("button", name="Stop and keep image")).to_be_disabled()
