@@ -51,9 +51,10 @@ chromium:
 serve: $(VENV)/.installed dashboard
 	$(VENV)/bin/stepwatch serve --host $(HOST) --port $(PORT)
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed $(DASHBOARD)/node_modules/.package-lock.json
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	cd $(DASHBOARD) && npm run --silent check
 
 # mypy cannot follow setuptools' package-dir mapping, so it reads the packages through a tree of
 # links that spells their import names (stepwatch/protocol -> protocol/, ...).

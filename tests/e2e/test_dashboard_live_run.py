@@ -69,3 +69,10 @@ def test_a_refused_start_is_explained_at_its_field(page: Page, server: Dashboard
     expect(alert.locator("code")).to_have_text("invalid_prompt")
     expect(page.get_by_label("Prompt", exact=True)).to_have_attribute("aria-invalid", "true")
     assert "#/runs/" not in page.url
+
+
+def test_a_link_to_an_unknown_run_says_so(page: Page, server: DashboardServer) -> None:
+    open_dashboard(page, server.url, "#/runs/no-such-run")
+    expect(page.get_by_role("heading", name="Run not found")).to_be_visible()
+    page.get_by_role("link", name="Back to the runs").click()
+    expect(page.get_by_role("button", name="Start run")).to_be_visible()

@@ -47,13 +47,26 @@ export class QualityChart {
       cursor: { drag: { x: false, y: false } },
       scales: {
         // A live run's axis spans the steps it plans; a finished one's the steps it ran.
-        x: { time: false, range: (u, min, max) => [0, Math.max(this.run?.state === "finished" ? max : (this.run?.total ?? max), 1)] },
+        x: {
+          time: false,
+          range: (u, min, max) => [
+            0,
+            Math.max(this.run?.state === "finished" ? max : (this.run?.total ?? max), 1),
+          ],
+        },
         score: { range: [0, 1] },
-        cfg: { range: (u, min, max) => [0, Math.max(max ?? 1, this.run?.parameters?.cfg_max ?? 0) * 1.1] },
+        cfg: {
+          range: (u, min, max) => [0, Math.max(max ?? 1, this.run?.parameters?.cfg_max ?? 0) * 1.1],
+        },
       },
       axes: [
         { ...axis, label: "step" },
-        { ...axis, scale: "score", label: "score", values: (u, ticks) => ticks.map((t) => t.toFixed(1)) },
+        {
+          ...axis,
+          scale: "score",
+          label: "score",
+          values: (u, ticks) => ticks.map((t) => t.toFixed(1)),
+        },
         { ...axis, scale: "cfg", side: 1, label: "CFG", grid: { show: false } },
       ],
       series: [
@@ -66,8 +79,23 @@ export class QualityChart {
           spanGaps: true,
           points: { show: true, size: 7, fill: c.surface, width: 2 },
         },
-        { label: "threshold", scale: "score", stroke: c.threshold, width: 2, dash: [6, 4], paths: stepped, points: { show: false } },
-        { label: "CFG", scale: "cfg", stroke: c.cfg, width: 1.5, paths: stepped, points: { show: false } },
+        {
+          label: "threshold",
+          scale: "score",
+          stroke: c.threshold,
+          width: 2,
+          dash: [6, 4],
+          paths: stepped,
+          points: { show: false },
+        },
+        {
+          label: "CFG",
+          scale: "cfg",
+          stroke: c.cfg,
+          width: 1.5,
+          paths: stepped,
+          points: { show: false },
+        },
       ],
       hooks: { draw: [(u) => this.drawMarks(u)] },
     };
@@ -102,14 +130,18 @@ export class QualityChart {
     }
     // Each mark's label goes on the first line where it overlaps no other label.
     const rules = [
-      ...run.changes.filter((item) => item.kind === "applied").map((item) => [item.step, c.owner, `${settingName(item.setting)} ${fmt(item.new)}`]),
+      ...run.changes
+        .filter((item) => item.kind === "applied")
+        .map((item) => [item.step, c.owner, `${settingName(item.setting)} ${fmt(item.new)}`]),
       ...run.stops.map((stop) => [stop.step, c.stop, `stop (${stop.mode})`]),
     ].sort((a, b) => a[0] - b[0]);
     const taken = []; // per line, the [left, right] extents of its labels
     for (const [step, color, label] of rules) {
       const x = u.valToPos(step, "x", true);
       const box = labelBox(ctx, x, label, u.bbox.left + u.bbox.width, ratio);
-      let line = taken.findIndex((boxes) => boxes.every(([l, r]) => box.right + 8 * ratio < l || box.left > r + 8 * ratio));
+      let line = taken.findIndex((boxes) =>
+        boxes.every(([l, r]) => box.right + 8 * ratio < l || box.left > r + 8 * ratio),
+      );
       if (line === -1) line = taken.push([]) - 1;
       taken[line].push([box.left, box.right]);
       rule(ctx, x, top, bottom, color, label, box, top + (2 + 14 * line) * ratio, ratio);
@@ -152,7 +184,12 @@ function labelBox(ctx, x, label, right, ratio) {
   const width = ctx.measureText(label).width;
   const fits = x + 4 * ratio + width <= right;
   const left = fits ? x + 4 * ratio : x - 4 * ratio - width;
-  return { left, right: left + width, align: fits ? "left" : "right", textX: fits ? left : left + width };
+  return {
+    left,
+    right: left + width,
+    align: fits ? "left" : "right",
+    textX: fits ? left : left + width,
+  };
 }
 
 function rule(ctx, x, top, bottom, color, label, box, textY, ratio) {
@@ -171,7 +208,14 @@ function rule(ctx, x, top, bottom, color, label, box, textY, ratio) {
 }
 
 export function settingName(setting) {
-  return { quality_threshold: "threshold", scale_factor: "scale factor", check_interval: "check interval", cfg: "CFG" }[setting] ?? setting;
+  return (
+    {
+      quality_threshold: "threshold",
+      scale_factor: "scale factor",
+      check_interval: "check interval",
+      cfg: "CFG",
+    }[setting] ?? setting
+  );
 }
 
 export function fmt(value, digits = 2) {

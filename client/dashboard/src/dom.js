@@ -68,14 +68,16 @@ export function when(unixSeconds) {
 
 /** How a run's end reads in a badge. */
 export function reasonText(reason) {
-  return {
-    completed: "completed",
-    early_stop: "early stop",
-    stopped: "stopped",
-    failed: "failed",
-    abandoned: "abandoned",
-    shutdown: "server shut down",
-  }[reason] ?? reason;
+  return (
+    {
+      completed: "completed",
+      early_stop: "early stop",
+      stopped: "stopped",
+      failed: "failed",
+      abandoned: "abandoned",
+      shutdown: "server shut down",
+    }[reason] ?? reason
+  );
 }
 
 /** A small SVG line of a run's scores (0..1 over its steps), for lists of runs. */
@@ -90,20 +92,30 @@ export function sparkline(history, totalSteps, threshold) {
   const last = history.at(-1);
   svg.setAttribute(
     "aria-label",
-    history.length ? `quality over ${history.length} checks, last ${score(last.score)}` : "no checks",
+    history.length
+      ? `quality over ${history.length} checks, last ${score(last.score)}`
+      : "no checks",
   );
   const steps = Math.max(totalSteps || last?.step || 1, 1);
   const x = (step) => (step / steps) * (width - 4) + 2;
   const y = (value) => height - 2 - value * (height - 4);
   if (threshold !== null && threshold !== undefined) {
     const line = document.createElementNS(ns, "line");
-    Object.entries({ x1: 0, x2: width, y1: y(threshold), y2: y(threshold), class: "spark-threshold" })
-      .forEach(([k, v]) => line.setAttribute(k, v));
+    Object.entries({
+      x1: 0,
+      x2: width,
+      y1: y(threshold),
+      y2: y(threshold),
+      class: "spark-threshold",
+    }).forEach(([k, v]) => line.setAttribute(k, v));
     svg.append(line);
   }
   if (history.length) {
     const path = document.createElementNS(ns, "polyline");
-    path.setAttribute("points", history.map((e) => `${x(e.step).toFixed(1)},${y(e.score).toFixed(1)}`).join(" "));
+    path.setAttribute(
+      "points",
+      history.map((e) => `${x(e.step).toFixed(1)},${y(e.score).toFixed(1)}`).join(" "),
+    );
     path.setAttribute("class", "spark-score");
     svg.append(path);
   }

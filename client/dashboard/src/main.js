@@ -157,7 +157,9 @@ class App {
     this.page?.dispose();
     const match = window.location.hash.match(/^#\/runs\/([^/?#]+)/);
     const main = fill(this.root);
-    this.page = match ? renderRun(main, this, decodeURIComponent(match[1])) : renderHome(main, this);
+    this.page = match
+      ? renderRun(main, this, decodeURIComponent(match[1]))
+      : renderHome(main, this);
     main.focus({ preventScroll: true });
   }
 
@@ -187,7 +189,11 @@ function renderConnectionStatus(app) {
       `Reconnecting in ${seconds(left)}`,
       connection.lastError ? ` (${connection.lastError})` : "",
       ". ",
-      h("button", { type: "button", class: "link", onclick: () => connection.connect() }, "Retry now"),
+      h(
+        "button",
+        { type: "button", class: "link", onclick: () => connection.connect() },
+        "Retry now",
+      ),
     );
   } else if (connection.state === "needs-token") {
     renderTokenForm(box, app);
@@ -196,7 +202,12 @@ function renderConnectionStatus(app) {
 
 function renderTokenForm(box, app) {
   if (box.querySelector("form")) return;
-  const input = h("input", { id: "api-token", type: "password", autocomplete: "off", required: true });
+  const input = h("input", {
+    id: "api-token",
+    type: "password",
+    autocomplete: "off",
+    required: true,
+  });
   fill(
     box,
     h("span", { class: "dot" }),

@@ -8,7 +8,14 @@ export const VERSION = 1;
 export const CLIENT_NAME = "stepwatch-dashboard/0.1";
 
 /** The run events: they carry `run_id` and `seq`, and every watcher of the run sees them. */
-export const RUN_EVENTS = new Set(["started", "progress", "check", "adjusted", "applied", "finished"]);
+export const RUN_EVENTS = new Set([
+  "started",
+  "progress",
+  "check",
+  "adjusted",
+  "applied",
+  "finished",
+]);
 
 /**
  * The bytes of one client frame. Fields left `undefined` are left out, so the server applies

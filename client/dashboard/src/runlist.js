@@ -13,11 +13,15 @@ export function renderRunLists(box, app) {
   const more = h("button", { type: "button", class: "secondary", hidden: true }, "Show older runs");
   const problem = h("p", { class: "muted", role: "status" });
   box.append(
-    h("section", { class: "card", "aria-labelledby": "live-title" },
+    h(
+      "section",
+      { class: "card", "aria-labelledby": "live-title" },
       h("h2", { id: "live-title" }, "Live runs"),
       live,
     ),
-    h("section", { class: "card", "aria-labelledby": "history-title" },
+    h(
+      "section",
+      { class: "card", "aria-labelledby": "history-title" },
       h("h2", { id: "history-title" }, "History"),
       problem,
       history,
@@ -30,7 +34,12 @@ export function renderRunLists(box, app) {
 
   const showPage = (page, { append }) => {
     const finished = page.runs.filter((r) => r.state === "finished");
-    if (!append) renderLive(live, page.runs.filter((r) => r.state !== "finished"), app);
+    if (!append)
+      renderLive(
+        live,
+        page.runs.filter((r) => r.state !== "finished"),
+        app,
+      );
     const items = finished.map((summary) => {
       if (!cards.has(summary.run_id)) cards.set(summary.run_id, historyCard(summary, app, details));
       return cards.get(summary.run_id);
@@ -75,8 +84,12 @@ function renderLive(list, runs, app) {
   fill(
     list,
     runs.map((run) =>
-      h("li", {},
-        h("a", { href: `#/runs/${encodeURIComponent(run.run_id)}` },
+      h(
+        "li",
+        {},
+        h(
+          "a",
+          { href: `#/runs/${encodeURIComponent(run.run_id)}` },
           h("span", { class: "prompt" }, run.prompt || "(empty prompt)"),
           h("span", { class: "badge", dataset: { state: run.state } }, run.state),
           h("span", { class: "muted" }, app.controlToken(run.run_id) ? "yours" : "watch"),
@@ -101,7 +114,10 @@ function historyCard(summary, app, details) {
   const thumb = h("div", { class: "thumb" });
   if (summary.image_url) {
     const image = h("img", { alt: `final image of “${summary.prompt}”`, loading: "lazy" });
-    app.api.imageSource(summary.image_url).then((src) => (image.src = src), () => {});
+    app.api.imageSource(summary.image_url).then(
+      (src) => (image.src = src),
+      () => {},
+    );
     thumb.append(image);
   } else {
     thumb.append(h("span", { class: "muted" }, "no image"));
@@ -109,20 +125,40 @@ function historyCard(summary, app, details) {
   const curve = h("div", { class: "curve" });
   if (!details.has(summary.run_id)) details.set(summary.run_id, app.api.run(summary.run_id));
   details.get(summary.run_id).then(
-    (record) => curve.append(sparkline(record.history, record.steps_run, record.parameters?.quality_threshold)),
+    (record) =>
+      curve.append(
+        sparkline(record.history, record.steps_run, record.parameters?.quality_threshold),
+      ),
     () => {},
   );
-  return h("li", { dataset: { runId: summary.run_id, number: summary.number } },
-    h("a", { href: `#/runs/${encodeURIComponent(summary.run_id)}`, class: "history-card" },
+  return h(
+    "li",
+    { dataset: { runId: summary.run_id, number: summary.number } },
+    h(
+      "a",
+      { href: `#/runs/${encodeURIComponent(summary.run_id)}`, class: "history-card" },
       thumb,
-      h("div", { class: "history-text" },
+      h(
+        "div",
+        { class: "history-text" },
         h("span", { class: "prompt" }, summary.prompt || "(empty prompt)"),
-        h("span", { class: "muted" },
-          `${summary.model} · ${summary.steps_run} steps · score ${score(summary.final_score)} · ${when(summary.created_at)}`,
+        h(
+          "span",
+          { class: "muted" },
+          [
+            summary.model,
+            `${summary.steps_run} steps`,
+            `score ${score(summary.final_score)}`,
+            when(summary.created_at),
+          ].join(" · "),
         ),
       ),
       curve,
-      h("span", { class: "badge", dataset: { reason: summary.reason } }, reasonText(summary.reason)),
+      h(
+        "span",
+        { class: "badge", dataset: { reason: summary.reason } },
+        reasonText(summary.reason),
+      ),
     ),
   );
 }

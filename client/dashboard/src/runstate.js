@@ -79,11 +79,20 @@ export class RunState {
 
   applied(event) {
     if (event.stop) {
-      this.stops.push({ step: event.step, mode: event.stop, requestId: event.request_id, seq: event.seq });
+      this.stops.push({
+        step: event.step,
+        mode: event.stop,
+        requestId: event.request_id,
+        seq: event.seq,
+      });
       return;
     }
     for (const item of event.changes) {
-      this.changes.push({ ...change({ ...event, ...item }, "applied"), requestId: event.request_id, seq: event.seq });
+      this.changes.push({
+        ...change({ ...event, ...item }, "applied"),
+        requestId: event.request_id,
+        seq: event.seq,
+      });
     }
   }
 
@@ -116,7 +125,8 @@ export class RunState {
     for (const item of this.changes) {
       if (item.setting === setting && item.step <= step) value = item.new;
     }
-    if (value === null && setting === "quality_threshold") value = this.checks[0]?.threshold ?? null;
+    if (value === null && setting === "quality_threshold")
+      value = this.checks[0]?.threshold ?? null;
     if (value === null && setting === "cfg") value = this.checks[0]?.cfg ?? null;
     return value;
   }
@@ -167,7 +177,11 @@ export class RunState {
       };
     }
     if (imageUrl && record.parameters) {
-      run.image = { url: imageUrl, width: record.parameters.width, height: record.parameters.height };
+      run.image = {
+        url: imageUrl,
+        width: record.parameters.width,
+        height: record.parameters.height,
+      };
     }
     return run;
   }

@@ -48,10 +48,20 @@ export function renderRun(main, app, runId) {
       run = RunState.fromRecord(record, image);
       redraw();
     } catch (error) {
-      fill(main, h("div", { class: "card" },
-        h("h1", {}, "Run not found"),
-        h("p", {}, `This server knows no run “${runId}”. `, h("a", { href: "#/" }, "Back to the runs")),
-      ));
+      fill(
+        main,
+        h(
+          "div",
+          { class: "card" },
+          h("h1", {}, "Run not found"),
+          h(
+            "p",
+            {},
+            `This server knows no run “${runId}”. `,
+            h("a", { href: "#/" }, "Back to the runs"),
+          ),
+        ),
+      );
     }
   };
   if (run.missing) loadStored();
@@ -84,7 +94,8 @@ function buildLayout(main, runId) {
     steer: h("section", { class: "card steer", "aria-labelledby": "steer-title" }),
     log: h("ol", { class: "log", id: "run-log" }),
   };
-  const link = `${window.location.origin}${window.location.pathname}#/runs/${encodeURIComponent(runId)}`;
+  const page = `${window.location.origin}${window.location.pathname}`;
+  const link = `${page}#/runs/${encodeURIComponent(runId)}`;
   const copy = h("button", { type: "button", class: "secondary small" }, "Copy link");
   copy.onclick = async () => {
     try {
@@ -96,33 +107,60 @@ function buildLayout(main, runId) {
   };
   main.append(
     h("nav", { class: "crumbs" }, h("a", { href: "#/" }, "← All runs")),
-    h("header", { class: "run-head" },
+    h(
+      "header",
+      { class: "run-head" },
       h("div", {}, view.title, view.meta),
       h("div", { class: "run-head-side" }, view.state, copy),
     ),
     h("div", { class: "progress-row" }, view.progress, view.progressText),
     view.failure,
-    h("div", { class: "run-grid" },
-      h("figure", { class: "card chart-card", "aria-labelledby": "chart-title" },
+    h(
+      "div",
+      { class: "run-grid" },
+      h(
+        "figure",
+        { class: "card chart-card", "aria-labelledby": "chart-title" },
         h("h2", { id: "chart-title" }, "Quality"),
         view.chartBox,
         view.chartKey,
-        h("details", { class: "checks-table" }, view.tableSummary,
-          h("table", {},
-            h("thead", {}, h("tr", {}, ["Step", "Score", "Threshold", "CFG", "Decision"].map((t) => h("th", { scope: "col" }, t)))),
+        h(
+          "details",
+          { class: "checks-table" },
+          view.tableSummary,
+          h(
+            "table",
+            {},
+            h(
+              "thead",
+              {},
+              h(
+                "tr",
+                {},
+                ["Step", "Score", "Threshold", "CFG", "Decision"].map((t) =>
+                  h("th", { scope: "col" }, t),
+                ),
+              ),
+            ),
             view.table,
           ),
         ),
       ),
       h("section", { class: "card image-card", "aria-label": "Image" }, view.image),
     ),
-    h("section", { class: "card strip-card", "aria-labelledby": "strip-title" },
+    h(
+      "section",
+      { class: "card strip-card", "aria-labelledby": "strip-title" },
       h("h2", { id: "strip-title" }, "Previews"),
       view.filmstrip,
     ),
-    h("div", { class: "run-lower" },
+    h(
+      "div",
+      { class: "run-lower" },
       view.steer,
-      h("section", { class: "card", "aria-labelledby": "log-title" },
+      h(
+        "section",
+        { class: "card", "aria-labelledby": "log-title" },
         h("h2", { id: "log-title" }, "What happened"),
         view.log,
       ),
@@ -136,7 +174,14 @@ function drawHeader(view, run) {
   view.title.textContent = p ? p.prompt || "(empty prompt)" : `Run ${run.runId}`;
   document.title = `${view.title.textContent} · stepwatch`;
   view.meta.textContent = p
-    ? `${p.model} · ${p.width}×${p.height} · seed ${p.seed} · ${p.sampler}/${p.scheduler} · verifier ${p.verifier} · check every ${p.check_interval} steps`
+    ? [
+        p.model,
+        `${p.width}×${p.height}`,
+        `seed ${p.seed}`,
+        `${p.sampler}/${p.scheduler}`,
+        `verifier ${p.verifier}`,
+        `check every ${p.check_interval} steps`,
+      ].join(" · ")
     : run.runId;
   const label = stateLabel(run);
   view.state.textContent = label;
@@ -150,13 +195,21 @@ function drawHeader(view, run) {
   parts.push(`${seconds(run.elapsed)} elapsed`);
   if (run.cfg !== null) parts.push(`CFG ${fmt(run.cfg)}`);
   if (run.threshold !== null) parts.push(`threshold ${fmt(run.threshold)}`);
-  if (run.state === "queued" && run.queuePosition) parts.unshift(`Queued: ${run.queuePosition} ahead`);
+  if (run.state === "queued" && run.queuePosition)
+    parts.unshift(`Queued: ${run.queuePosition} ahead`);
   view.progressText.textContent = parts.join(" · ");
   const error = run.finished?.error;
   view.failure.hidden = !error;
   if (error) {
     const text = describeError(error);
-    fill(view.failure, h("strong", {}, "The run failed. "), text.summary, text.detail ? ` ${text.detail}` : "", " ", h("code", {}, text.code));
+    fill(
+      view.failure,
+      h("strong", {}, "The run failed. "),
+      text.summary,
+      text.detail ? ` ${text.detail}` : "",
+      " ",
+      h("code", {}, text.code),
+    );
   }
 }
 
@@ -181,44 +234,83 @@ function describeChart(view, run) {
     h("span", { class: "key key-raise" }, "CFG raised"),
     h("span", { class: "key key-early" }, "early stop"),
     h("span", { class: "key key-owner" }, "setting changed"),
-    last ? h("span", { class: "muted" }, `${run.checks.length} checks, last ${score(last.score)} at step ${last.step}`) : h("span", { class: "muted" }, "no check yet"),
+    last
+      ? h(
+          "span",
+          { class: "muted" },
+          `${run.checks.length} checks, last ${score(last.score)} at step ${last.step}`,
+        )
+      : h("span", { class: "muted" }, "no check yet"),
   );
   view.tableSummary.textContent = `Checks as a table (${run.checks.length})`;
   if (view.table.children.length === run.checks.length) return;
   fill(
     view.table,
     run.checks.map((c) =>
-      h("tr", {}, h("td", {}, c.step), h("td", {}, score(c.score)), h("td", {}, fmt(c.threshold)), h("td", {}, fmt(c.cfg)), h("td", {}, decisionText(c.decision))),
+      h(
+        "tr",
+        {},
+        h("td", {}, c.step),
+        h("td", {}, score(c.score)),
+        h("td", {}, fmt(c.threshold)),
+        h("td", {}, fmt(c.cfg)),
+        h("td", {}, decisionText(c.decision)),
+      ),
     ),
   );
 }
 
 function drawImage(view, run, strip) {
-  const selected = strip.selected !== null ? run.checks.find((c) => c.step === strip.selected && c.preview) : null;
+  const selected =
+    strip.selected !== null ? run.checks.find((c) => c.step === strip.selected && c.preview) : null;
   let image;
   let caption;
   let id;
   let alt;
   if (selected) {
     image = selected.preview;
-    caption = [`Preview at step ${selected.step} · score ${score(selected.score)} `, h("button", { type: "button", class: "link", onclick: () => { strip.selected = null; view.image.dataset.shown = ""; drawImage(view, run, strip); } }, "Back to the latest")];
+    caption = [
+      `Preview at step ${selected.step} · score ${score(selected.score)} `,
+      h(
+        "button",
+        {
+          type: "button",
+          class: "link",
+          onclick: () => {
+            strip.selected = null;
+            view.image.dataset.shown = "";
+            drawImage(view, run, strip);
+          },
+        },
+        "Back to the latest",
+      ),
+    ];
     id = `preview-${selected.step}`;
     alt = `the model's estimate of the final image at step ${selected.step}`;
   } else if (run.image) {
     image = run.image;
     const at = run.finished ? ` after ${run.finished.stepsRun} steps` : "";
-    caption = [`Final image${at} · score ${score(run.finished?.finalScore)} · `, h("a", { href: run.image.url, download: `stepwatch-${run.runId}.png` }, "Download PNG")];
+    caption = [
+      `Final image${at} · score ${score(run.finished?.finalScore)} · `,
+      h("a", { href: run.image.url, download: `stepwatch-${run.runId}.png` }, "Download PNG"),
+    ];
     id = "final";
     alt = "the run's final image";
   } else if (run.latestPreview) {
     const latest = run.latestPreview;
     image = latest.preview;
-    const ended = run.state === "finished" ? "No final image: the run ended without one. Last preview" : "Latest preview";
+    const ended =
+      run.state === "finished"
+        ? "No final image: the run ended without one. Last preview"
+        : "Latest preview";
     caption = [`${ended} · step ${latest.step} · score ${score(latest.score)}`];
     id = `preview-${latest.step}${run.state === "finished" ? "-ended" : ""}`;
     alt = `the model's estimate of the final image at step ${latest.step}`;
   } else {
-    const waiting = run.state === "finished" ? "No final image: the run ended without one." : `The first preview comes at step ${run.parameters?.check_interval ?? "…"}.`;
+    const waiting =
+      run.state === "finished"
+        ? "No final image: the run ended without one."
+        : `The first preview comes at step ${run.parameters?.check_interval ?? "…"}.`;
     if (view.image.dataset.shown !== "none") {
       view.image.dataset.shown = "none";
       fill(view.image, h("div", { class: "image-placeholder" }, waiting));
@@ -230,7 +322,14 @@ function drawImage(view, run, strip) {
   const pixelated = image.width <= 128 ? "pixelated" : "";
   fill(
     view.image,
-    h("img", { src: image.url, width: image.width, height: image.height, class: pixelated, id: id === "final" ? "final-image" : "latest-preview", alt }),
+    h("img", {
+      src: image.url,
+      width: image.width,
+      height: image.height,
+      class: pixelated,
+      id: id === "final" ? "final-image" : "latest-preview",
+      alt,
+    }),
     h("figcaption", {}, caption),
   );
 }
@@ -243,10 +342,24 @@ function drawFilmstrip(view, run, strip, redraw) {
   }
   if (strip.shown === 0) fill(view.filmstrip);
   for (const check of frames.slice(strip.shown)) {
-    const button = h("button", { type: "button", class: "frame", "aria-label": `Show the preview of step ${check.step}, score ${score(check.score)}` },
-      h("img", { src: check.preview.url, alt: "", class: check.preview.width <= 128 ? "pixelated" : "" }),
+    const button = h(
+      "button",
+      {
+        type: "button",
+        class: "frame",
+        "aria-label": `Show the preview of step ${check.step}, score ${score(check.score)}`,
+      },
+      h("img", {
+        src: check.preview.url,
+        alt: "",
+        class: check.preview.width <= 128 ? "pixelated" : "",
+      }),
       h("span", {}, `step ${check.step}`),
-      h("span", { class: "frame-score", dataset: { decision: check.decision } }, score(check.score)),
+      h(
+        "span",
+        { class: "frame-score", dataset: { decision: check.decision } },
+        score(check.score),
+      ),
     );
     button.onclick = () => {
       strip.selected = check.step;
@@ -262,27 +375,52 @@ function drawFilmstrip(view, run, strip, redraw) {
 // (a stored run's history has no events).
 function drawLog(view, run) {
   const entries = [];
-  const add = (item, rank, ...text) => entries.push({ step: item.step, order: item.seq ?? item.step * 10 + rank, text });
+  const add = (item, rank, ...text) =>
+    entries.push({ step: item.step, order: item.seq ?? item.step * 10 + rank, text });
   for (const c of run.checks) {
-    if (c.decision === "early_stop") add(c, 1, h("strong", {}, "Early stop"), ` at score ${score(c.score)}. ${c.reason}`);
+    if (c.decision === "early_stop")
+      add(c, 1, h("strong", {}, "Early stop"), ` at score ${score(c.score)}. ${c.reason}`);
   }
   for (const c of run.changes) {
     const what = `${capital(settingName(c.setting))} ${fmt(c.old)} → ${fmt(c.new)}`;
     if (c.kind === "applied") add(c, 0, h("strong", {}, what), " set by the owner.");
     else add(c, 1, h("strong", {}, what), ` by the policy: ${c.reason}`);
   }
-  for (const s of run.stops) add(s, 2, h("strong", {}, "Stopped"), ` by the owner (${s.mode === "finish" ? "keeping the image" : "no image"}).`);
+  for (const s of run.stops)
+    add(
+      s,
+      2,
+      h("strong", {}, "Stopped"),
+      ` by the owner (${s.mode === "finish" ? "keeping the image" : "no image"}).`,
+    );
   if (run.finished) {
     const f = run.finished;
-    add({ step: f.stepsRun, seq: f.seq }, 3, h("strong", {}, `Finished: ${reasonText(f.reason)}`), ` after ${f.stepsRun} steps and ${seconds(f.elapsed)}, final score ${score(f.finalScore)}.`);
+    add(
+      { step: f.stepsRun, seq: f.seq },
+      3,
+      h("strong", {}, `Finished: ${reasonText(f.reason)}`),
+      ` after ${f.stepsRun} steps and ${seconds(f.elapsed)}, final score ${score(f.finalScore)}.`,
+    );
   }
   entries.sort((a, b) => a.order - b.order);
   if (view.log.children.length === entries.length && entries.length > 0) return;
   if (entries.length === 0) {
-    fill(view.log, h("li", { class: "muted" }, "Nothing yet: CFG changes, settings the owner changes and the end of the run appear here."));
+    fill(
+      view.log,
+      h(
+        "li",
+        { class: "muted" },
+        "Nothing yet: CFG changes, settings the owner changes and the end of the run appear here.",
+      ),
+    );
     return;
   }
-  fill(view.log, entries.map((e) => h("li", {}, h("span", { class: "log-step" }, `step ${e.step}`), h("span", {}, e.text))));
+  fill(
+    view.log,
+    entries.map((e) =>
+      h("li", {}, h("span", { class: "log-step" }, `step ${e.step}`), h("span", {}, e.text)),
+    ),
+  );
 }
 
 function capital(text) {
@@ -290,5 +428,8 @@ function capital(text) {
 }
 
 function decisionText(decision) {
-  return { continue: "continue", raise_cfg: "CFG raised", early_stop: "early stop" }[decision] ?? decision;
+  return (
+    { continue: "continue", raise_cfg: "CFG raised", early_stop: "early stop" }[decision] ??
+    decision
+  );
 }

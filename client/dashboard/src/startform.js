@@ -18,7 +18,11 @@ export function renderStartForm(box, app) {
       builtFor = welcome;
       buildForm(form, app, welcome);
     } else if (!welcome && !builtFor) {
-      fill(form, h("h2", { id: "start-title" }, "New run"), h("p", { class: "muted" }, "Waiting for the server…"));
+      fill(
+        form,
+        h("h2", { id: "start-title" }, "New run"),
+        h("p", { class: "muted" }, "Waiting for the server…"),
+      );
     }
     const submit = form.querySelector("button[type=submit]");
     if (submit) submit.disabled = !app.connection.isOpen || form.dataset.busy === "true";
@@ -39,8 +43,14 @@ function buildForm(form, app, welcome) {
     placeholder: "What to draw, e.g. small red circle on a dark background",
     "aria-describedby": "f-prompt-help",
   });
-  const modelSelect = select("model", welcome.models.map((m) => [m.id, m.id]));
-  const verifierSelect = select("verifier", [["", "model default"], ...welcome.verifiers.map((v) => [v.id, v.id])]);
+  const modelSelect = select(
+    "model",
+    welcome.models.map((m) => [m.id, m.id]),
+  );
+  const verifierSelect = select("verifier", [
+    ["", "model default"],
+    ...welcome.verifiers.map((v) => [v.id, v.id]),
+  ]);
   const samplerSelect = select("sampler", []);
   const schedulerSelect = select("scheduler", []);
   const modelHelp = h("p", { class: "help", id: "f-model-help" });
@@ -51,7 +61,12 @@ function buildForm(form, app, welcome) {
     h("h2", { id: "start-title" }, "New run"),
     alert,
     field("Model", modelSelect, modelHelp),
-    field("Prompt", prompt, h("p", { class: "help", id: "f-prompt-help" }, "Words this model knows:"), chips),
+    field(
+      "Prompt",
+      prompt,
+      h("p", { class: "help", id: "f-prompt-help" }, "Words this model knows:"),
+      chips,
+    ),
     h(
       "div",
       { class: "grid-3" },
@@ -59,28 +74,52 @@ function buildForm(form, app, welcome) {
       field("CFG", number("cfg", { min: 0, max: 30, step: 0.1 })),
       field("Seed", number("seed", { min: 0, placeholder: "random" })),
     ),
-    h("fieldset", {},
+    h(
+      "fieldset",
+      {},
       h("legend", {}, "Quality checks"),
       field("Verifier", verifierSelect),
       h(
         "div",
         { class: "grid-3" },
-        field("Check every (steps)", number("check_interval", { min: 1, max: 1000, placeholder: "5" })),
+        field(
+          "Check every (steps)",
+          number("check_interval", { min: 1, max: 1000, placeholder: "5" }),
+        ),
         field("Threshold", number("quality_threshold", { min: 0, max: 1, step: 0.01 })),
-        field("Scale factor", number("scale_factor", { min: 1, max: 4, step: 0.05, placeholder: "1.25" })),
+        field(
+          "Scale factor",
+          number("scale_factor", { min: 1, max: 4, step: 0.05, placeholder: "1.25" }),
+        ),
       ),
       checkbox("early_stop", "Stop early once quality holds at the threshold", true),
       h(
         "div",
         { class: "grid-2" },
-        field("Patience (checks in a row)", number("patience", { min: 1, max: 100, placeholder: "2" })),
-        field("No early stop before step", number("min_steps", { min: 0, max: 1000, placeholder: "half the steps" })),
+        field(
+          "Patience (checks in a row)",
+          number("patience", { min: 1, max: 100, placeholder: "2" }),
+        ),
+        field(
+          "No early stop before step",
+          number("min_steps", { min: 0, max: 1000, placeholder: "half the steps" }),
+        ),
       ),
     ),
-    h("details", { class: "more" },
+    h(
+      "details",
+      { class: "more" },
       h("summary", {}, "More settings"),
-      field("Negative prompt", h("input", { id: "f-negative_prompt", name: "negative_prompt", type: "text" })),
-      h("div", { class: "grid-2" }, field("Sampler", samplerSelect), field("Noise schedule", schedulerSelect)),
+      field(
+        "Negative prompt",
+        h("input", { id: "f-negative_prompt", name: "negative_prompt", type: "text" }),
+      ),
+      h(
+        "div",
+        { class: "grid-2" },
+        field("Sampler", samplerSelect),
+        field("Noise schedule", schedulerSelect),
+      ),
       h(
         "div",
         { class: "grid-3" },
@@ -88,7 +127,10 @@ function buildForm(form, app, welcome) {
         field("Height", number("height", { min: 8, max: 2048 })),
         field("Max CFG", number("cfg_max", { min: 0, max: 30, step: 0.1 })),
       ),
-      field("Preview size (pixels)", number("preview_size", { min: 0, max: 512, placeholder: "128" })),
+      field(
+        "Preview size (pixels)",
+        number("preview_size", { min: 0, max: 512, placeholder: "128" }),
+      ),
     ),
     h("div", { class: "actions" }, submit),
   );
@@ -97,12 +139,26 @@ function buildForm(form, app, welcome) {
     const chosen = welcome.models.find((m) => m.id === modelSelect.value) ?? model;
     modelHelp.textContent = chosen.description;
     placeholders(form, chosen, welcome);
-    fill(samplerSelect, option("", `default (${chosen.default_sampler})`), chosen.samplers.map((s) => option(s, s)));
-    fill(schedulerSelect, option("", `default (${chosen.default_scheduler})`), chosen.schedulers.map((s) => option(s, s)));
+    fill(
+      samplerSelect,
+      option("", `default (${chosen.default_sampler})`),
+      chosen.samplers.map((s) => option(s, s)),
+    );
+    fill(
+      schedulerSelect,
+      option("", `default (${chosen.default_scheduler})`),
+      chosen.schedulers.map((s) => option(s, s)),
+    );
     renderChips(chips, prompt, chosen.vocabulary);
   };
   modelSelect.addEventListener("change", showModel);
-  verifierSelect.addEventListener("change", () => placeholders(form, welcome.models.find((m) => m.id === modelSelect.value), welcome));
+  verifierSelect.addEventListener("change", () =>
+    placeholders(
+      form,
+      welcome.models.find((m) => m.id === modelSelect.value),
+      welcome,
+    ),
+  );
   showModel();
 
   form.onsubmit = (event) => {
@@ -135,7 +191,7 @@ function renderChips(chips, prompt, vocabulary) {
     fill(chips);
     return;
   }
-  help.textContent = `This model knows ${vocabulary.length} words; select one to add it to the prompt.`;
+  help.textContent = `This model knows ${vocabulary.length} words; select one to add it.`;
   // Focus stays on the chip, so a keyboard user can go on to the next word.
   const add = (word) => {
     const text = prompt.value.trimEnd();
@@ -144,7 +200,16 @@ function renderChips(chips, prompt, vocabulary) {
   fill(
     chips,
     vocabulary.slice(0, MAX_CHIPS).map((word) =>
-      h("button", { type: "button", class: "chip", onclick: () => add(word), "aria-label": `Add “${word}” to the prompt` }, word),
+      h(
+        "button",
+        {
+          type: "button",
+          class: "chip",
+          onclick: () => add(word),
+          "aria-label": `Add “${word}” to the prompt`,
+        },
+        word,
+      ),
     ),
   );
 }
@@ -177,7 +242,12 @@ function send(form, app, alert) {
     }
   });
   if (requestId === null) {
-    showError(form, alert, { code: "disconnected", summary: "Not connected to the server.", detail: "The run was not started; try again once the dashboard has reconnected.", field: null });
+    showError(form, alert, {
+      code: "disconnected",
+      summary: "Not connected to the server.",
+      detail: "The run was not started; try again once the dashboard has reconnected.",
+      field: null,
+    });
     return;
   }
   form.dataset.busy = "true";
@@ -186,12 +256,22 @@ function send(form, app, alert) {
 }
 
 function showError(form, alert, error) {
-  fill(alert, h("strong", {}, error.summary), error.detail ? ` ${error.detail}` : "", " ", h("code", {}, error.code));
+  fill(
+    alert,
+    h("strong", {}, error.summary),
+    error.detail ? ` ${error.detail}` : "",
+    " ",
+    h("code", {}, error.code),
+  );
   alert.hidden = false;
   const input = error.field ? form.elements[error.field.split(/[.[]/)[0]] : null;
   if (input && input.id) {
     input.setAttribute("aria-invalid", "true");
-    const note = h("p", { class: "field-error", id: `${input.id}-error` }, error.detail || error.summary);
+    const note = h(
+      "p",
+      { class: "field-error", id: `${input.id}-error` },
+      error.detail || error.summary,
+    );
     input.closest(".field").append(note);
     input.setAttribute("aria-errormessage", note.id);
     input.focus();
@@ -212,11 +292,22 @@ function field(label, input, ...after) {
 }
 
 function number(name, { placeholder, ...limits }) {
-  return h("input", { id: `f-${name}`, name, type: "number", inputmode: "decimal", placeholder, ...limits });
+  return h("input", {
+    id: `f-${name}`,
+    name,
+    type: "number",
+    inputmode: "decimal",
+    placeholder,
+    ...limits,
+  });
 }
 
 function select(name, options) {
-  return h("select", { id: `f-${name}`, name }, options.map(([value, text]) => option(value, text)));
+  return h(
+    "select",
+    { id: `f-${name}`, name },
+    options.map(([value, text]) => option(value, text)),
+  );
 }
 
 function option(value, text) {

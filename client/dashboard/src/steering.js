@@ -15,7 +15,15 @@ export function renderSteering(section, app, getRun) {
   const ack = h("p", { id: "steer-ack", class: "ack", role: "status", "aria-live": "polite" });
   const slider = h("input", { id: "steer-threshold", type: "range", min: 0, max: 1, step: 0.01 });
   const sliderValue = h("output", { for: "steer-threshold", id: "steer-threshold-value" });
-  const cfgInput = h("input", { id: "steer-cfg", type: "number", min: 0, max: 30, step: 0.05, inputmode: "decimal", required: true });
+  const cfgInput = h("input", {
+    id: "steer-cfg",
+    type: "number",
+    min: 0,
+    max: 30,
+    step: 0.05,
+    inputmode: "decimal",
+    required: true,
+  });
   const cfgButton = h("button", { type: "submit", class: "secondary" }, "Apply CFG");
   const finishButton = h("button", { type: "button", class: "danger" }, "Stop and keep image");
   const abortButton = h("button", { type: "button", class: "secondary" }, "Abort");
@@ -31,7 +39,14 @@ export function renderSteering(section, app, getRun) {
       if (reply.type === "applied") say(onApplied(reply), "ok");
       else if (reply.type === "error") {
         const error = describeError(reply);
-        say([h("strong", {}, error.summary), error.detail ? ` ${error.detail} ` : " ", h("code", {}, error.code)], "error");
+        say(
+          [
+            h("strong", {}, error.summary),
+            error.detail ? ` ${error.detail} ` : " ",
+            h("code", {}, error.code),
+          ],
+          "error",
+        );
       }
       if (requestId === pendingThreshold) pendingThreshold = null;
     });
@@ -40,8 +55,9 @@ export function renderSteering(section, app, getRun) {
     return requestId;
   };
   const changed = (reply) =>
-    reply.changes.map((c) => `${capital(settingName(c.setting))} ${fmt(c.old)} → ${fmt(c.new)}`).join(", ") +
-    `, applied from step ${reply.step}.`;
+    reply.changes
+      .map((c) => `${capital(settingName(c.setting))} ${fmt(c.old)} → ${fmt(c.new)}`)
+      .join(", ") + `, applied from step ${reply.step}.`;
 
   cfgInput.oninput = () => {
     cfgInput.dataset.edited = "true";
@@ -54,18 +70,35 @@ export function renderSteering(section, app, getRun) {
     settle = setTimeout(() => {
       settle = null;
       const value = Number(slider.value);
-      pendingThreshold = send("set", { quality_threshold: value }, `Setting the threshold to ${fmt(value)}…`, changed);
+      pendingThreshold = send(
+        "set",
+        { quality_threshold: value },
+        `Setting the threshold to ${fmt(value)}…`,
+        changed,
+      );
     }, SLIDER_SETTLE_MS);
   };
-  const cfgForm = h("form", { class: "steer-row", onsubmit: (event) => {
-    event.preventDefault();
-    const value = Number(cfgInput.value);
-    delete cfgInput.dataset.edited;
-    send("set", { cfg: value }, `Setting CFG to ${fmt(value)}…`, changed);
-  } }, h("label", { for: "steer-cfg" }, "CFG"), cfgInput, cfgButton);
+  const cfgForm = h(
+    "form",
+    {
+      class: "steer-row",
+      onsubmit: (event) => {
+        event.preventDefault();
+        const value = Number(cfgInput.value);
+        delete cfgInput.dataset.edited;
+        send("set", { cfg: value }, `Setting CFG to ${fmt(value)}…`, changed);
+      },
+    },
+    h("label", { for: "steer-cfg" }, "CFG"),
+    cfgInput,
+    cfgButton,
+  );
   const stop = (mode) => {
     send("stop", { mode }, mode === "finish" ? "Stopping…" : "Aborting…", (reply) =>
-      reply.step === 0 ? "Stopped before the first step." : `Stop applied at step ${reply.step}; the run is finishing.`);
+      reply.step === 0
+        ? "Stopped before the first step."
+        : `Stop applied at step ${reply.step}; the run is finishing.`,
+    );
   };
   finishButton.onclick = () => stop("finish");
   abortButton.onclick = () => stop("abort");
@@ -73,29 +106,46 @@ export function renderSteering(section, app, getRun) {
   const update = () => {
     const run = getRun();
     if (!token()) {
-      fill(section, h("h2", { id: "steer-title" }, "Steer"),
-        h("p", { class: "muted", id: "steer-readonly" }, "You are watching this run. Only the browser tab that started it can steer it."));
+      fill(
+        section,
+        h("h2", { id: "steer-title" }, "Steer"),
+        h(
+          "p",
+          { class: "muted", id: "steer-readonly" },
+          "You are watching this run. Only the browser tab that started it can steer it.",
+        ),
+      );
       return;
     }
     if (!section.contains(slider)) {
-      fill(section,
+      fill(
+        section,
         h("h2", { id: "steer-title" }, "Steer"),
-        h("div", { class: "steer-row" }, h("label", { for: "steer-threshold" }, "Threshold"), slider, sliderValue),
+        h(
+          "div",
+          { class: "steer-row" },
+          h("label", { for: "steer-threshold" }, "Threshold"),
+          slider,
+          sliderValue,
+        ),
         cfgForm,
         h("div", { class: "steer-row stop-row" }, finishButton, abortButton),
         ack,
       );
     }
     const over = run.state === "finished";
-    for (const control of [slider, cfgInput, cfgButton, finishButton, abortButton]) control.disabled = over || !app.connection.isOpen;
+    for (const control of [slider, cfgInput, cfgButton, finishButton, abortButton])
+      control.disabled = over || !app.connection.isOpen;
     if (over && !ack.textContent) say("The run has finished; there is nothing left to steer.");
-    const editing = document.activeElement === slider || settle !== null || pendingThreshold !== null;
+    const editing =
+      document.activeElement === slider || settle !== null || pendingThreshold !== null;
     if (!editing && run.threshold !== null) {
       slider.value = String(run.threshold);
       sliderValue.textContent = fmt(run.threshold);
     }
     // The CFG box follows the run (the policy raises CFG) until the owner starts typing in it.
-    if (!cfgInput.dataset.edited && run.cfg !== null) cfgInput.value = String(Number(run.cfg.toFixed(2)));
+    if (!cfgInput.dataset.edited && run.cfg !== null)
+      cfgInput.value = String(Number(run.cfg.toFixed(2)));
   };
   const stopStatus = app.onStatus(update);
   return {
