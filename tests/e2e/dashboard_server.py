@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import anyio
-from anyio.from_thread import start_blocking_portal
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from starlette.applications import Starlette
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -31,7 +32,7 @@ from diffusers import (  # noqa: E402
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
-from stepwatch.server.app import create_app  # noqa: E402
+from stepwatch.server.app import Service, create_app  # noqa: E402
 from stepwatch.server.config import ServerConfig  # noqa: E402
 from stepwatch.server.engine.model import (  # noqa: E402
     LoadedModel,
@@ -123,6 +124,19 @@ def tiny_model() -> LoadedModel:
 class DashboardServer:
     url: str
     config: ServerConfig
+    app: Starlette
+    portal: BlockingPortal
+
+    def drop_connections(self) -> None:
+        """Close every open connection (1012, "service restart"), as a network blip would;
+        runs go on."""
+
+        def drop() -> None:
+            service: Service = self.app.state.service
+            for session in list(service.sessions):
+                session.close(1012, "dropped by the test")
+
+        self.portal.call(drop)
 
 
 @contextmanager
@@ -141,7 +155,7 @@ def served(config: ServerConfig, port: int = 0) -> Iterator[DashboardServer]:
         )
         assert ready.wait(120), "the server did not start"
         try:
-            yield DashboardServer(f"http://127.0.0.1:{port}", config)
+            yield DashboardServer(f"http://127.0.0.1:{port}", config, app, portal)
         finally:
             portal.call(stop.set)
             assert status.result(timeout=60) == 0

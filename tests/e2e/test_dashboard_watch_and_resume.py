@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
+import msgpack
 from dashboard_actions import (
     OUTPUT,
     chart_checks,
@@ -15,7 +17,7 @@ from dashboard_actions import (
     wait_for_checks,
 )
 from dashboard_server import DashboardServer, served
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, WebSocket, expect
 
 from stepwatch.server.config import ServerConfig
 
@@ -23,7 +25,7 @@ from stepwatch.server.config import ServerConfig
 def test_a_second_page_watches_the_same_checks(
     page: Page, browser: Browser, server: DashboardServer
 ) -> None:
-    run_id = start_run(page, server.url, steps=1000, check_interval=10)
+    run_id = start_run(page, server.url, steps=1000, check_interval=5)
     wait_for_checks(page, 2)
 
     # Someone opens the run's link in a browser of their own: a watcher, not the owner.
@@ -55,7 +57,7 @@ def test_a_second_page_watches_the_same_checks(
 
 
 def test_a_reloaded_page_resumes_and_keeps_control(page: Page, server: DashboardServer) -> None:
-    run_id = start_run(page, server.url, steps=1000, check_interval=10)
+    run_id = start_run(page, server.url, steps=1000, check_interval=5)
     wait_for_checks(page, 3)
     before = chart_steps(page)
 
@@ -74,10 +76,44 @@ def test_a_reloaded_page_resumes_and_keeps_control(page: Page, server: Dashboard
     assert stored_run(page, server.url, run_id)["image_url"] is None
 
 
+def test_a_dropped_connection_resumes_from_the_last_event_seen(
+    page: Page, server: DashboardServer
+) -> None:
+    hellos: list[dict[str, Any]] = []
+
+    def watch_socket(socket: WebSocket) -> None:
+        def sent(payload: bytes | str) -> None:
+            frame = msgpack.unpackb(payload) if isinstance(payload, bytes) else {}
+            if frame.get("type") == "hello":
+                hellos.append(frame)
+
+        socket.on("framesent", sent)
+
+    page.on("websocket", watch_socket)
+    run_id = start_run(page, server.url, steps=1000, check_interval=5)
+    wait_for_checks(page, 2)
+
+    server.drop_connections()
+    expect(page.locator("#connection")).to_contain_text("Disconnected from the server")
+    expect(page.locator("#connection")).to_have_text(re.compile("Connected"))
+    before = chart_checks(page)
+    wait_for_checks(page, before + 2)
+    page.get_by_role("button", name="Stop and keep image").click()
+    expect(page.locator("#run-state")).to_have_text("stopped")
+
+    # The second hello asked for the run from the last event the page had seen, and the chart
+    # has every check once, none missed while the connection was down.
+    resumed = hellos[1]["resume"]
+    assert [point["run_id"] for point in resumed] == [run_id]
+    assert resumed[0]["after_seq"] > 0
+    history = [entry["step"] for entry in stored_run(page, server.url, run_id)["history"]]
+    assert chart_steps(page) == history == list(range(5, 5 * len(history) + 1, 5))
+
+
 def test_the_page_says_when_the_server_is_gone_and_reconnects(page: Page, tmp_path: Path) -> None:
     config = ServerConfig(port=0, data_dir=tmp_path)
     with served(config) as first:
-        run_id = start_run(page, first.url, steps=1000, check_interval=10)
+        run_id = start_run(page, first.url, steps=1000, check_interval=5)
         wait_for_checks(page, 1)
         port = int(first.url.rsplit(":", 1)[1])
     # The server shut down: the run ended with it, and the page says the connection is gone.

@@ -144,7 +144,7 @@ export class QualityChart {
       );
       if (line === -1) line = taken.push([]) - 1;
       taken[line].push([box.left, box.right]);
-      rule(ctx, x, top, bottom, color, label, box, top + (2 + 14 * line) * ratio, ratio);
+      rule(ctx, x, top, bottom, color, label, box, top + (2 + 14 * line) * ratio, ratio, c.surface);
     }
     ctx.restore();
   }
@@ -192,7 +192,7 @@ function labelBox(ctx, x, label, right, ratio) {
   };
 }
 
-function rule(ctx, x, top, bottom, color, label, box, textY, ratio) {
+function rule(ctx, x, top, bottom, color, label, box, textY, ratio, background) {
   ctx.beginPath();
   ctx.setLineDash([3 * ratio, 3 * ratio]);
   ctx.moveTo(x, top);
@@ -201,6 +201,14 @@ function rule(ctx, x, top, bottom, color, label, box, textY, ratio) {
   ctx.lineWidth = 1.5 * ratio;
   ctx.stroke();
   ctx.setLineDash([]);
+  // A backing of the card's colour keeps the label readable where it crosses a line.
+  ctx.fillStyle = background;
+  ctx.fillRect(
+    box.left - 2 * ratio,
+    textY - 1 * ratio,
+    box.right - box.left + 4 * ratio,
+    14 * ratio,
+  );
   ctx.fillStyle = color;
   ctx.textBaseline = "top";
   ctx.textAlign = box.align;

@@ -12,6 +12,8 @@ import { describeError } from "./protocol.js";
 import { RunState } from "./runstate.js";
 import { renderSteering } from "./steering.js";
 
+const FULL_DRAW_MS = 400;
+
 export function renderRun(main, app, runId) {
   let run = app.watch(runId);
   const view = buildLayout(main, runId);
@@ -19,25 +21,46 @@ export function renderRun(main, app, runId) {
   const strip = { shown: 0, selected: null };
   const steering = renderSteering(view.steer, app, () => run);
   let frame = null;
+  let full = true; // whether something besides progress changed since the last full draw
+  let lastFull = 0;
+  let later = null;
 
+  // Progress comes every step: it updates the header at once and the rest (the chart's lines
+  // reach the current step) at most every FULL_DRAW_MS, which keeps an open page cheap.
   const draw = () => {
     frame = null;
     drawHeader(view, run);
+    steering.update();
+    const wait = lastFull + FULL_DRAW_MS - performance.now();
+    if (!full && wait > 0) {
+      later ??= setTimeout(() => {
+        later = null;
+        full = true;
+        redraw();
+      }, wait);
+      return;
+    }
+    full = false;
+    lastFull = performance.now();
     chart.update(run);
     describeChart(view, run);
     drawImage(view, run, strip);
-    drawFilmstrip(view, run, strip, draw);
+    drawFilmstrip(view, run, strip, redrawAll);
     drawLog(view, run);
-    steering.update();
   };
   const redraw = () => {
     if (frame === null) frame = requestAnimationFrame(draw);
+  };
+  const redrawAll = () => {
+    full = true;
+    redraw();
   };
   const stopListening = app.onRun(runId, (changed, message) => {
     if (message.type === "error" && message.code === "unknown_run") {
       loadStored();
       return;
     }
+    if (message.type !== "progress") full = true;
     redraw();
   });
 
@@ -46,7 +69,7 @@ export function renderRun(main, app, runId) {
       const record = await app.api.run(runId);
       const image = record.image_url ? await app.api.imageSource(record.image_url) : null;
       run = RunState.fromRecord(record, image);
-      redraw();
+      redrawAll();
     } catch (error) {
       fill(
         main,
@@ -69,6 +92,7 @@ export function renderRun(main, app, runId) {
   return {
     dispose() {
       if (frame !== null) cancelAnimationFrame(frame);
+      clearTimeout(later);
       stopListening();
       steering.dispose();
       chart.destroy();
