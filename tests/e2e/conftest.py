@@ -69,9 +69,13 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
-    """A fresh browser context (its own storage) with one page, at laptop size."""
+    """A fresh browser context (its own storage) with one page, at laptop size. The test fails
+    if the dashboard's code throws anywhere in the context."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(WAIT_MS)
+    thrown: list[str] = []
+    context.on("weberror", lambda error: thrown.append(str(error.error)))
     page = context.new_page()
     yield page
     context.close()
+    assert thrown == [], thrown
