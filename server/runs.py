@@ -125,9 +125,6 @@ class DeviceQueue:
         self.closed = False
         self._wakeup = anyio.Event()
 
-    def _free_samplers(self) -> int:
-        return max(self.samplers - len(self.running) - len(self.waiting) - self.reserved, 0)
-
     def reserve(self) -> None:
         """Hold a place for a run about to be queued, or raise ``queue_full``."""
         would_wait = len(self.waiting) + self.reserved + len(self.running) - self.samplers + 1
@@ -155,7 +152,7 @@ class DeviceQueue:
 
     async def take(self) -> LiveRun | None:
         """The next run to sample; ``None`` once the queue is closed."""
-        while not self.waiting:
+        while not self.waiting or self.closed:
             if self.closed:
                 return None
             self._wakeup = anyio.Event()
@@ -244,7 +241,10 @@ class RunManager:
         queue.reserve()
         run = LiveRun(secrets.token_hex(8), resolved, owner)
         try:
-            await self.store.add_run(run.run_id, resolved.parameters)
+            # Shielded: once recorded, the run is queued even if its connection goes meanwhile
+            # (nobody is attached then, so it is abandoned after the grace period).
+            with anyio.CancelScope(shield=True):
+                await self.store.add_run(run.run_id, resolved.parameters)
         except StoreError as exc:
             queue.reserved -= 1
             logger.error("cannot record a new run: %s", exc)
@@ -478,6 +478,7 @@ class RunManager:
         """
         self.accepting = False
         for queue in self._queues.values():
+            queue.close()  # no worker takes another run
             for run in list(queue.waiting):
                 await self._end(run, "shutdown")
         unfinished = [run for run in self._runs.values() if not run.finished]
@@ -486,5 +487,3 @@ class RunManager:
         with anyio.move_on_after(self.limits.shutdown_timeout):
             for run in unfinished:
                 await run.done.wait()
-        for queue in self._queues.values():
-            queue.close()

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import pytest
 from servertools import connect, running_server
+from websockets.exceptions import ConnectionClosed
 
 from stepwatch.protocol import (
     Adjusted,
@@ -240,3 +241,27 @@ async def test_a_connection_may_own_only_so_many_unfinished_runs(
             await client.send(Stop("s", accepted.run_id, accepted.control_token, "abort"))
             await client.run_events(accepted.run_id)
             await client.start("d", prompt="red circle", steps=3)  # and so may this one again
+
+
+async def test_shutting_down_finishes_running_and_queued_runs_as_shutdown(
+    tmp_path: Path, served_model: LoadedModel
+) -> None:
+    async with running_server(ServerConfig(data_dir=tmp_path), loader(served_model)) as server:
+        async with connect(server.url) as client:
+            running = await client.start("a", prompt="red circle", steps=LONG)
+            queued = await client.start("b", prompt="red circle", steps=5)
+            await client.event(running.run_id, Progress)
+            server.stop.set()  # what SIGTERM does
+            running_events = await client.run_events(running.run_id)
+            queued_events = await client.run_events(queued.run_id)
+            with pytest.raises(ConnectionClosed) as closed:
+                await client.recv()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    last = running_events[-1]
+    assert isinstance(last, Finished) and last.reason == "shutdown" and last.image is not None
+    (only,) = queued_events
+    assert isinstance(only, Finished) and (only.reason, only.seq, only.image) == (
+        "shutdown",
+        1,
+        None,
+    )
