@@ -7,6 +7,16 @@
 # (use the CUDA tag that PyTorch publishes for the torch version pinned in constraints.txt)
 #
 # Run:            docker run -p 8765:8765 stepwatch
+
+# The browser dashboard, built from its lockfile; only its dist/ goes into the image.
+FROM node:20-slim AS dashboard
+WORKDIR /dashboard
+COPY client/dashboard/package.json client/dashboard/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY client/dashboard/build.mjs ./
+COPY client/dashboard/src/ src/
+RUN npm run build
+
 FROM python:3.11-slim
 
 # Where torch comes from. PyPI's Linux wheels pull the CUDA libraries (gigabytes); PyTorch's
@@ -30,6 +40,7 @@ COPY pyproject.toml README.md ./
 COPY protocol/ protocol/
 COPY client/ client/
 COPY server/ server/
+COPY --from=dashboard /dashboard/dist/ client/dashboard/dist/
 RUN pip install --constraint constraints.txt . \
     && groupadd --gid 10001 stepwatch \
     && useradd --create-home --uid 10001 --gid 10001 stepwatch

@@ -1,7 +1,9 @@
 # The two commands a newcomer needs:
 #   make serve   set everything up and run the service on the built-in model
 #   make test    set everything up and run ruff, mypy and the whole test suite with coverage
-# Every install reads constraints.txt, the one place torch is pinned.
+# Every install reads constraints.txt, the one place torch is pinned. The browser dashboard is
+# built with npm from client/dashboard/package-lock.json before the Python install, which ships
+# it as package data.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,21 +11,50 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --constraint constraints.txt
 HOST ?= 127.0.0.1
 PORT ?= 8765
+DASHBOARD := client/dashboard
+DASHBOARD_SOURCES := $(wildcard $(DASHBOARD)/src/*) $(DASHBOARD)/build.mjs
+CHROMIUM := /usr/bin/chromium
+# Root (as in CI containers) may install the system packages the build and the browser tests need.
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
-.PHONY: serve test lint typecheck pytest clean
+.PHONY: serve test lint typecheck pytest clean dashboard npm chromium
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+# The dashboard is built before the Python install (order-only, so that a rebuilt dashboard does
+# not reinstall the venv; `serve` and `pytest` rebuild it when its sources change).
+$(VENV)/.installed: pyproject.toml constraints.txt | $(DASHBOARD)/dist/index.html
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) --editable '.[test]'
 	touch $@
 
-serve: $(VENV)/.installed
+npm:
+	@command -v npm >/dev/null || [ "$$(id -u)" != 0 ] || $(APT_INSTALL) nodejs npm \
+		|| { apt-get update && $(APT_INSTALL) nodejs npm; }
+	@command -v npm >/dev/null || { echo "make: the dashboard needs Node.js 18+ and npm"; exit 1; }
+
+# The dashboard's npm packages, exactly as the lockfile pins them.
+$(DASHBOARD)/node_modules/.package-lock.json: $(DASHBOARD)/package.json $(DASHBOARD)/package-lock.json | npm
+	cd $(DASHBOARD) && npm ci --no-audit --no-fund
+	touch $@
+
+$(DASHBOARD)/dist/index.html: $(DASHBOARD)/node_modules/.package-lock.json $(DASHBOARD_SOURCES)
+	cd $(DASHBOARD) && npm run build
+
+dashboard: $(DASHBOARD)/dist/index.html
+
+# The browser tests drive Debian's Chromium (never a browser Playwright downloads).
+chromium:
+	@[ -x $(CHROMIUM) ] || [ "$$(id -u)" != 0 ] || $(APT_INSTALL) chromium \
+		|| { apt-get update && $(APT_INSTALL) chromium; }
+	@[ -x $(CHROMIUM) ] || { echo "make: $(CHROMIUM) is missing: install Debian's chromium"; exit 1; }
+
+serve: $(VENV)/.installed dashboard
 	$(VENV)/bin/stepwatch serve --host $(HOST) --port $(PORT)
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed $(DASHBOARD)/node_modules/.package-lock.json
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	cd $(DASHBOARD) && npm run --silent check
 
 # The service layer of server/ (not the engine and models, which torch's typing limits) is
 # checked strictly too; the modules it imports are read, not reported.
@@ -39,7 +70,7 @@ typecheck: $(VENV)/.installed
 	MYPYPATH=.typing $(VENV)/bin/mypy --follow-imports=silent \
 		$(foreach module,$(SERVICE_MODULES),-m stepwatch.server.$(module))
 
-pytest: $(VENV)/.installed
+pytest: $(VENV)/.installed dashboard chromium
 	$(VENV)/bin/coverage erase
 	$(VENV)/bin/coverage run -m pytest $(PYTEST_ARGS)
 	$(VENV)/bin/coverage report --include='protocol/*' --fail-under=100
@@ -49,3 +80,4 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) .coverage .mypy_cache .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(DASHBOARD)/node_modules $(DASHBOARD)/dist

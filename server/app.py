@@ -173,7 +173,8 @@ def dashboard_directory(config: ServerConfig) -> Path | None:
     """The folder served at ``/``: the configured one, else the packaged dashboard, if any."""
     if config.dashboard_dir is not None:
         return config.dashboard_dir if config.dashboard_dir.is_dir() else None
-    packaged = importlib.resources.files("stepwatch.client") / "dashboard"
+    # The dashboard's build output (client/dashboard/dist, shipped as package data).
+    packaged = importlib.resources.files("stepwatch.client") / "dashboard" / "dist"
     if packaged.is_dir() and (packaged / "index.html").is_file():
         return Path(str(packaged))
     return None

@@ -1,0 +1,192 @@
+// What the dashboard knows about one run, built from its events in `seq` order.
+//
+// A RunState is fed the run's events (live, replayed after a reconnect, or replayed to a late
+// watcher) and ignores any it has already seen. It can also be built from the HTTP API's
+// record of a stored run, which has no previews. Views read it and never change it.
+
+export class RunState {
+  constructor(runId) {
+    this.runId = runId;
+    this.lastSeq = 0;
+    this.state = "unknown"; // "queued", "running" or "finished"; "unknown" until told
+    this.queuePosition = null;
+    this.parameters = null;
+    this.step = 0;
+    this.total = null;
+    this.elapsed = 0;
+    this.eta = null;
+    this.checks = []; // {step, score, components, threshold, decision, reason, cfg, preview}
+    this.changes = []; // {step, kind: "adjusted"|"applied", setting, old, new, reason, requestId}
+    this.stops = []; // {step, mode, requestId}
+    this.finished = null; // {reason, stepsRun, elapsed, finalScore, error}
+    this.image = null; // {url, width, height}
+    this.objectUrls = [];
+  }
+
+  /** Apply one run event; false when it was already seen (a replay overlapping the live feed). */
+  apply(event) {
+    if (event.seq <= this.lastSeq) return false;
+    this.lastSeq = event.seq;
+    switch (event.type) {
+      case "started":
+        this.started(event.parameters);
+        break;
+      case "progress":
+        if (this.state !== "finished") this.state = "running";
+        this.step = event.step;
+        this.total = event.total;
+        this.elapsed = event.elapsed;
+        this.eta = event.eta;
+        break;
+      case "check":
+        this.check(event);
+        break;
+      case "adjusted":
+        this.changes.push({ ...change(event, "adjusted"), reason: event.reason, seq: event.seq });
+        break;
+      case "applied":
+        this.applied(event);
+        break;
+      case "finished":
+        this.finish(event);
+        break;
+      default:
+        return false;
+    }
+    return true;
+  }
+
+  started(parameters) {
+    this.parameters = parameters;
+    this.total = parameters.steps;
+    if (this.state !== "finished") this.state = "running";
+  }
+
+  check(event) {
+    this.step = Math.max(this.step, event.step);
+    this.checks.push({
+      seq: event.seq,
+      step: event.step,
+      score: event.score,
+      components: event.components,
+      threshold: event.threshold,
+      decision: event.decision,
+      reason: event.reason,
+      cfg: event.cfg,
+      preview: event.preview ? this.blobImage(event.preview) : null,
+    });
+  }
+
+  applied(event) {
+    if (event.stop) {
+      this.stops.push({
+        step: event.step,
+        mode: event.stop,
+        requestId: event.request_id,
+        seq: event.seq,
+      });
+      return;
+    }
+    for (const item of event.changes) {
+      this.changes.push({
+        ...change({ ...event, ...item }, "applied"),
+        requestId: event.request_id,
+        seq: event.seq,
+      });
+    }
+  }
+
+  finish(event) {
+    this.state = "finished";
+    this.step = Math.max(this.step, event.steps_run);
+    this.elapsed = event.elapsed;
+    this.eta = null;
+    this.finished = {
+      seq: event.seq,
+      reason: event.reason,
+      stepsRun: event.steps_run,
+      elapsed: event.elapsed,
+      finalScore: event.final_score,
+      error: event.error,
+    };
+    if (event.image) this.image = this.blobImage({ ...event.image, format: "png" });
+    // A late watcher may have missed checks whose events it never saw (never in v1, but the
+    // history is the record): take any check the history has and the events did not.
+    const seen = new Set(this.checks.map((c) => c.step));
+    for (const entry of event.history) {
+      if (!seen.has(entry.step)) this.checks.push({ ...entry, reason: "", preview: null });
+    }
+    this.checks.sort((a, b) => a.step - b.step);
+  }
+
+  /** The value of `setting` in force after `step` steps: its start value, then each change. */
+  valueAt(setting, step) {
+    let value = this.parameters ? this.parameters[setting] : null;
+    for (const item of this.changes) {
+      if (item.setting === setting && item.step <= step) value = item.new;
+    }
+    if (value === null && setting === "quality_threshold")
+      value = this.checks[0]?.threshold ?? null;
+    if (value === null && setting === "cfg") value = this.checks[0]?.cfg ?? null;
+    return value;
+  }
+
+  get threshold() {
+    return this.valueAt("quality_threshold", Infinity);
+  }
+
+  get cfg() {
+    return this.valueAt("cfg", Infinity);
+  }
+
+  get latestPreview() {
+    for (let i = this.checks.length - 1; i >= 0; i -= 1) {
+      if (this.checks[i].preview) return this.checks[i];
+    }
+    return null;
+  }
+
+  blobImage({ format, width, height, data }) {
+    const url = URL.createObjectURL(new Blob([data], { type: `image/${format}` }));
+    this.objectUrls.push(url);
+    return { url, width, height };
+  }
+
+  /** Free the images' memory; call when no view shows this run any more. */
+  dispose() {
+    for (const url of this.objectUrls) URL.revokeObjectURL(url);
+    this.objectUrls = [];
+  }
+
+  /** A finished run as the HTTP API stored it (`GET /api/runs/{id}`): no previews. */
+  static fromRecord(record, imageUrl) {
+    const run = new RunState(record.run_id);
+    run.state = record.state;
+    if (record.parameters) run.started(record.parameters);
+    run.state = record.state;
+    run.step = record.steps_run ?? 0;
+    run.elapsed = record.elapsed ?? 0;
+    run.checks = record.history.map((entry) => ({ ...entry, reason: "", preview: null }));
+    if (record.state === "finished") {
+      run.finished = {
+        reason: record.reason,
+        stepsRun: record.steps_run,
+        elapsed: record.elapsed,
+        finalScore: record.final_score,
+        error: record.error,
+      };
+    }
+    if (imageUrl && record.parameters) {
+      run.image = {
+        url: imageUrl,
+        width: record.parameters.width,
+        height: record.parameters.height,
+      };
+    }
+    return run;
+  }
+}
+
+function change(event, kind) {
+  return { step: event.step, kind, setting: event.setting, old: event.old, new: event.new };
+}
