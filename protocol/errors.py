@@ -86,8 +86,21 @@ class ErrorCode(StrEnum):
     RUN_FINISHED = "run_finished"
     #: The connection did not read its events in time; the server closes it (resume later).
     SLOW_CONSUMER = "slow_consumer"
+    #: The server is shutting down and accepts no new runs.
+    SHUTTING_DOWN = "shutting_down"
     #: An unexpected failure inside the server (a failed run reports it in ``finished``).
     INTERNAL = "internal"
+
+    # Codes a failed run reports in ``finished.error``.
+
+    #: The model's estimate or image held NaN or infinity (often a half-precision overflow).
+    NAN_DETECTED = "nan_detected"
+    #: The verifier raised, or returned a score outside [0, 1].
+    VERIFIER_FAILED = "verifier_failed"
+    #: The device ran out of memory.
+    OUT_OF_MEMORY = "out_of_memory"
+    #: The engine cannot take the x0 estimate from the scheduler the run asked for.
+    UNSUPPORTED_SCHEDULER = "unsupported_scheduler"
 
 
 #: The codes that mean "these bytes are not a frame": they get :class:`FrameError`.

@@ -358,7 +358,7 @@ class Adjusted:
 
     run_id: RunId
     seq: Seq
-    #: The step from which the new value applies.
+    #: The steps done when the setting changed; the new value applies to the steps after it.
     step: Step
     setting: Setting
     old: float
@@ -378,7 +378,7 @@ class Applied:
     seq: Seq
     #: The ``set`` or ``stop`` this acknowledges.
     request_id: RequestId
-    #: The step from which it applies.
+    #: The steps done when it took effect; it applies to the steps after it (0: to every step).
     step: Step
     #: The settings a ``set`` changed.
     changes: Annotated[tuple[SettingChange, ...], Length(0, len(SETTINGS))]

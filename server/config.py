@@ -1,0 +1,222 @@
+"""How the service is configured: :class:`ServerConfig`, and every limit in :class:`ServiceLimits`.
+
+The command line (:mod:`stepwatch.server.cli`) builds one :class:`ServerConfig`; tests build
+their own. Nothing else reads settings from anywhere: the app gets the config object and passes
+the parts on. This module imports neither torch nor the web stack, so the command line stays
+quick to start.
+
+Every limit a client can run into is in :class:`ServiceLimits`, and every one of them is either
+announced in ``welcome.limits`` or documented with the error code it produces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from stepwatch.protocol import limits as wire
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_PORT",
+    "ENGINE_MAX_PROMPT_CHARS",
+    "MIN_PREVIEW_SIZE",
+    "ConfigError",
+    "ServerConfig",
+    "ServiceLimits",
+]
+
+#: The model ``stepwatch serve`` loads when none is configured: the built-in shapes model.
+DEFAULT_MODEL = "shapes=builtin:shapes"
+#: The port the protocol README names.
+DEFAULT_PORT = 8765
+#: The longest prompt the engine accepts (tighter than the protocol's 4000 characters).
+ENGINE_MAX_PROMPT_CHARS = 2000
+#: The smallest preview thumbnail the engine makes; ``preview_size`` 0 turns previews off.
+MIN_PREVIEW_SIZE = 8
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or malformed; the message names it."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ServiceLimits:
+    """Every limit the service enforces, in one place.
+
+    Frames and connections:
+
+    - ``max_frame_bytes``: the largest client frame; a longer one gets ``frame_too_large``
+      (far longer ones, over :attr:`transport_max_bytes`, make the WebSocket layer close 1009);
+    - ``messages_per_second`` and ``message_burst``: a token bucket per connection; a frame
+      beyond it is dropped with ``rate_limited``;
+    - ``max_runs_per_connection``: unfinished runs one connection may have started
+      (``too_many_runs``);
+    - ``hello_timeout``: seconds a new connection has to send ``hello``.
+
+    Runs: ``max_queue`` (runs waiting for a sampler; ``queue_full``), ``max_steps``,
+    ``max_image_side`` (width and height), ``max_preview_size``, ``max_prompt_chars`` (all
+    ``invalid_value`` naming the field).
+
+    Delivery: ``outbox_size`` (frames waiting for one connection; a full outbox, or one whose
+    oldest frame waits longer than ``send_timeout`` seconds, closes the connection with
+    ``slow_consumer``). ``abandon_grace``: seconds a run goes on with nobody attached before it is
+    stopped as ``abandoned``. ``finished_retention``: seconds a finished run stays in memory
+    (the store keeps it after). ``shutdown_timeout``: seconds shutdown waits for runs to finish.
+    """
+
+    max_frame_bytes: int = wire.MAX_CLIENT_FRAME_BYTES
+    messages_per_second: float = 50.0
+    message_burst: int = 100
+    max_runs_per_connection: int = 8
+    hello_timeout: float = 10.0
+    max_queue: int = 16
+    max_steps: int = wire.MAX_STEPS
+    max_image_side: int = wire.MAX_SIZE
+    max_preview_size: int = wire.MAX_PREVIEW_SIZE
+    max_prompt_chars: int = ENGINE_MAX_PROMPT_CHARS
+    outbox_size: int = 4096
+    send_timeout: float = 10.0
+    abandon_grace: float = 30.0
+    finished_retention: float = 300.0
+    shutdown_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        _require(
+            1024 <= self.max_frame_bytes <= wire.MAX_CLIENT_FRAME_BYTES,
+            f"max_frame_bytes must be 1024..{wire.MAX_CLIENT_FRAME_BYTES}",
+        )
+        _require(
+            self.messages_per_second > 0 and math.isfinite(self.messages_per_second),
+            "messages_per_second must be a positive number",
+        )
+        _require(self.message_burst >= 1, "message_burst must be at least 1")
+        _require(self.max_runs_per_connection >= 1, "max_runs_per_connection must be at least 1")
+        _require(self.max_queue >= 0, "max_queue must not be negative")
+        _require(
+            wire.MIN_STEPS <= self.max_steps <= wire.MAX_STEPS,
+            f"max_steps must be {wire.MIN_STEPS}..{wire.MAX_STEPS}",
+        )
+        _require(
+            wire.MIN_SIZE <= self.max_image_side <= wire.MAX_SIZE,
+            f"max_image_side must be {wire.MIN_SIZE}..{wire.MAX_SIZE}",
+        )
+        _require(
+            0 <= self.max_preview_size <= wire.MAX_PREVIEW_SIZE,
+            f"max_preview_size must be 0..{wire.MAX_PREVIEW_SIZE}",
+        )
+        _require(
+            1 <= self.max_prompt_chars <= ENGINE_MAX_PROMPT_CHARS,
+            f"max_prompt_chars must be 1..{ENGINE_MAX_PROMPT_CHARS}",
+        )
+        _require(self.outbox_size >= 8, "outbox_size must be at least 8")
+        for name in (
+            "hello_timeout",
+            "send_timeout",
+            "abandon_grace",
+            "finished_retention",
+            "shutdown_timeout",
+        ):
+            value = getattr(self, name)
+            _require(value > 0 and math.isfinite(value), f"{name} must be a positive number")
+
+    @property
+    def transport_max_bytes(self) -> int:
+        """The largest WebSocket message the transport reads at all.
+
+        Frames between :attr:`max_frame_bytes` and this get a coded ``frame_too_large`` error
+        and the connection stays open; longer ones are refused by the WebSocket layer (close
+        1009) before anything buffers them.
+        """
+        return 4 * self.max_frame_bytes
+
+    def welcome_limits(self) -> dict[str, int]:
+        """The limits in force under the names ``welcome.limits`` uses."""
+        announced = wire.protocol_limits()
+        announced.update(
+            max_frame_bytes=self.max_frame_bytes,
+            max_prompt_chars=self.max_prompt_chars,
+            max_steps=self.max_steps,
+            max_width=self.max_image_side,
+            max_height=self.max_image_side,
+            max_preview_size=self.max_preview_size,
+            max_queue=self.max_queue,
+            max_runs_per_connection=self.max_runs_per_connection,
+            messages_per_second=math.floor(self.messages_per_second),
+            message_burst=self.message_burst,
+        )
+        return announced
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``stepwatch serve`` is told.
+
+    ``models`` are ``NAME=SOURCE[,option=value...]`` texts (see
+    :mod:`stepwatch.server.models.loading`); the first is the default model. ``device`` applies
+    to every model whose text names no ``device=``. ``verifiers`` are ``[ID=]module:callable``
+    texts; verifiers installed under the ``stepwatch.verifiers`` entry point group are loaded too
+    when ``entry_point_verifiers`` is true. ``token``, when set, is the API token every
+    connection must present. ``allowed_origins`` are browser origins allowed besides the
+    server's own and localhost (``*`` allows any). ``dashboard_dir`` is served at ``/`` when it
+    exists (``None``: the packaged dashboard, if installed).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+    verifiers: tuple[str, ...] = ()
+    entry_point_verifiers: bool = True
+    data_dir: Path = Path("data")
+    device: str = "auto"
+    samplers_per_device: int = 1
+    token: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    dashboard_dir: Path | None = None
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, f"port must be 0..65535, got {self.port}")
+        _require(bool(self.models), "at least one model must be configured")
+        _require(
+            self.device.partition(":")[0] in DEVICES,
+            f"device must be one of {', '.join(DEVICES)} (cuda:N allowed), got {self.device!r}",
+        )
+        _require(self.samplers_per_device >= 1, "samplers_per_device must be at least 1")
+        if self.token is not None:
+            _require(
+                1 <= len(self.token) <= wire.MAX_TOKEN_CHARS,
+                f"the API token must be 1..{wire.MAX_TOKEN_CHARS} characters",
+            )
+        for origin in self.allowed_origins:
+            _require(
+                origin == "*" or "://" in origin,
+                f"an allowed origin is scheme://host[:port] or *, got {origin!r}",
+            )
+
+    def model_texts(self) -> tuple[str, ...]:
+        """The model texts with ``device`` applied to those that name none."""
+        if self.device == "auto":
+            return self.models
+        return tuple(
+            text if ",device=" in text.replace(" ", "") else f"{text},device={self.device}"
+            for text in self.models
+        )
+
+    def describe(self) -> str:
+        """One line per setting, for the log at start-up (the token is never shown)."""
+        shown = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "token":
+                value = "set" if value else "none"
+            if item.name != "limits":
+                shown.append(f"{item.name}={value}")
+        return ", ".join(shown)

@@ -1,0 +1,421 @@
+"""The monitored run: drive a pipeline, watch its x0 estimate, act on the verifier's scores.
+
+:func:`run_monitored` runs one pipeline call with a ``callback_on_step_end`` that, after every
+denoising step:
+
+1. emits :class:`~.events.Progress`;
+2. takes the control's pending requests and applies them (``set`` changes, ``stop``);
+3. every ``check_interval`` steps (the current interval, which a ``set`` may change), takes the
+   x0 estimate, decodes it once with the preview decoder, scores that image with the verifier,
+   asks the policy, applies its decision and emits :class:`~.events.Check` (and
+   :class:`~.events.Adjusted` when CFG was raised).
+
+Non-check steps do nothing else, so monitoring costs almost nothing between checks.
+
+A CFG raise sets the pipeline's ``_guidance_scale``, which the standard CFG pipelines read at every
+step, so it applies from the next step. An early stop or a ``finish`` stop sets the pipeline's
+``_interrupt`` flag and hands it the x0 estimate as its latents: the pipeline skips the remaining
+steps and decodes x0 with its own decoder, so the result is the finished-looking image of the stop
+step, never the noisy latent. An ``abort`` leaves the pipeline at once and returns no image.
+
+Everything that goes wrong inside a run (an exception anywhere, NaN in x0 or the image, a failing
+verifier, running out of memory, a failing sink) ends the run with reason ``failed`` and a
+:class:`~.events.FailureCode`; nothing escapes into the caller's thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from .control import PendingControls, RunControl, SetRequest, StopRequest
+from .errors import ParamError, UnsupportedScheduler, VerifierError
+from .events import (
+    Adjusted,
+    Applied,
+    Check,
+    Decision,
+    EngineEvent,
+    EventSink,
+    FailureCode,
+    Finished,
+    FinishReason,
+    Progress,
+    QualityRecord,
+    ResultImage,
+    RunFailure,
+    RunResult,
+    Started,
+    StopMode,
+)
+from .model import LoadedModel
+from .params import RunParams, SettingsChange
+from .policy import CFG_OFF_AT, PolicyDecision, PolicySettings, Scored, cfg_refusal, decide
+from .previews import PreviewDecoder, encode_png, encode_thumbnail, to_uint8
+from .verifiers import Verifier, VerifierRegistry, score_batch
+from .x0 import StepCapture
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+_ETA_SMOOTHING = 0.3
+
+
+class _RunFailed(Exception):
+    def __init__(self, code: FailureCode, message: str) -> None:
+        super().__init__(message)
+        self.failure = RunFailure(code, message)
+
+
+class _Aborted(Exception):
+    def __init__(self, reason: FinishReason) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class _Scored:
+    step: int
+    score: float
+
+
+def run_monitored(
+    model: LoadedModel,
+    params: RunParams,
+    verifiers: VerifierRegistry,
+    control: RunControl,
+    sink: EventSink,
+    *,
+    clock: Clock = time.perf_counter,
+) -> RunResult:
+    """Run ``params`` on ``model`` under monitoring; return how it ended. Never raises.
+
+    Call it from a worker thread: it blocks for the whole run, holding ``model.lock`` (a model
+    runs one run at a time; a second call waits). ``sink`` receives every event, on this thread.
+    Invalid parameters end the run at once with ``failed``/``invalid_params`` (then the only
+    event is :class:`~.events.Finished`).
+    """
+    try:
+        resolved = model.resolve(params)
+        assert resolved.verifier is not None and resolved.preview_decoder is not None
+        verifier = verifiers.get(resolved.verifier)
+        decoder = model.decoders[resolved.preview_decoder]
+    except (ParamError, VerifierError) as exc:
+        code = FailureCode.INVALID_PARAMS
+        if isinstance(exc, VerifierError) and params.verifier in verifiers:
+            code = FailureCode.VERIFIER_FAILED
+        failure = RunFailure(code, str(exc))
+        result = RunResult(FinishReason.FAILED, 0, 0, None, (), None, 0.0, params, failure)
+        _emit_finished(sink, result)
+        return result
+    with model.lock:
+        return _MonitoredRun(model, resolved, verifier, decoder, control, sink, clock).execute()
+
+
+def _emit_finished(sink: EventSink, result: RunResult) -> None:
+    try:
+        sink(Finished(result))
+    except Exception:  # the run is over; a broken sink cannot change its result
+        logger.exception("the event sink failed on the Finished event")
+
+
+class _MonitoredRun:
+    """The state of one run, driven by the pipeline's step callback."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        params: RunParams,
+        verifier: Verifier,
+        decoder: PreviewDecoder,
+        control: RunControl,
+        sink: EventSink,
+        clock: Clock,
+    ) -> None:
+        assert params.steps is not None and params.cfg is not None
+        assert params.cfg_max is not None and params.min_steps is not None
+        self.model, self.params, self.verifier, self.decoder = model, params, verifier, decoder
+        self.control, self.sink, self.clock = control, sink, clock
+        self.start_cfg = self.cfg = params.cfg
+        self.settings = PolicySettings(
+            quality_threshold=params.quality_threshold,
+            scale_factor=params.scale_factor,
+            cfg_max=params.cfg_max,
+            patience=params.patience,
+            min_steps=params.min_steps,
+            early_stop=params.early_stop,
+            guidance_on=params.cfg > CFG_OFF_AT,
+            guidance_live=model.guidance_live,
+        )
+        self.interval = params.check_interval
+        self.total = params.steps
+        self.step = 0
+        self.last_check = 0
+        self.history: list[QualityRecord] = []
+        self.started = 0.0
+        self.last_step_at = 0.0
+        self.step_seconds: float | None = None
+        self.ending: FinishReason | None = None
+        self.capture: StepCapture | None = None
+
+    # -- the run as a whole --------------------------------------------------------------------
+
+    def execute(self) -> RunResult:
+        self.started = self.last_step_at = self.clock()
+        pipeline = self.model.pipeline
+        own_scheduler = pipeline.scheduler
+        try:
+            assert self.params.sampler is not None and self.params.scheduler is not None
+            scheduler = self.model.build_scheduler(self.params.sampler, self.params.scheduler)
+            self.total = _planned_steps(scheduler, self.total, self.model.device)
+            self.capture = StepCapture(scheduler)
+            pipeline.scheduler = scheduler
+            self._emit(Started(self.params, self.total))
+            self._apply_controls(self.control.take())  # a stop before the first step aborts
+            output = pipeline(**self._call_arguments())
+            return self._finish_result(_first_image(output), self.ending or FinishReason.COMPLETED)
+        except _Aborted as abort:
+            return self._end(abort.reason, None)
+        except _RunFailed as failed:
+            return self._end(FinishReason.FAILED, failed.failure)
+        except Exception as exc:  # no error inside a run may escape into the caller's thread
+            return self._end(FinishReason.FAILED, _classify(exc))
+        finally:
+            if self.capture is not None:
+                self.capture.remove()
+            pipeline.scheduler = own_scheduler
+            if hasattr(pipeline, "_interrupt"):
+                pipeline._interrupt = False
+
+    def _call_arguments(self) -> dict[str, Any]:
+        params, device = self.params, self.model.device
+        arguments: dict[str, Any] = {
+            "prompt": params.prompt,
+            "negative_prompt": params.negative_prompt or None,
+            "num_inference_steps": params.steps,
+            "guidance_scale": self.cfg,
+            "height": params.height,
+            "width": params.width,
+            "num_images_per_prompt": 1,
+            "generator": torch.Generator("cpu").manual_seed(params.seed or 0),
+            "output_type": "pt",
+            "return_dict": True,
+            "callback_on_step_end": self._on_step,
+            "callback_on_step_end_tensor_inputs": ["latents"],
+        }
+        if params.initial_latent is not None:
+            dtype = getattr(self.model.pipeline, "dtype", torch.float32)
+            arguments["latents"] = torch.from_numpy(params.initial_latent).to(device, dtype)
+        accepted = self.model.call_parameters
+        return {k: v for k, v in arguments.items() if k in accepted}
+
+    def _finish_result(self, images: Any, reason: FinishReason) -> RunResult:
+        image = None
+        if images is not None:
+            pixels = _as_uint8(images)
+            image = encode_png(pixels)
+        steps_run = self.total if reason is FinishReason.COMPLETED else self.step
+        return self._end(reason, None, image=image, steps_run=steps_run)
+
+    def _end(
+        self,
+        reason: FinishReason,
+        failure: RunFailure | None,
+        *,
+        image: ResultImage | None = None,
+        steps_run: int | None = None,
+    ) -> RunResult:
+        result = RunResult(
+            reason=reason,
+            steps_run=self.step if steps_run is None else steps_run,
+            total_steps=self.total,
+            final_score=self.history[-1].score if self.history else None,
+            history=tuple(self.history),
+            image=image,
+            elapsed=self.clock() - self.started,
+            params=self.params,
+            error=failure,
+        )
+        _emit_finished(self.sink, result)
+        return result
+
+    def _emit(self, event: EngineEvent) -> None:
+        try:
+            self.sink(event)
+        except Exception as exc:
+            raise _RunFailed(FailureCode.SINK_FAILED, f"the event sink failed: {exc!r}") from exc
+
+    # -- every step ----------------------------------------------------------------------------
+
+    def _on_step(
+        self, pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.step = index + 1
+        if index == 0:
+            self.total = len(pipeline.scheduler.timesteps)
+        self._emit(self._progress())
+        if self._apply_controls(self.control.take()):
+            return self._stop_with_x0(pipeline, tensors)
+        if self.step - self.last_check >= self.interval:
+            if self._check().decision is Decision.EARLY_STOP:
+                self.ending = FinishReason.EARLY_STOP
+                return self._stop_with_x0(pipeline, tensors)
+        return {}
+
+    def _progress(self) -> Progress:
+        now = self.clock()
+        took, self.last_step_at = now - self.last_step_at, now
+        if self.step_seconds is None:
+            self.step_seconds = took
+        else:
+            self.step_seconds += _ETA_SMOOTHING * (took - self.step_seconds)
+        eta = self.step_seconds * max(self.total - self.step, 0)
+        return Progress(self.step, self.total, now - self.started, eta)
+
+    def _stop_with_x0(self, pipeline: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        """End the loop after this step; the pipeline decodes x0 in place of its latents."""
+        x0 = self._x0()
+        pipeline._interrupt = True
+        latents = tensors.get("latents")
+        return {"latents": x0.to(latents.dtype) if isinstance(latents, torch.Tensor) else x0}
+
+    def _x0(self) -> torch.Tensor:
+        assert self.capture is not None
+        try:
+            x0 = self.capture.x0()
+        except UnsupportedScheduler as exc:
+            raise _RunFailed(FailureCode.UNSUPPORTED_SCHEDULER, str(exc)) from exc
+        if not bool(torch.isfinite(x0).all()):
+            raise _RunFailed(
+                FailureCode.NAN_DETECTED, f"the x0 estimate at step {self.step} is not finite"
+            )
+        return x0
+
+    # -- controls ------------------------------------------------------------------------------
+
+    def _apply_controls(self, pending: PendingControls) -> bool:
+        """Apply pending requests; return whether the run must now end with a ``finish``."""
+        for request in pending.changes:
+            self._apply_change(request)
+        if pending.stop is None:
+            return False
+        return self._apply_stop(pending.stop)
+
+    def _apply_stop(self, stop: StopRequest) -> bool:
+        self._emit(Applied(self.step, stop.request_id, stop=stop.mode))
+        if stop.mode is StopMode.ABORT or self.step == 0:
+            raise _Aborted(stop.reason)
+        self.ending = stop.reason
+        return True
+
+    def _apply_change(self, request: SetRequest) -> None:
+        change = request.change
+        applied: dict[str, Any] = {}
+        refused: list[str] = []
+        for name in ("quality_threshold", "scale_factor"):
+            value = getattr(change, name)
+            if value is not None:
+                self.settings = dataclasses.replace(self.settings, **{name: value})
+                applied[name] = value
+        if change.check_interval is not None:
+            self.interval = applied["check_interval"] = change.check_interval
+        if change.cfg is not None:
+            why = cfg_refusal(self.start_cfg, change.cfg)
+            if not why and not self.model.guidance_live and self.step > 0:
+                why = "this model reads its guidance only once per run"
+            if why:
+                refused.append(why)
+            else:
+                self._set_cfg(change.cfg)
+                applied["cfg"] = change.cfg
+        accepted = SettingsChange(**applied) if applied else None
+        self._emit(Applied(self.step, request.request_id, accepted, refused="; ".join(refused)))
+
+    def _set_cfg(self, cfg: float) -> None:
+        self.cfg = cfg
+        # The standard pipelines read this attribute through their guidance_scale property at
+        # every step, so the new value applies from the next step on.
+        self.model.pipeline._guidance_scale = cfg
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def _check(self) -> PolicyDecision:
+        self.last_check = self.step
+        params = self.params
+        assert params.width is not None and params.height is not None
+        x0 = self.model.to_spatial(self._x0(), params.width, params.height)
+        images = self.decoder.decode(x0)
+        try:
+            score = score_batch(self.verifier, images, params.prompt)[0]
+        except VerifierError as exc:
+            raise _RunFailed(
+                FailureCode.VERIFIER_FAILED, f"verifier {params.verifier}: {exc}"
+            ) from exc
+        scored: list[Scored] = [*self.history, _Scored(self.step, score.value)]
+        decision = decide(scored, self.settings, cfg=self.cfg, total_steps=self.total)
+        record = QualityRecord(
+            step=self.step,
+            score=score.value,
+            components=score.components,
+            threshold=self.settings.quality_threshold,
+            decision=decision.decision,
+            reason=decision.reason,
+            cfg=self.cfg,
+            elapsed=self.clock() - self.started,
+        )
+        self.history.append(record)
+        preview = encode_thumbnail(
+            to_uint8(images[:1])[0], params.preview_size, params.preview_format
+        )
+        self._emit(Check(record, preview))
+        if decision.decision is Decision.RAISE_CFG:
+            old = self.cfg
+            self._set_cfg(decision.cfg)
+            self._emit(Adjusted(self.step, "cfg", old, decision.cfg, decision.reason))
+        return decision
+
+
+def _planned_steps(scheduler: Any, steps: int, device: torch.device) -> int:
+    """How many times the pipeline will call back: one per timestep, which some samplers
+    (Heun, DPM2) make nearly two per requested step."""
+    try:
+        scheduler.set_timesteps(steps, device=device)
+    except (TypeError, ValueError):  # schedules that need pipeline-computed arguments (mu)
+        return steps
+    return len(scheduler.timesteps)
+
+
+def _first_image(output: Any) -> Any:
+    images = getattr(output, "images", None)
+    if images is None:
+        raise _RunFailed(FailureCode.INTERNAL, "the pipeline returned no images")
+    return images
+
+
+def _as_uint8(images: Any) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    """The first image of a pipeline's output (tensor, array or PIL list) as H×W×3 uint8."""
+    if isinstance(images, torch.Tensor):
+        tensor = images[:1].float()
+    elif isinstance(images, np.ndarray):
+        tensor = torch.from_numpy(images[:1]).float().permute(0, 3, 1, 2)
+    else:
+        first = np.asarray(images[0].convert("RGB"), dtype=np.float32) / 255.0
+        tensor = torch.from_numpy(first).permute(2, 0, 1)[None]
+    if not bool(torch.isfinite(tensor).all()):
+        raise _RunFailed(FailureCode.NAN_DETECTED, "the final image is not finite")
+    return to_uint8(tensor)[0]
+
+
+def _classify(exc: Exception) -> RunFailure:
+    """Turn an unexpected exception from inside a run into a coded failure."""
+    text = str(exc)
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in text.lower():
+        return RunFailure(FailureCode.OUT_OF_MEMORY, f"out of memory: {text}")
+    logger.exception("a run failed")
+    return RunFailure(FailureCode.INTERNAL, f"{type(exc).__name__}: {text}")

@@ -1,0 +1,198 @@
+"""Sampler and scheduler names, ComfyUI-style, mapped onto diffusers' scheduler classes.
+
+A run names a **sampler** (the solver algorithm) and a **scheduler** (the noise schedule: how the
+noise levels of the steps are spaced). Diffusers folds both into one scheduler class plus config
+options; :func:`build_scheduler` makes that instance from the model's own scheduler config, so the
+model's training schedule (betas, prediction type, thresholding, shift) is kept.
+
+=============  ==========================================  ===================================
+sampler        diffusers class                             options
+=============  ==========================================  ===================================
+euler          EulerDiscreteScheduler
+euler_a        EulerAncestralDiscreteScheduler
+heun           HeunDiscreteScheduler                       (two model calls per step)
+dpm_2          KDPM2DiscreteScheduler                      (two model calls per step)
+dpm_2_a        KDPM2AncestralDiscreteScheduler             (two model calls per step)
+dpmpp_2m       DPMSolverMultistepScheduler                 algorithm_type=dpmsolver++, order 2
+dpmpp_2m_sde   DPMSolverMultistepScheduler                 algorithm_type=sde-dpmsolver++
+unipc          UniPCMultistepScheduler
+deis           DEISMultistepScheduler
+ddim           DDIMScheduler
+ddpm           DDPMScheduler
+pndm           PNDMScheduler                               skip_prk_steps=True
+flow_euler     FlowMatchEulerDiscreteScheduler             flow-matching models only
+=============  ==========================================  ===================================
+
+=============  =================================================================================
+scheduler      options (applied to the sampler's class)
+=============  =================================================================================
+normal         the model's own spacing; Karras/exponential sigmas switched off where they exist
+karras         use_karras_sigmas=True (Karras et al. 2022, "Elucidating the Design Space")
+exponential    use_exponential_sigmas=True
+sgm_uniform    timestep_spacing="trailing"
+=============  =================================================================================
+
+A scheduler applies to a sampler when the sampler's class takes all of its options; any other
+pair, and a flow-matching sampler on a noise-prediction model or the reverse, is a clear
+:class:`~.errors.ParamError`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import diffusers
+
+from .errors import ParamError
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One row of the sampler table."""
+
+    name: str
+    class_name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    flow: bool = False
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One row of the scheduler (noise schedule) table. ``optional`` options are applied only
+    where the class takes them; ``required`` ones decide whether the schedule applies."""
+
+    name: str
+    required: Mapping[str, Any] = field(default_factory=dict)
+    optional: Mapping[str, Any] = field(default_factory=dict)
+
+
+SAMPLERS: tuple[Sampler, ...] = (
+    Sampler("euler", "EulerDiscreteScheduler"),
+    Sampler("euler_a", "EulerAncestralDiscreteScheduler"),
+    Sampler("heun", "HeunDiscreteScheduler"),
+    Sampler("dpm_2", "KDPM2DiscreteScheduler"),
+    Sampler("dpm_2_a", "KDPM2AncestralDiscreteScheduler"),
+    Sampler(
+        "dpmpp_2m",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2},
+    ),
+    Sampler(
+        "dpmpp_2m_sde",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+    ),
+    Sampler("unipc", "UniPCMultistepScheduler"),
+    Sampler("deis", "DEISMultistepScheduler"),
+    Sampler("ddim", "DDIMScheduler"),
+    Sampler("ddpm", "DDPMScheduler"),
+    Sampler("pndm", "PNDMScheduler", {"skip_prk_steps": True}),
+    Sampler("flow_euler", "FlowMatchEulerDiscreteScheduler", flow=True),
+)
+
+_SIGMA_FLAGS = {"use_karras_sigmas": False, "use_exponential_sigmas": False}
+
+SCHEDULES: tuple[Schedule, ...] = (
+    Schedule("normal", optional=_SIGMA_FLAGS),
+    Schedule("karras", required={"use_karras_sigmas": True}),
+    Schedule("exponential", required={"use_exponential_sigmas": True}),
+    Schedule("sgm_uniform", required={"timestep_spacing": "trailing"}, optional=_SIGMA_FLAGS),
+)
+
+
+_Row = TypeVar("_Row", Sampler, Schedule)
+
+
+def _by_name(rows: tuple[_Row, ...], name: str, what: str) -> _Row:
+    for row in rows:
+        if row.name == name:
+            return row
+    raise ParamError(what, f"unknown {what} {name!r}; one of {', '.join(r.name for r in rows)}")
+
+
+def _init_keys(cls: type[Any]) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.__init__).parameters) - {"self"}
+
+
+def _scheduler_class(sampler: Sampler) -> type[Any]:
+    cls: type[Any] = getattr(diffusers, sampler.class_name)
+    return cls
+
+
+def schedule_applies(sampler: str, schedule: str) -> bool:
+    """Whether ``schedule`` can be used with ``sampler`` (both must exist)."""
+    keys = _init_keys(_scheduler_class(_by_name(SAMPLERS, sampler, "sampler")))
+    return set(_by_name(SCHEDULES, schedule, "scheduler").required) <= keys
+
+
+def sampler_names(flow: bool) -> tuple[str, ...]:
+    """The samplers a model can use: flow-matching ones for a flow model, the others otherwise."""
+    return tuple(s.name for s in SAMPLERS if s.flow == flow)
+
+
+def schedule_names() -> tuple[str, ...]:
+    """Every scheduler (noise schedule) name; see :func:`schedule_applies` for valid pairs."""
+    return tuple(s.name for s in SCHEDULES)
+
+
+def is_flow_scheduler(scheduler: Any) -> bool:
+    """Whether a scheduler instance belongs to a flow-matching model."""
+    config = scheduler.config
+    return type(scheduler).__name__.startswith("FlowMatch") or bool(
+        config.get("use_flow_sigmas", False)
+    )
+
+
+def build_scheduler(
+    base_config: Mapping[str, Any], sampler: str, schedule: str, *, flow: bool
+) -> Any:
+    """Make a fresh scheduler for one run from the model's scheduler config.
+
+    ``flow`` says whether the model is a flow-matching model. Raises
+    :class:`~.errors.ParamError` naming ``sampler`` or ``scheduler`` for an unknown name or a
+    combination that does not apply.
+    """
+    row = _by_name(SAMPLERS, sampler, "sampler")
+    noise = _by_name(SCHEDULES, schedule, "scheduler")
+    if row.flow != flow:
+        kind = "flow-matching" if flow else "noise-prediction"
+        raise ParamError(
+            "sampler",
+            f"sampler {sampler!r} does not fit this {kind} model; "
+            f"one of {', '.join(sampler_names(flow))}",
+        )
+    cls = _scheduler_class(row)
+    keys = _init_keys(cls)
+    if not set(noise.required) <= keys:
+        valid = [s.name for s in SCHEDULES if set(s.required) <= keys]
+        raise ParamError(
+            "scheduler",
+            f"scheduler {schedule!r} does not apply to sampler {sampler!r}; "
+            f"one of {', '.join(valid)}",
+        )
+    options = {**row.options, **noise.required}
+    options.update({k: v for k, v in noise.optional.items() if k in keys})
+    config = {k: v for k, v in base_config.items() if k in keys}
+    return cls.from_config({**config, **options})
+
+
+def sampler_of(scheduler: Any) -> str | None:
+    """Name the table's sampler a scheduler instance is, or ``None`` when it is none of them."""
+    name = type(scheduler).__name__
+    for row in SAMPLERS:
+        if row.class_name == name and all(
+            scheduler.config.get(k) == v for k, v in row.options.items()
+        ):
+            return row.name
+    return None
+
+
+def schedule_of(scheduler: Any) -> str:
+    """Name the noise schedule a scheduler instance uses (``normal`` when none of the others)."""
+    for noise in SCHEDULES[1:]:
+        if noise.required and all(scheduler.config.get(k) == v for k, v in noise.required.items()):
+            return noise.name
+    return "normal"

@@ -1,0 +1,180 @@
+"""The HTTP API: health, the stored runs, their images, the models and verifiers.
+
+Every answer is JSON except the image. When the server has an API token, every route but
+``/healthz`` needs ``Authorization: Bearer TOKEN`` (else 401). Errors are
+``{"error": {"code": ..., "message": ..., "field": ...}}`` with the protocol's codes.
+
+=====================================  ===========================================================
+``GET /healthz``                       ``{"status": "ok" | "shutting_down", "server", "models",
+                                       "queued", "running"}`` (503 while shutting down)
+``GET /api/runs?limit=50&before=N``    ``{"runs": [summary...], "next_before": N | null}``, newest
+                                       first; pass ``next_before`` back as ``before`` for the
+                                       next page. ``limit`` is 1..200.
+``GET /api/runs/{run_id}``             the summary plus ``parameters``, ``history``, ``elapsed``
+                                       and ``error``
+``GET /api/runs/{run_id}/image.png``   the final image (PNG), 404 when there is none
+``GET /api/models``                    ``{"models": [ModelInfo...]}`` as in ``welcome``
+``GET /api/verifiers``                 ``{"verifiers": [VerifierInfo...]}`` as in ``welcome``
+=====================================  ===========================================================
+
+A run summary is ``{"number", "run_id", "state", "created_at", "finished_at", "model", "prompt",
+"reason", "steps_run", "final_score", "image_url"}``; times are Unix seconds. ``state`` is
+``queued``, ``running`` or ``finished``; a live run's ``history`` holds its checks so far.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from stepwatch.protocol import ErrorCode
+from stepwatch.server.catalog import to_json
+from stepwatch.server.store import RunRecord, RunSummary
+
+if TYPE_CHECKING:
+    from stepwatch.server.app import Service
+    from stepwatch.server.runs import LiveRun
+
+__all__ = ["routes"]
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 200
+
+
+def routes() -> list[Route]:
+    """The HTTP API's routes."""
+    return [
+        Route("/healthz", healthz),
+        Route("/api/runs", list_runs),
+        Route("/api/runs/{run_id}", get_run),
+        Route("/api/runs/{run_id}/image.png", get_image),
+        Route("/api/models", list_models),
+        Route("/api/verifiers", list_verifiers),
+    ]
+
+
+def _error(status: int, code: ErrorCode, message: str, field: str | None = None) -> JSONResponse:
+    body = {"error": {"code": code.value, "message": message, "field": field}}
+    return JSONResponse(body, status_code=status)
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def _refusal(request: Request) -> JSONResponse | None:
+    if _service(request).gate.http_authorized(request.headers):
+        return None
+    return _error(401, ErrorCode.UNAUTHORIZED, "send Authorization: Bearer <API token>")
+
+
+async def healthz(request: Request) -> JSONResponse:
+    service = _service(request)
+    body = {
+        "status": "shutting_down" if service.closing else "ok",
+        "server": service.name,
+        "models": list(service.catalog.models),
+        **service.runs.counts(),
+    }
+    return JSONResponse(body, status_code=503 if service.closing else 200)
+
+
+def _page_arguments(request: Request) -> tuple[int, int | None] | JSONResponse:
+    try:
+        limit = int(request.query_params.get("limit", DEFAULT_PAGE))
+        before_text = request.query_params.get("before")
+        before = int(before_text) if before_text is not None else None
+    except ValueError:
+        return _error(400, ErrorCode.INVALID_VALUE, "limit and before are integers")
+    if not 1 <= limit <= MAX_PAGE:
+        return _error(400, ErrorCode.INVALID_VALUE, f"limit is 1..{MAX_PAGE}", "limit")
+    return limit, before
+
+
+async def list_runs(request: Request) -> Response:
+    if (refusal := _refusal(request)) is not None:
+        return refusal
+    arguments = _page_arguments(request)
+    if isinstance(arguments, JSONResponse):
+        return arguments
+    limit, before = arguments
+    service = _service(request)
+    summaries = await service.store.list_runs(limit + 1, before)
+    page = summaries[:limit]
+    next_before = page[-1].number if len(summaries) > limit else None
+    return JSONResponse(
+        {
+            "runs": [_summary_json(summary, service.runs.live(summary.run_id)) for summary in page],
+            "next_before": next_before,
+        }
+    )
+
+
+async def get_run(request: Request) -> Response:
+    if (refusal := _refusal(request)) is not None:
+        return refusal
+    service = _service(request)
+    run_id = request.path_params["run_id"]
+    record = await service.store.run_record(run_id)
+    if record is None:
+        return _error(404, ErrorCode.UNKNOWN_RUN, f"no run {run_id[:64]!r} is known", "run_id")
+    return JSONResponse(_record_json(record, service.runs.live(run_id)))
+
+
+async def get_image(request: Request) -> Response:
+    if (refusal := _refusal(request)) is not None:
+        return refusal
+    run_id = request.path_params["run_id"]
+    path = _service(request).store.image_path(run_id)
+    if path is None:
+        return _error(404, ErrorCode.UNKNOWN_RUN, f"run {run_id[:64]!r} has no image")
+    return FileResponse(path, media_type="image/png")
+
+
+async def list_models(request: Request) -> Response:
+    if (refusal := _refusal(request)) is not None:
+        return refusal
+    infos = _service(request).catalog.model_infos
+    return JSONResponse({"models": [to_json(info) for info in infos]})
+
+
+async def list_verifiers(request: Request) -> Response:
+    if (refusal := _refusal(request)) is not None:
+        return refusal
+    infos = _service(request).catalog.verifier_infos
+    return JSONResponse({"verifiers": [to_json(info) for info in infos]})
+
+
+def _summary_json(summary: RunSummary, live: LiveRun | None) -> dict[str, Any]:
+    state = live.state if live is not None else summary.state
+    return {
+        "number": summary.number,
+        "run_id": summary.run_id,
+        "state": state,
+        "created_at": summary.created_at,
+        "finished_at": summary.finished_at if state == "finished" else None,
+        "model": summary.model,
+        "prompt": summary.prompt,
+        "reason": summary.reason if state == "finished" else None,
+        "steps_run": summary.steps_run,
+        "final_score": summary.final_score,
+        "image_url": f"/api/runs/{summary.run_id}/image.png" if summary.has_image else None,
+    }
+
+
+def _record_json(record: RunRecord, live: LiveRun | None) -> dict[str, Any]:
+    body = _summary_json(record.summary, live)
+    history = record.history
+    if live is not None and not live.finished:
+        history = tuple(live.history)
+    body.update(
+        parameters=to_json(record.parameters),
+        elapsed=record.elapsed,
+        error=to_json(record.error),
+        history=to_json(history),
+    )
+    return body

@@ -1,0 +1,159 @@
+"""One connection's bounded outbox: :class:`Outbox`.
+
+Everything the server sends on a connection passes through its outbox: replies and the run
+events of every run the connection watches. Putting never waits, so a run's fan-out never waits
+for a slow connection. The rules are the protocol README's:
+
+- a **progress** event supersedes the progress of the same run still waiting: the older one is
+  dropped and the newer one joins the end of the queue (so ``seq`` stays increasing);
+- a **check** with a preview collapses the preview of an older check of the same run still
+  waiting (that check goes out with ``preview`` nil);
+- nothing else is ever dropped. When more than ``capacity`` live frames wait, the connection is
+  too slow: the outbox *overflows*, takes nothing more, and its reader (the connection's sender)
+  learns it from :meth:`Outbox.get` (:class:`OutboxOverflow`) and closes the connection with
+  ``slow_consumer``; the client resumes from the last ``seq`` it saw.
+
+A replay (the events a ``subscribe`` asks for) is queued at once and does not count against the
+capacity: its frames are the run log's own bytes, so it costs the outbox little memory, and the
+send timeout still drops a client that does not read it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import anyio
+
+from stepwatch.protocol import ServerMessage, encode
+from stepwatch.server.eventlog import LoggedEvent, collapse_preview
+
+__all__ = ["Outbox", "OutboxOverflow"]
+
+
+class OutboxOverflow(Exception):
+    """More frames waited for the connection than its outbox holds."""
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """A frame waiting to be sent, or a run event whose frame may still change."""
+
+    frame: bytes
+    run_id: str | None = None
+    event: LoggedEvent | None = None
+    counted: bool = True
+    dropped: bool = False
+    collapsed: bool = False
+
+    def bytes_to_send(self) -> bytes:
+        if self.collapsed and self.event is not None:
+            return collapse_preview(self.event)
+        return self.frame
+
+
+class Outbox:
+    """The frames waiting for one connection, at most ``capacity`` of them.
+
+    Call :meth:`reply` and :meth:`event` from the event loop (they never wait); one task sends
+    what :meth:`get` returns. Not thread-safe.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._queue: deque[_Waiting] = deque()
+        self._waiting = 0
+        self._progress: dict[str, _Waiting] = {}
+        self._preview: dict[str, _Waiting] = {}
+        self._ready = anyio.Event()
+        self._closed = False
+        self.overflowed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether the outbox takes no more frames (closed, or overflowed)."""
+        return self._closed or self.overflowed
+
+    def __len__(self) -> int:
+        """Live frames waiting to be sent."""
+        return self._waiting
+
+    def reply(self, message: ServerMessage) -> None:
+        """Queue a reply (``welcome``, ``error``, ...); replies are never dropped."""
+        self._push(_Waiting(encode(message)))
+
+    def event(self, run_id: str, event: LoggedEvent, *, replay: bool = False) -> None:
+        """Queue a run event, superseding waiting progress or previews of the same run.
+
+        ``replay`` events (see the module docstring) do not count against the capacity.
+        """
+        if self.closed:
+            return
+        item = _Waiting(event.frame, run_id, event, counted=not replay)
+        if event.coalescible:
+            older = self._progress.pop(run_id, None)
+            if older is not None:
+                self._drop(older)
+            self._progress[run_id] = item
+        elif event.has_preview:
+            older = self._preview.pop(run_id, None)
+            if older is not None:
+                older.collapsed = True
+            self._preview[run_id] = item
+        self._push(item)
+
+    def forget_run(self, run_id: str) -> None:
+        """Drop every waiting event of ``run_id`` (the connection stopped watching it)."""
+        for item in self._queue:
+            if item.run_id == run_id and not item.dropped:
+                self._drop(item)
+        self._progress.pop(run_id, None)
+        self._preview.pop(run_id, None)
+
+    def close(self) -> None:
+        """Take no more frames; :meth:`get` returns what waits, then ``None``."""
+        self._closed = True
+        self._ready.set()
+
+    def _drop(self, item: _Waiting) -> None:
+        item.dropped = True
+        if item.counted:
+            self._waiting -= 1
+
+    def _push(self, item: _Waiting) -> None:
+        if self.closed:
+            return
+        if item.counted and self._waiting >= self.capacity:
+            self.overflowed = True
+            self._ready.set()
+            return
+        self._queue.append(item)
+        self._waiting += item.counted
+        self._ready.set()
+
+    async def get(self) -> bytes | None:
+        """The next frame to send; ``None`` once the outbox is closed and empty.
+
+        Raises :class:`OutboxOverflow` once the outbox has overflowed.
+        """
+        while True:
+            if self.overflowed:
+                raise OutboxOverflow(f"more than {self.capacity} frames waited")
+            while self._queue:
+                item = self._queue.popleft()
+                if item.dropped:
+                    continue
+                self._waiting -= item.counted
+                if item.run_id is not None:
+                    self._release(item)
+                return item.bytes_to_send()
+            if self._closed:
+                return None
+            self._ready = anyio.Event()
+            await self._ready.wait()
+
+    def _release(self, item: _Waiting) -> None:
+        assert item.run_id is not None
+        for pending in (self._progress, self._preview):
+            if pending.get(item.run_id) is item:
+                del pending[item.run_id]

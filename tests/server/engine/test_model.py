@@ -1,0 +1,79 @@
+"""Describing a pipeline for the engine: defaults, capabilities, and resolving run parameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from stepwatch.server.engine.errors import ModelError, ParamError
+from stepwatch.server.engine.model import LoadedModel, PromptVocabulary, describe_pipeline
+from stepwatch.server.engine.params import RunParams
+
+
+def test_a_pipeline_without_step_callbacks_cannot_be_watched() -> None:
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(4, 8),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=2,
+        layers_per_block=1,
+    )
+    with pytest.raises(ModelError, match="cannot watch and stop it"):
+        describe_pipeline("ddpm", DDPMPipeline(unet=unet, scheduler=DDPMScheduler()))
+
+
+def test_defaults_come_from_the_pipeline(sd_model: LoadedModel, sdxl_model: LoadedModel) -> None:
+    assert (sd_model.defaults.steps, sd_model.defaults.cfg) == (50, 7.5)
+    assert (sdxl_model.defaults.steps, sdxl_model.defaults.cfg) == (50, 5.0)
+    assert (sdxl_model.defaults.sampler, sdxl_model.defaults.scheduler) == ("euler", "normal")
+    assert sd_model.guidance_live and sdxl_model.guidance_live
+    assert not sd_model.fixed_size and not sd_model.flow
+    assert "flow_euler" not in sd_model.samplers and "karras" in sd_model.schedulers
+
+
+def test_overrides_replace_derived_defaults(sd_model: LoadedModel) -> None:
+    model = describe_pipeline("tuned", sd_model.pipeline, overrides={"steps": 12, "cfg": 4.0})
+    resolved = model.resolve(RunParams("red circle"))
+    assert (resolved.steps, resolved.cfg, resolved.cfg_max, resolved.min_steps) == (12, 4.0, 8.0, 6)
+
+
+def test_sizes_are_free_unless_the_model_is_fixed(sd_model: LoadedModel) -> None:
+    assert sd_model.resolve(RunParams("x", width=64, height=48)).width == 64
+    fixed = describe_pipeline("fixed", sd_model.pipeline, fixed_size=True)
+    with pytest.raises(ParamError, match="32x32 images only") as caught:
+        fixed.resolve(RunParams("x", height=64))
+    assert caught.value.field == "height"
+
+
+def test_a_prompt_check_guards_both_prompts(sd_model: LoadedModel) -> None:
+    def only_shapes(prompt: str) -> None:
+        if "dog" in prompt:
+            raise ValueError("unknown word 'dog'; vocabulary: circle, square")
+
+    vocabulary = PromptVocabulary({"shape": ("circle", "square")}, "shape: circle, square")
+    model = describe_pipeline(
+        "shapes-ish", sd_model.pipeline, prompt_check=only_shapes, vocabulary=vocabulary
+    )
+    assert model.resolve(RunParams("circle", negative_prompt="square")).prompt == "circle"
+    for params, field in [
+        (RunParams("a dog"), "prompt"),
+        (RunParams("circle", negative_prompt="dog"), "negative_prompt"),
+    ]:
+        with pytest.raises(ParamError, match="unknown word 'dog'") as caught:
+            model.resolve(params)
+        assert caught.value.field == field
+
+
+def test_resolving_twice_changes_nothing(sd_model: LoadedModel) -> None:
+    once = sd_model.resolve(RunParams("red circle", seed=None))
+    assert once.seed is not None
+    assert sd_model.resolve(once) == once
+
+
+def test_cfg_max_below_the_model_default_cfg_is_refused(sd_model: LoadedModel) -> None:
+    with pytest.raises(ParamError) as caught:
+        sd_model.resolve(RunParams("x", cfg_max=5.0))
+    assert caught.value.field == "cfg_max"

@@ -1,0 +1,472 @@
+"""The monitored run on tiny random-weight Stable Diffusion and SDXL pipelines."""
+
+from __future__ import annotations
+
+import functools
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import Recorder, make_sd_pipeline
+from PIL import Image
+
+from stepwatch.server.engine.control import RunControl
+from stepwatch.server.engine.events import (
+    Adjusted,
+    Applied,
+    Check,
+    Decision,
+    EngineEvent,
+    FailureCode,
+    Finished,
+    FinishReason,
+    Progress,
+    RunResult,
+    Started,
+    StopMode,
+)
+from stepwatch.server.engine.model import LoadedModel, describe_pipeline
+from stepwatch.server.engine.monitor import run_monitored
+from stepwatch.server.engine.params import PreviewFormat, RunParams, SettingsChange
+from stepwatch.server.engine.previews import AutoencoderPreview, to_uint8
+from stepwatch.server.engine.verifiers import Score, VerifierRegistry
+
+BASE: dict[str, Any] = {
+    "prompt": "red circle",
+    "seed": 3,
+    "steps": 12,
+    "cfg": 3.0,
+    "sampler": "dpmpp_2m",
+    "early_stop": False,
+}
+
+
+def run(
+    loaded: LoadedModel,
+    recorder: Recorder,
+    control: RunControl | None = None,
+    registry: VerifierRegistry | None = None,
+    **overrides: Any,
+) -> RunResult:
+    params = RunParams(**{**BASE, **overrides})
+    registry = registry if registry is not None else VerifierRegistry()
+    return run_monitored(loaded, params, registry, control or RunControl(), recorder)
+
+
+def pixels(png: bytes) -> np.ndarray[Any, Any]:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.float64)
+
+
+def check_previews(recorder: Recorder) -> dict[int, np.ndarray[Any, Any]]:
+    return {check.quality.step: pixels(check.preview.data) for check in recorder.of(Check)}
+
+
+class ConstantVerifier:
+    """Scores every image the same, so a test decides what the policy sees."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def score(self, images: torch.Tensor, prompt: str) -> list[Score]:
+        return [Score(self.value, {"constant": self.value}) for _ in range(images.shape[0])]
+
+
+def registry_with(verifier_id: str, verifier: object) -> VerifierRegistry:
+    registry = VerifierRegistry()
+    registry.register(verifier_id, lambda: verifier)  # type: ignore[arg-type, return-value]
+    return registry
+
+
+@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model"])
+def test_checks_happen_exactly_at_the_interval(
+    model_name: str, recorder: Recorder, request: pytest.FixtureRequest
+) -> None:
+    model: LoadedModel = request.getfixturevalue(model_name)
+    result = run(model, recorder, check_interval=4)
+    assert result.reason is FinishReason.COMPLETED and result.error is None
+    assert [c.step for c in recorder.checks] == [4, 8, 12]
+    assert [p.step for p in recorder.of(Progress)] == list(range(1, 13))
+    assert isinstance(recorder.events[0], Started) and isinstance(recorder.events[-1], Finished)
+    assert recorder.events[-1].result == result
+    assert result.steps_run == result.total_steps == 12
+    assert [h.step for h in result.history] == [4, 8, 12]
+    assert result.final_score == result.history[-1].score
+    assert result.image is not None and (result.image.width, result.image.height) == (32, 32)
+
+
+def test_progress_reports_elapsed_time_and_a_shrinking_eta(
+    sd_model: LoadedModel, recorder: Recorder
+) -> None:
+    run(sd_model, recorder, steps=6, check_interval=10)
+    progress = recorder.of(Progress)
+    assert all(p.total == 6 for p in progress)
+    assert [p.elapsed for p in progress] == sorted(p.elapsed for p in progress)
+    assert progress[-1].eta == 0.0 and progress[0].eta > 0.0
+
+
+def test_monitoring_without_actions_leaves_the_image_unchanged(
+    sd_model: LoadedModel, recorder: Recorder
+) -> None:
+    result = run(sd_model, recorder, check_interval=2, quality_threshold=0.0)
+    pipeline = sd_model.pipeline
+    pipeline.scheduler = sd_model.build_scheduler("dpmpp_2m", "normal")
+    bare = pipeline(
+        "red circle",
+        num_inference_steps=12,
+        guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(3),
+        output_type="pt",
+    ).images
+    assert result.image is not None
+    assert np.abs(pixels(result.image.png) - to_uint8(bare)[0]).max() <= 1
+
+
+@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model"])
+def test_previews_show_x0_not_the_noisy_latent(
+    model_name: str, recorder: Recorder, request: pytest.FixtureRequest
+) -> None:
+    model: LoadedModel = request.getfixturevalue(model_name)
+    result = run(
+        model,
+        recorder,
+        check_interval=2,
+        quality_threshold=0.0,
+        preview_decoder="vae",
+        preview_format=PreviewFormat.PNG,
+    )
+    assert result.image is not None
+    final = pixels(result.image.png)
+    latents = _bare_latents(model, steps=12)
+    vae = AutoencoderPreview(model.pipeline.vae, "vae")
+    for step, preview in check_previews(recorder).items():
+        noisy = to_uint8(vae.decode(latents[step]))[0]
+        preview_gap, noisy_gap = np.abs(preview - final).mean(), np.abs(noisy - final).mean()
+        if 4 <= step <= 8:
+            assert preview_gap < noisy_gap / 3, (step, preview_gap, noisy_gap)
+        if step >= 10:
+            assert preview_gap < 0.5, (step, preview_gap)
+
+
+def _bare_latents(model: LoadedModel, steps: int) -> dict[int, torch.Tensor]:
+    latents: dict[int, torch.Tensor] = {}
+
+    def keep(pipeline: Any, index: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        latents[index + 1] = tensors["latents"].clone()
+        return {}
+
+    model.pipeline.scheduler = model.build_scheduler("dpmpp_2m", "normal")
+    model.pipeline(
+        "red circle",
+        num_inference_steps=steps,
+        guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(3),
+        output_type="pt",
+        callback_on_step_end=keep,
+    )
+    return latents
+
+
+def _observe_guidance(model: LoadedModel, recorder: Recorder) -> list[float]:
+    """Measure the guidance scale each step really used: the pipeline's guided prediction
+    projected onto (conditional - unconditional), from the UNet's own outputs."""
+    used: list[float] = []
+    unet_outputs: list[torch.Tensor] = []
+    hook = model.pipeline.unet.register_forward_hook(
+        lambda module, args, output: unet_outputs.append(output[0])
+    )
+
+    def wrap_step(event: EngineEvent) -> None:
+        if not isinstance(event, Started):
+            if isinstance(event, Finished):
+                hook.remove()
+            return
+        scheduler = model.pipeline.scheduler
+        inner = scheduler.step
+
+        @functools.wraps(inner)
+        def step(guided: torch.Tensor, t: Any, sample: torch.Tensor, *a: Any, **k: Any) -> Any:
+            uncond, cond = unet_outputs[-1].chunk(2)
+            direction = cond - uncond
+            used.append(float(((guided - uncond) * direction).sum() / (direction**2).sum()))
+            return inner(guided, t, sample, *a, **k)
+
+        scheduler.step = step
+
+    recorder.actions.append(wrap_step)
+    return used
+
+
+@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model"])
+def test_a_cfg_raise_is_used_by_the_following_steps(
+    model_name: str, recorder: Recorder, request: pytest.FixtureRequest
+) -> None:
+    model: LoadedModel = request.getfixturevalue(model_name)
+    used = _observe_guidance(model, recorder)
+    registry = registry_with("low", ConstantVerifier(0.2))
+    result = run(
+        model, recorder, registry=registry, verifier="low", steps=8, check_interval=4, cfg=2.0,
+        scale_factor=1.5, cfg_max=10.0,
+    )  # fmt: skip
+    assert result.reason is FinishReason.COMPLETED
+    [adjusted] = recorder.of(Adjusted)
+    assert (adjusted.step, adjusted.what, adjusted.old, adjusted.new) == (4, "cfg", 2.0, 3.0)
+    assert [c.decision for c in recorder.checks] == [Decision.RAISE_CFG, Decision.CONTINUE]
+    assert len(used) == 8
+    assert used[:4] == pytest.approx([2.0] * 4, rel=1e-4)
+    assert used[4:] == pytest.approx([3.0] * 4, rel=1e-4)
+
+
+def test_cfg_raises_stop_at_the_cap(sd_model: LoadedModel, recorder: Recorder) -> None:
+    registry = registry_with("low", ConstantVerifier(0.1))
+    run(
+        sd_model, recorder, registry=registry, verifier="low", check_interval=2, cfg=2.0,
+        scale_factor=2.0, cfg_max=5.0,
+    )  # fmt: skip
+    assert [(a.old, a.new) for a in recorder.of(Adjusted)] == [(2.0, 4.0), (4.0, 5.0)]
+    assert "cap" in recorder.checks[2].reason
+
+
+def test_a_run_without_cfg_is_never_switched_to_cfg(
+    sd_model: LoadedModel, recorder: Recorder
+) -> None:
+    registry = registry_with("low", ConstantVerifier(0.1))
+    result = run(sd_model, recorder, registry=registry, verifier="low", check_interval=3, cfg=1.0)
+    assert result.reason is FinishReason.COMPLETED
+    assert recorder.of(Adjusted) == []
+    assert "CFG is off" in recorder.checks[0].reason
+
+
+@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model"])
+def test_early_stop_ends_before_the_last_step_with_the_decoded_x0(
+    model_name: str, recorder: Recorder, request: pytest.FixtureRequest
+) -> None:
+    model: LoadedModel = request.getfixturevalue(model_name)
+    registry = registry_with("high", ConstantVerifier(0.9))
+    result = run(
+        model, recorder, registry=registry, verifier="high", check_interval=2, early_stop=True,
+        patience=2, min_steps=3, preview_decoder="vae", preview_format=PreviewFormat.PNG,
+    )  # fmt: skip
+    assert result.reason is FinishReason.EARLY_STOP
+    assert [c.decision for c in recorder.checks] == [
+        Decision.CONTINUE,
+        Decision.CONTINUE,
+        Decision.EARLY_STOP,
+    ]
+    assert result.steps_run == 6 < result.total_steps
+    assert [p.step for p in recorder.of(Progress)] == list(range(1, 7))
+    assert result.image is not None
+    # The result is the pipeline's own decode of x0 at step 6: the last check's preview.
+    assert np.abs(pixels(result.image.png) - check_previews(recorder)[6]).max() <= 1
+
+
+def test_stop_finish_returns_the_decoded_x0_of_that_step(
+    sd_model: LoadedModel, recorder: Recorder
+) -> None:
+    watched = Recorder()
+    preview_settings: dict[str, Any] = {
+        "check_interval": 5,
+        "quality_threshold": 0.0,
+        "preview_decoder": "vae",
+        "preview_format": PreviewFormat.PNG,
+    }
+    run(sd_model, watched, **preview_settings)
+    control = RunControl()
+    recorder.at_step(5, lambda: control.stop(StopMode.FINISH, request_id="r1"))
+    result = run(sd_model, recorder, control, **preview_settings)
+    assert result.reason is FinishReason.STOPPED and result.steps_run == 5
+    assert recorder.of(Applied) == [Applied(5, "r1", stop=StopMode.FINISH)]
+    assert result.image is not None
+    # Same seed, same steps: the stopped run's image is the full run's x0 preview at step 5.
+    assert np.abs(pixels(result.image.png) - check_previews(watched)[5]).max() <= 1
+
+
+def test_stop_finish_between_checks_still_returns_x0(
+    sd_model: LoadedModel, recorder: Recorder
+) -> None:
+    control = RunControl()
+    recorder.at_step(3, lambda: control.stop(StopMode.FINISH))
+    result = run(sd_model, recorder, control, check_interval=5)
+    assert result.reason is FinishReason.STOPPED and result.steps_run == 3
+    assert result.image is not None and result.history == ()
+    noisy = to_uint8(
+        AutoencoderPreview(sd_model.pipeline.vae, "vae").decode(_bare_latents(sd_model, 12)[3])
+    )[0]
+    final_of_full_run = pixels(run(sd_model, Recorder()).image.png)  # type: ignore[union-attr]
+    stopped = pixels(result.image.png)
+    assert np.abs(stopped - final_of_full_run).mean() < np.abs(noisy - final_of_full_run).mean()
+
+
+@pytest.mark.parametrize(
+    "reason", [FinishReason.STOPPED, FinishReason.ABANDONED, FinishReason.SHUTDOWN]
+)
+def test_abort_returns_no_image(
+    sd_model: LoadedModel, recorder: Recorder, reason: FinishReason
+) -> None:
+    control = RunControl()
+    recorder.at_step(4, lambda: control.stop(StopMode.ABORT, reason))
+    result = run(sd_model, recorder, control)
+    assert result.reason is reason and result.image is None and result.error is None
+    assert result.steps_run == 4
+    assert [p.step for p in recorder.of(Progress)] == [1, 2, 3, 4]
+
+
+def test_a_stop_before_the_first_step_runs_nothing(
+    sd_model: LoadedModel, recorder: Recorder
+) -> None:
+    control = RunControl()
+    control.stop(StopMode.FINISH, request_id="early")
+    result = run(sd_model, recorder, control)
+    assert (result.reason, result.steps_run, result.image) == (FinishReason.STOPPED, 0, None)
+    assert recorder.of(Applied) == [Applied(0, "early", stop=StopMode.FINISH)]
+    assert recorder.of(Progress) == []
+
+
+def test_a_set_mid_run_changes_later_decisions(sd_model: LoadedModel, recorder: Recorder) -> None:
+    control = RunControl()
+    registry = registry_with("mid", ConstantVerifier(0.6))
+    change = SettingsChange(quality_threshold=0.8, check_interval=3)
+    recorder.at_step(5, lambda: control.set(change, request_id="s1"))
+    result = run(
+        sd_model, recorder, control, registry, verifier="mid", check_interval=4,
+        quality_threshold=0.5, early_stop=True, patience=3, min_steps=0,
+    )  # fmt: skip
+    assert recorder.of(Applied) == [Applied(5, "s1", change)]
+    assert [(c.step, c.threshold, c.decision) for c in recorder.checks] == [
+        (4, 0.5, Decision.CONTINUE),
+        (7, 0.8, Decision.RAISE_CFG),
+        (10, 0.8, Decision.RAISE_CFG),
+    ]
+    assert result.reason is FinishReason.COMPLETED
+
+
+def test_a_set_of_cfg_applies_and_one_crossing_the_cfg_boundary_is_refused(
+    sd_model: LoadedModel, recorder: Recorder
+) -> None:
+    control = RunControl()
+    used = _observe_guidance(sd_model, recorder)
+    recorder.at_step(2, lambda: control.set(SettingsChange(cfg=4.0), "up"))
+    recorder.at_step(4, lambda: control.set(SettingsChange(cfg=1.0, quality_threshold=0.1), "x"))
+    run(sd_model, recorder, control, steps=6, check_interval=10)
+    first, second = recorder.of(Applied)
+    assert (first.step, first.change, first.refused) == (2, SettingsChange(cfg=4.0), "")
+    assert second.change == SettingsChange(quality_threshold=0.1)
+    assert "switch guidance off" in second.refused
+    assert used == pytest.approx([3.0, 3.0, 4.0, 4.0, 4.0, 4.0], rel=1e-4)
+
+
+def test_a_failing_verifier_fails_the_run(sd_model: LoadedModel, recorder: Recorder) -> None:
+    class Broken:
+        def score(self, images: torch.Tensor, prompt: str) -> list[Score]:
+            raise RuntimeError("classifier exploded")
+
+    result = run(sd_model, recorder, registry=registry_with("broken", Broken()), verifier="broken")
+    assert result.reason is FinishReason.FAILED and result.image is None
+    assert result.error is not None and result.error.code is FailureCode.VERIFIER_FAILED
+    assert "classifier exploded" in result.error.message
+    assert result.steps_run == 5
+
+
+def test_a_verifier_score_outside_its_range_fails_the_run(
+    sd_model: LoadedModel, recorder: Recorder
+) -> None:
+    result = run(
+        sd_model, recorder, registry=registry_with("wild", ConstantVerifier(1.5)), verifier="wild"
+    )
+    assert result.error is not None and result.error.code is FailureCode.VERIFIER_FAILED
+
+
+def test_out_of_memory_is_reported_as_such(sd_model: LoadedModel, recorder: Recorder) -> None:
+    class Hungry:
+        def score(self, images: torch.Tensor, prompt: str) -> list[Score]:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    result = run(sd_model, recorder, registry=registry_with("hungry", Hungry()), verifier="hungry")
+    assert result.error is not None and result.error.code is FailureCode.OUT_OF_MEMORY
+
+
+def test_nan_in_the_model_fails_the_run_with_nan_detected(recorder: Recorder) -> None:
+    pipeline = make_sd_pipeline(seed=1)
+    with torch.no_grad():
+        pipeline.unet.conv_out.bias.fill_(float("nan"))
+    model = describe_pipeline("broken", pipeline)
+    result = run(model, recorder)
+    assert result.reason is FinishReason.FAILED and result.image is None
+    assert result.error is not None and result.error.code is FailureCode.NAN_DETECTED
+    assert result.steps_run == 5
+
+
+def test_a_failing_sink_fails_the_run_and_the_caller_still_gets_the_result(
+    sd_model: LoadedModel,
+) -> None:
+    def sink(event: EngineEvent) -> None:
+        if isinstance(event, Check):
+            raise ConnectionError("watcher gone")
+
+    result = run_monitored(sd_model, RunParams(**BASE), VerifierRegistry(), RunControl(), sink)
+    assert result.error is not None and result.error.code is FailureCode.SINK_FAILED
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"sampler": "flow_euler"}, "sampler"),
+        ({"sampler": "ddim", "scheduler": "karras"}, "scheduler"),
+        ({"verifier": "nonexistent"}, "verifier"),
+        ({"preview_decoder": "identity"}, "preview_decoder"),
+        ({"model": "other"}, "model"),
+        ({"cfg": 4.0, "cfg_max": None, "initial_latent": np.zeros((1, 3, 16, 16), np.float32)},
+         "initial_latent"),
+    ],
+)  # fmt: skip
+def test_invalid_parameters_fail_before_anything_runs(
+    sd_model: LoadedModel, recorder: Recorder, overrides: dict[str, Any], field: str
+) -> None:
+    result = run(sd_model, recorder, **overrides)
+    assert result.reason is FinishReason.FAILED and result.steps_run == 0
+    assert result.error is not None and result.error.code is FailureCode.INVALID_PARAMS
+    assert field in result.error.message
+    assert [type(e) for e in recorder.events] == [Finished]
+
+
+def test_an_initial_latent_replaces_the_seeded_noise(
+    sd_model: LoadedModel, recorder: Recorder
+) -> None:
+    noise = np.random.default_rng(0).standard_normal((1, 4, 16, 16)).astype(np.float32)
+    first = run(sd_model, Recorder(), initial_latent=noise, seed=1, check_interval=20)
+    second = run(sd_model, Recorder(), initial_latent=noise, seed=2, check_interval=20)
+    seeded = run(sd_model, Recorder(), seed=1, check_interval=20)
+    assert first.image is not None and second.image is not None and seeded.image is not None
+    assert first.image.png == second.image.png != seeded.image.png
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    ["euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmpp_2m", "dpmpp_2m_sde", "unipc", "deis",
+     "ddim", "ddpm", "pndm"],
+)  # fmt: skip
+def test_every_sampler_gives_an_x0_estimate_in_a_real_pipeline(
+    sd_model: LoadedModel, recorder: Recorder, sampler: str
+) -> None:
+    result = run(sd_model, recorder, sampler=sampler, steps=4, check_interval=1, cfg=1.0)
+    assert result.reason is FinishReason.COMPLETED, result.error
+    assert len(recorder.checks) == result.total_steps >= 4
+    assert result.params.sampler == sampler
+
+
+def test_the_karras_schedule_runs(sd_model: LoadedModel, recorder: Recorder) -> None:
+    result = run(sd_model, recorder, scheduler="karras", steps=5, check_interval=2)
+    assert result.reason is FinishReason.COMPLETED and result.params.scheduler == "karras"
+
+
+def test_started_reports_the_resolved_parameters(sd_model: LoadedModel, recorder: Recorder) -> None:
+    control = RunControl()
+    recorder.at_step(1, lambda: control.stop(StopMode.ABORT))
+    run(sd_model, recorder, control, steps=None, cfg=None, sampler=None, seed=None)
+    [started] = recorder.of(Started)
+    params = started.params
+    assert (params.steps, params.cfg, params.sampler) == (50, 7.5, "dpmpp_2m")
+    assert (params.width, params.height, params.model) == (32, 32, "tiny-sd")
+    assert params.seed is not None and params.cfg_max == 15.0 and params.min_steps == 25
+    assert (params.verifier, params.preview_decoder) == ("simple", "linear")

@@ -1,0 +1,127 @@
+"""The quality policy as a pure function: history and settings in, a reasoned decision out."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+
+import pytest
+
+from stepwatch.server.engine.events import Decision
+from stepwatch.server.engine.policy import (
+    PolicySettings,
+    cfg_refusal,
+    decide,
+    holding_streak,
+)
+
+SETTINGS = PolicySettings(
+    quality_threshold=0.6,
+    scale_factor=1.5,
+    cfg_max=9.0,
+    patience=2,
+    min_steps=10,
+    early_stop=True,
+    guidance_on=True,
+)
+
+
+@dataclass(frozen=True)
+class Point:
+    step: int
+    score: float
+
+
+def history(*scores: float, every: int = 5) -> list[Point]:
+    return [Point(every * (i + 1), s) for i, s in enumerate(scores)]
+
+
+def test_the_policy_module_needs_no_torch() -> None:
+    code = (
+        "import sys, stepwatch.server.engine.policy, stepwatch.server.engine.control;"
+        "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_below_threshold_raises_cfg_by_the_scale_factor() -> None:
+    decision = decide(history(0.3), SETTINGS, cfg=4.0, total_steps=30)
+    assert decision.decision is Decision.RAISE_CFG and decision.cfg == 6.0
+    assert "0.300 < threshold 0.600" in decision.reason and "4 -> 6" in decision.reason
+
+
+def test_a_raise_is_capped_then_stops_at_the_cap() -> None:
+    capped = decide(history(0.3), SETTINGS, cfg=8.0, total_steps=30)
+    assert capped.decision is Decision.RAISE_CFG and capped.cfg == 9.0
+    assert "capped" in capped.reason
+    at_cap = decide(history(0.3), SETTINGS, cfg=9.0, total_steps=30)
+    assert at_cap.decision is Decision.CONTINUE and at_cap.cfg == 9.0
+    assert "cap 9" in at_cap.reason
+
+
+def test_no_raise_when_cfg_is_off_or_the_model_reads_guidance_once() -> None:
+    off = decide(history(0.1), replace(SETTINGS, guidance_on=False), cfg=1.0, total_steps=30)
+    assert off.decision is Decision.CONTINUE and off.cfg == 1.0
+    assert "CFG is off" in off.reason
+    once = decide(history(0.1), replace(SETTINGS, guidance_live=False), cfg=3.0, total_steps=30)
+    assert once.decision is Decision.CONTINUE and "once per run" in once.reason
+
+
+def test_a_scale_factor_of_one_does_not_raise() -> None:
+    decision = decide(history(0.1), replace(SETTINGS, scale_factor=1.0), cfg=3.0, total_steps=30)
+    assert decision.decision is Decision.CONTINUE and "does not raise" in decision.reason
+
+
+def test_early_stop_needs_patience_checks_at_or_above_threshold() -> None:
+    one = decide(history(0.2, 0.7), SETTINGS, cfg=3.0, total_steps=30)
+    assert one.decision is Decision.CONTINUE and "1 of 2" in one.reason
+    two = decide(history(0.2, 0.7, 0.6), SETTINGS, cfg=3.0, total_steps=30)
+    assert two.decision is Decision.EARLY_STOP and "2 consecutive" in two.reason
+
+
+def test_no_early_stop_before_min_steps_and_checks_before_it_do_not_count() -> None:
+    early = decide(history(0.9), SETTINGS, cfg=3.0, total_steps=30)
+    assert early.decision is Decision.CONTINUE and "min_steps 10" in early.reason
+    # Steps 5 and 10 hold, but step 5 is before min_steps: only one check counts at step 10.
+    at_min = decide(history(0.9, 0.9), SETTINGS, cfg=3.0, total_steps=30)
+    assert at_min.decision is Decision.CONTINUE
+    assert holding_streak(history(0.9, 0.9, 0.9), SETTINGS) == 2
+
+
+def test_early_stop_can_be_switched_off() -> None:
+    settings = replace(SETTINGS, early_stop=False)
+    decision = decide(history(0.9, 0.9, 0.9), settings, cfg=3.0, total_steps=30)
+    assert decision.decision is Decision.CONTINUE and "early stopping is off" in decision.reason
+
+
+def test_nothing_happens_at_the_last_step() -> None:
+    low = decide(history(0.1, 0.1), SETTINGS, cfg=3.0, total_steps=10)
+    high = decide(history(0.9, 0.9, 0.9), SETTINGS, cfg=3.0, total_steps=15)
+    assert low.decision is high.decision is Decision.CONTINUE
+    assert "last step" in low.reason
+
+
+def test_a_changed_threshold_rereads_the_whole_history() -> None:
+    scores = history(0.65, 0.65, 0.65)
+    assert decide(scores, SETTINGS, cfg=3.0, total_steps=30).decision is Decision.EARLY_STOP
+    stricter = replace(SETTINGS, quality_threshold=0.7)
+    assert decide(scores, stricter, cfg=3.0, total_steps=30).decision is Decision.RAISE_CFG
+
+
+def test_a_decision_needs_a_check() -> None:
+    with pytest.raises(ValueError, match="at least one check"):
+        decide([], SETTINGS, cfg=3.0, total_steps=30)
+
+
+@pytest.mark.parametrize(
+    ("start", "requested", "refused"),
+    [(3.0, 5.0, ""), (3.0, 1.0, "off"), (3.0, 0.5, "off"), (1.0, 2.0, "on"), (0.0, 1.0, "")],
+)
+def test_cfg_never_crosses_the_on_off_boundary(
+    start: float, requested: float, refused: str
+) -> None:
+    why = cfg_refusal(start, requested)
+    assert (why == "") == (refused == "")
+    if refused:
+        assert f"switch guidance {refused}" in why

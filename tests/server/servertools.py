@@ -1,0 +1,210 @@
+"""Test helpers for the service: a real uvicorn on a loopback port, and a small protocol client.
+
+The client library is its own issue; this is the least a test needs: a ``websockets``
+connection that speaks the protocol codec, keeps messages it was not waiting for, and collects
+a run's events.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+import websockets
+from starlette.applications import Starlette
+from websockets.asyncio.client import ClientConnection
+
+from stepwatch.protocol import (
+    SUBPROTOCOL,
+    Accepted,
+    ClientMessage,
+    Error,
+    Finished,
+    Hello,
+    ResumePoint,
+    RunEvent,
+    ServerMessage,
+    Start,
+    Welcome,
+    decode_server,
+    encode,
+)
+from stepwatch.protocol import limits as wire
+from stepwatch.server.app import ModelLoader, Service, create_app
+from stepwatch.server.config import ServerConfig
+from stepwatch.server.serving import serve
+
+M = TypeVar("M")
+WAIT = 60.0
+
+
+@dataclass
+class RunningServer:
+    """A server running in the test's event loop."""
+
+    app: Starlette
+    config: ServerConfig
+    port: int
+    stop: anyio.Event
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def service(self) -> Service:
+        service: Service = self.app.state.service
+        return service
+
+
+@asynccontextmanager
+async def running_server(
+    config: ServerConfig, load_models: ModelLoader, *, send_buffer: int | None = None
+) -> AsyncIterator[RunningServer]:
+    """Serve ``config`` on a free loopback port for the duration of the block, then shut down
+    the way SIGTERM does (runs finish with reason ``shutdown``).
+
+    ``send_buffer`` fixes the kernel's send buffer of every connection (accepted sockets inherit
+    it from the listening one), as on a slow network; by default loopback buffers grow to
+    megabytes and hide a client that does not read.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(config, load_models=load_models)
+    stop, ready = anyio.Event(), anyio.Event()
+    status: list[int] = []
+
+    async def run() -> None:
+        status.append(await serve(app, config, stop, sock=sock, on_ready=lambda h, p: ready.set()))
+        ready.set()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(run)
+        with anyio.fail_after(WAIT):
+            await ready.wait()
+        assert not status, f"the server did not start (status {status})"
+        try:
+            yield RunningServer(app, config, port, stop)
+        finally:
+            stop.set()
+    assert status == [0]
+
+
+@dataclass
+class Client:
+    """One protocol connection.
+
+    Messages nobody waited for yet stay in :attr:`inbox`; every run event received is also kept
+    in :attr:`seen`, by run, in the order it arrived.
+    """
+
+    ws: ClientConnection
+    inbox: list[ServerMessage] = field(default_factory=list)
+    seen: dict[str, list[RunEvent]] = field(default_factory=dict)
+    welcome: Welcome | None = None
+
+    async def send(self, message: ClientMessage) -> None:
+        await self.ws.send(encode(message))
+
+    async def _read(self) -> ServerMessage:
+        message = decode_server(await self.ws.recv())
+        if isinstance(message, RunEvent):
+            self.seen.setdefault(message.run_id, []).append(message)
+        return message
+
+    async def recv(self) -> ServerMessage:
+        """The next message, from the inbox first."""
+        if self.inbox:
+            return self.inbox.pop(0)
+        with anyio.fail_after(WAIT):
+            return await self._read()
+
+    async def next(self, wanted: Callable[[ServerMessage], bool]) -> ServerMessage:
+        """The first message (inbox first) for which ``wanted`` is true; others are kept."""
+        for index, message in enumerate(self.inbox):
+            if wanted(message):
+                return self.inbox.pop(index)
+        with anyio.fail_after(WAIT):
+            while True:
+                message = await self._read()
+                if wanted(message):
+                    return message
+                self.inbox.append(message)
+
+    async def expect(self, kind: type[M]) -> M:
+        message = await self.next(lambda m: isinstance(m, kind))
+        assert isinstance(message, kind)
+        return message
+
+    async def reply_to(self, request_id: str) -> ServerMessage:
+        """The ``accepted``, ``applied`` or ``error`` that answers ``request_id``."""
+        return await self.next(lambda m: getattr(m, "request_id", None) == request_id)
+
+    async def start(self, request_id: str = "q1", **parameters: Any) -> Accepted:
+        """Send ``start`` and return its ``accepted`` (an ``error`` fails the test)."""
+        await self.send(Start(request_id=request_id, **parameters))
+        reply = await self.next(
+            lambda m: isinstance(m, Accepted | Error) and m.request_id == request_id
+        )
+        assert isinstance(reply, Accepted), reply
+        return reply
+
+    async def event(self, run_id: str, kind: type[M]) -> M:
+        """The next event of ``run_id`` of type ``kind`` (it stays in :attr:`seen`)."""
+        message = await self.next(lambda m: isinstance(m, kind) and m.run_id == run_id)
+        assert isinstance(message, kind)
+        return message
+
+    async def run_events(self, run_id: str) -> list[RunEvent]:
+        """Every event of ``run_id`` received, once its ``finished`` has arrived."""
+        if not any(isinstance(e, Finished) for e in self.seen.get(run_id, [])):
+            await self.event(run_id, Finished)
+        self.inbox = [m for m in self.inbox if not (isinstance(m, RunEvent) and m.run_id == run_id)]
+        return list(self.seen[run_id])
+
+
+async def all_run_events(run_id: str, *clients: Client) -> list[list[RunEvent]]:
+    """The events of ``run_id`` as each client received them, read by all at once (a client
+    read after another would fall behind meanwhile)."""
+    results: dict[int, list[RunEvent]] = {}
+
+    async def read(index: int, client: Client) -> None:
+        results[index] = await client.run_events(run_id)
+
+    async with anyio.create_task_group() as readers:
+        for index, client in enumerate(clients):
+            readers.start_soon(read, index, client)
+    return [results[index] for index in range(len(clients))]
+
+
+@asynccontextmanager
+async def connect(
+    url: str,
+    *,
+    hello: bool = True,
+    token: str | None = None,
+    resume: Sequence[ResumePoint] = (),
+    **options: Any,
+) -> AsyncIterator[Client]:
+    """Open a protocol connection (and say ``hello`` unless told not to)."""
+    options.setdefault("subprotocols", [SUBPROTOCOL])
+    options.setdefault("max_size", wire.MAX_SERVER_FRAME_BYTES)
+    options.setdefault("compression", None)
+    async with websockets.connect(url, **options) as ws:
+        client = Client(ws)
+        if hello:
+            await client.send(Hello(client="tests/1", token=token, resume=tuple(resume)))
+            client.welcome = await client.expect(Welcome)
+        yield client

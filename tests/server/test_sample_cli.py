@@ -1,0 +1,89 @@
+"""``stepwatch sample`` as a user runs it: a real subprocess, a real model folder."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_sd_pipeline
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("models") / "tiny-sd"
+    make_sd_pipeline(seed=2).save_pretrained(folder)
+    return folder
+
+
+def stepwatch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stepwatch.client.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+        cwd=cwd,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_the_sample_module_imports_no_torch() -> None:
+    code = "import sys, stepwatch.server.sample; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_json_mode_prints_one_object_per_event_and_writes_the_image(
+    model_folder: Path, tmp_path: Path
+) -> None:
+    result = stepwatch(
+        "sample", "red circle", "--model", f"{model_folder},device=cpu", "--steps", "6",
+        "--seed", "7", "--check-interval", "3", "--no-early-stop", "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "finished"
+    assert kinds.count("progress") == 6 and kinds.count("check") == 2
+    check = next(e for e in events if e["event"] == "check")
+    assert check["quality"]["step"] == 3 and check["quality"]["decision"] in {
+        "continue",
+        "raise_cfg",
+    }
+    thumbnail = Image.open(io.BytesIO(base64.b64decode(check["preview"]["data"])))
+    # The default preview decoder for SD is the linear one, at the latent's 16×16.
+    assert thumbnail.format == "WEBP" and thumbnail.size == (16, 16)
+    finished = events[-1]["result"]
+    assert finished["reason"] == "completed" and finished["steps_run"] == 6
+    written = tmp_path / "stepwatch-7.png"
+    assert finished["image"]["path"] == "stepwatch-7.png" and written.exists()
+    with Image.open(written) as image:
+        assert image.size == (32, 32)
+
+
+def test_terminal_mode_prints_a_line_per_check(model_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "picture.png"
+    result = stepwatch(
+        "sample", "blue square", "--model", str(model_folder), "--steps", "4", "--seed", "1",
+        "--check-interval", "2", "--threshold", "1.0", "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("cli: 'blue square' seed 1, 4 steps")
+    assert any(line.startswith("  step   2  score") for line in lines)
+    assert "  step   2  cfg 7.5 -> 9.375" in lines
+    assert any(line.startswith("  step   4  score") for line in lines)
+    assert lines[-1].startswith("completed: 4/4 steps") and out.exists()
+
+
+def test_bad_arguments_are_reported_without_a_traceback(model_folder: Path, tmp_path: Path) -> None:
+    result = stepwatch(
+        "sample", "x", "--model", str(model_folder), "--sampler", "nope", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert "unknown sampler 'nope'" in result.stderr and "Traceback" not in result.stderr
