@@ -114,7 +114,7 @@ class LiveView:
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(bar_width=24),
-            TextColumn("step {task.completed:>3.0f}/{task.total:.0f}"),
+            TextColumn("{task.fields[steps]}"),
             TextColumn("ETA {task.fields[eta]}"),
             TextColumn("{task.fields[score]}"),
             TextColumn("cfg {task.fields[cfg]}"),
@@ -122,7 +122,13 @@ class LiveView:
             console=console,
         )
         self._task: TaskID = self._progress.add_task(
-            "queued", total=None, eta=_seconds(None), score="score -", cfg="-", decision=""
+            "queued",
+            total=None,
+            steps="step -",
+            eta=_seconds(None),
+            score="score -",
+            cfg="-",
+            decision="",
         )
 
     def __enter__(self) -> Self:
@@ -152,21 +158,35 @@ class LiveView:
         match event:
             case Started(parameters=p):
                 prompt = p.prompt if len(p.prompt) <= 24 else p.prompt[:23] + "…"
-                update(self._task, description=escape(prompt), total=p.steps, cfg=f"{p.cfg:.2f}")
+                update(
+                    self._task,
+                    description=escape(prompt),
+                    total=p.steps,
+                    steps=f"step 0/{p.steps}",
+                    cfg=f"{p.cfg:.2f}",
+                )
             case StepProgress(step=step, total=total, eta=eta):
-                update(self._task, completed=step, total=total, eta=_seconds(eta))
+                update(
+                    self._task,
+                    completed=step,
+                    total=total,
+                    steps=f"step {step}/{total}",
+                    eta=_seconds(eta),
+                )
             case Check():
                 self._check(event)
-            case Adjusted(step=step, setting=setting, old=old, new=new, reason=reason):
+            case Adjusted(step=step, setting=setting, old=old, new=new):
+                # The check just before says why; the line shows what changed.
                 if setting == "cfg":
                     update(self._task, cfg=f"{new:.2f}")
-                self._log(f"step {step:>4}  {setting} {old:g} → {new:g}  {escape(reason)}")
+                self._log(f"step {step:>4}  {setting} {old:.4g} → {new:.4g}")
             case Applied(step=step, changes=changes, stop=stop):
                 what = (
                     f"stop ({stop})"
                     if stop is not None
                     else ", ".join(
-                        f"{change.setting} {change.old:g} → {change.new:g}" for change in changes
+                        f"{change.setting} {change.old:.4g} → {change.new:.4g}"
+                        for change in changes
                     )
                 )
                 self._log(f"step {step:>4}  applied: {what}")
@@ -183,10 +203,13 @@ class LiveView:
         self._progress.update(
             self._task, score=score, cfg=f"{check.cfg:.2f}", decision=check.decision
         )
-        self._log(f"step {check.step:>4}  {score}  {check.decision}  {escape(check.reason)}")
+        self._log(f"step {check.step:>4}  {score}  cfg {check.cfg:.2f}  {check.decision}")
 
     def _finished(self, finished: Finished) -> None:
-        self._progress.update(self._task, completed=finished.steps_run, total=finished.steps_run)
+        steps = finished.steps_run
+        self._progress.update(
+            self._task, completed=steps, total=steps, steps=f"step {steps}/{steps}", eta="0:00"
+        )
         score = "-" if finished.final_score is None else f"{finished.final_score:.3f}"
         colour = "red" if finished.reason in ("failed", "abandoned", "shutdown") else "green"
         self._log(

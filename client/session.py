@@ -191,6 +191,8 @@ class Session:
         self._steers: dict[str, _Pending[Applied]] = {}
         self._subscribes: dict[str, list[asyncio.Future[None]]] = {}
         self._replay_until: dict[str, int] = {}
+        # Runs whose finished this session saw: steering them needs no watch (it is refused).
+        self._ended: set[str] = set()
         self._resend: list[_Pending[Applied]] = []
         self._reader = asyncio.create_task(self._maintain(), name=f"stepwatch reader {id(self)}")
 
@@ -277,9 +279,13 @@ class Session:
 
         :meth:`Run.stop <stepwatch.client.Run.stop>` and :meth:`Run.set
         <stepwatch.client.Run.set>` call this; use it directly to steer a run with a control
-        token you got from elsewhere.
+        token you got from elsewhere. The server sends ``applied`` to the run's watchers only,
+        so a session that does not follow the run watches it first (from its start).
         """
         frame = self._encode(lambda: request)
+        followed = request.run_id in self._runs or request.run_id in self._joining
+        if not followed and request.run_id not in self._ended:
+            await self.watch(request.run_id)
         future: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
         pending = _Pending(future, run_id=request.run_id, frame=frame)
         self._steers[request.request_id] = pending
@@ -372,6 +378,7 @@ class Session:
             if pending is not None and not pending.future.done():
                 pending.future.set_result(event)
         if isinstance(event, Finished):
+            self._ended.add(event.run_id)
             self._runs.pop(event.run_id, None)
             self._replay_until.pop(event.run_id, None)
         self._replay_reached(event.run_id, event.seq)
