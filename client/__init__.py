@@ -51,8 +51,8 @@ from .errors import (
     StepwatchError,
 )
 from .history import RunSummary, list_runs
-from .runs import Result, Run, RunHandle, open_image
-from .session import RunOptions, Session, SessionState, connect
+from .runs import Result, Run, RunHandle, RunOptions, open_image
+from .session import Session, SessionState, connect
 from .transport import DEFAULT_URL, Backoff
 
 __all__ = [

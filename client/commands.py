@@ -27,8 +27,8 @@ from stepwatch.protocol import ErrorCode, Welcome
 from .errors import Refused, RunFailed, StepwatchError
 from .history import MAX_PAGE, list_runs
 from .render import JsonView, LiveView, RunView, runs_table, to_json
-from .runs import Result, Run, RunHandle
-from .session import RunOptions, Session, connect
+from .runs import Result, Run, RunHandle, RunOptions
+from .session import Session, connect
 from .transport import DEFAULT_URL
 
 __all__ = [

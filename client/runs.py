@@ -17,7 +17,7 @@ import asyncio
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self, TypedDict
 
 from stepwatch.protocol import (
     Applied,
@@ -26,6 +26,7 @@ from stepwatch.protocol import (
     HistoryEntry,
     Image,
     Preview,
+    PreviewFormat,
     ProtocolError,
     RunError,
     RunEvent,
@@ -41,7 +42,7 @@ from .errors import Refused, RunFailed, StepwatchError
 if TYPE_CHECKING:
     import PIL.Image
 
-__all__ = ["Result", "Run", "RunHandle", "Steering", "open_image"]
+__all__ = ["Result", "Run", "RunHandle", "RunOptions", "Steering", "open_image"]
 
 
 def open_image(source: Preview | Image | bytes) -> PIL.Image.Image:
@@ -109,6 +110,34 @@ class Result:
             return False
         Path(path).write_bytes(self.png)
         return True
+
+
+class RunOptions(TypedDict, total=False):
+    """The parameters of ``Session.generate`` besides the prompt: the fields of ``start``.
+
+    Each left out (or ``None``) takes the server's default for the model, listed in
+    :attr:`Session.models`; the protocol README's ``start`` table says what each one means.
+    """
+
+    model: str | None
+    negative_prompt: str
+    seed: int | None
+    steps: int | None
+    cfg: float | None
+    sampler: str | None
+    scheduler: str | None
+    width: int | None
+    height: int | None
+    verifier: str | None
+    check_interval: int
+    quality_threshold: float | None
+    scale_factor: float
+    cfg_max: float | None
+    early_stop: bool
+    patience: int
+    min_steps: int | None
+    preview_size: int
+    preview_format: PreviewFormat
 
 
 class RunHandle:

@@ -28,9 +28,9 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
-from typing import Generic, TypedDict, TypeVar, Unpack, assert_never
+from typing import Generic, TypeVar, Unpack, assert_never
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -46,7 +46,6 @@ from stepwatch.protocol import (
     Finished,
     ModelInfo,
     Pong,
-    PreviewFormat,
     Progress,
     ProtocolError,
     ResumePoint,
@@ -66,42 +65,14 @@ from stepwatch.protocol import (
 )
 
 from .errors import ConnectionFailed, ConnectionLost, ProtocolViolation, Refused, StepwatchError
-from .runs import Run, RunHandle
+from .runs import Run, RunHandle, RunOptions
 from .transport import DEFAULT_URL, Backoff, SessionSettings, client_name, open_connection
 
-__all__ = ["RunOptions", "Session", "SessionState", "connect"]
+__all__ = ["Session", "SessionState", "connect"]
 
 logger = logging.getLogger("stepwatch.client")
 
 T = TypeVar("T")
-
-
-class RunOptions(TypedDict, total=False):
-    """The parameters of :meth:`Session.generate` besides the prompt: the fields of ``start``.
-
-    Each left out (or ``None``) takes the server's default for the model, listed in
-    :attr:`Session.models`; the protocol README's ``start`` table says what each one means.
-    """
-
-    model: str | None
-    negative_prompt: str
-    seed: int | None
-    steps: int | None
-    cfg: float | None
-    sampler: str | None
-    scheduler: str | None
-    width: int | None
-    height: int | None
-    verifier: str | None
-    check_interval: int
-    quality_threshold: float | None
-    scale_factor: float
-    cfg_max: float | None
-    early_stop: bool
-    patience: int
-    min_steps: int | None
-    preview_size: int
-    preview_format: PreviewFormat
 
 
 class SessionState(Enum):
@@ -120,7 +91,6 @@ class _Pending(Generic[T]):
     run_id: str | None = None
     frame: bytes = b""
     generation: int = 0
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
 
 @asynccontextmanager
@@ -298,8 +268,8 @@ class Session:
             return
         self._state = SessionState.CLOSED
         self._reader.cancel()
-        with suppress(asyncio.CancelledError):
-            await self._reader
+        # wait() rather than await: a cancellation of close() itself must not be swallowed.
+        await asyncio.wait([self._reader])
         await self._connection.close()
         self._end(ConnectionFailed("the session was closed"))
 
@@ -338,19 +308,28 @@ class Session:
             self._state = SessionState.CLOSED
             await self._connection.close()
             self._end(exc)
+        except Exception as exc:  # a bug here must fail the callers, not leave them waiting
+            logger.exception("the stepwatch session's reader failed")
+            self._state = SessionState.CLOSED
+            await self._connection.close()
+            self._end(StepwatchError(f"the session's reader failed: {exc!r}"))
 
     async def _read(self, connection: ClientConnection) -> None:
         try:
+            await self._flush_resends(connection)
             async for frame in connection:
                 try:
                     message = decode_server(frame)
                 except ProtocolError as exc:
                     raise ProtocolViolation(f"the server sent a frame it may not: {exc}") from exc
                 self._dispatch(message)
-                while self._resend:
-                    await connection.send(self._resend.pop(0).frame)
+                await self._flush_resends(connection)
         except ConnectionClosed:
             return
+
+    async def _flush_resends(self, connection: ClientConnection) -> None:
+        while self._resend:
+            await connection.send(self._resend.pop(0).frame)
 
     def _dispatch(self, message: ServerMessage) -> None:
         match message:
