@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image as PILImage
+from rich.console import Console
 
 from stepwatch.client import (
     Backoff,
@@ -28,16 +29,21 @@ from stepwatch.client import (
 )
 from stepwatch.client.commands import explain, option_name, run_options
 from stepwatch.client.history import RunSummary, http_base
-from stepwatch.client.render import to_json
+from stepwatch.client.render import JsonView, LiveView, runs_table, to_json
 from stepwatch.client.runs import Result
 from stepwatch.protocol import (
+    Adjusted,
     Applied,
     HistoryEntry,
     Image,
     Preview,
     RunError,
+    RunEvent,
+    RunParameters,
     Set,
+    SettingChange,
     Start,
+    Started,
     Stop,
 )
 
@@ -343,3 +349,78 @@ def test_errors_explain_themselves_in_one_line(
     text = explain(error, arguments(token=token))
     assert line in text
     assert "\n" not in text
+
+
+# The command line's views, drawn into a string.
+
+
+def parameters() -> RunParameters:
+    return RunParameters(
+        model="tiny", prompt="a rather long prompt about a red circle", negative_prompt="",
+        seed=1, steps=10, cfg=3.0, sampler="euler", scheduler="normal", width=32, height=32,
+        verifier="simple", check_interval=5, quality_threshold=0.7, scale_factor=1.25,
+        cfg_max=9.0, early_stop=True, patience=2, min_steps=0, preview_size=0,
+        preview_format="webp",
+    )  # fmt: skip
+
+
+def a_whole_run() -> list[RunEvent]:
+    return [
+        Started(run_id="r-1", seq=1, parameters=parameters()),
+        progress(2, step=1),
+        Check(
+            run_id="r-1", seq=3, step=5, score=0.25, components={}, threshold=0.7,
+            decision="raise_cfg", reason="low", cfg=3.0, preview=None,
+        ),
+        Adjusted(run_id="r-1", seq=4, step=5, setting="cfg", old=3.0, new=3.75, reason="low"),
+        Applied(
+            run_id="r-1", seq=5, request_id="q2", step=6, stop=None,
+            changes=(SettingChange("quality_threshold", 0.7, 0.5),),
+        ),
+        Applied(run_id="r-1", seq=6, request_id="q3", step=7, changes=(), stop="finish"),
+        finished(7, "stopped"),
+    ]  # fmt: skip
+
+
+def test_the_live_view_logs_checks_adjustments_and_acknowledgements() -> None:
+    text = io.StringIO()
+    console = Console(file=text, width=120, force_terminal=False, color_system=None)
+    with LiveView(console) as view:
+        view.accepted(RunHandle("r-1"), 2)
+        for event in a_whole_run():
+            view.show(event)
+        view.note("stopping [now]")
+    lines = text.getvalue().splitlines()
+    assert lines[0] == "run r-1 (queue position 2)"
+    assert "step    5  score 0.250 < 0.70  cfg 3.00  raise_cfg" in lines
+    assert "step    5  cfg 3 → 3.75" in lines
+    assert "step    6  applied: quality_threshold 0.7 → 0.5" in lines
+    assert "step    7  applied: stop (finish)" in lines
+    assert "stopped after 5 steps, 0.3 s, final score 0.500" in lines
+    assert "stopping [now]" in lines
+
+
+def test_the_json_view_writes_one_object_per_line() -> None:
+    out, notes = io.StringIO(), io.StringIO()
+    view = JsonView(out, Console(file=notes, force_terminal=False))
+    view.accepted(Run("r-1", "t" * 16, 0, RecordingSteering()), 0)
+    for event in a_whole_run():
+        view.show(event)
+    view.note("a remark")
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert lines[0] == {"type": "accepted", "run_id": "r-1", "queue_position": 0}
+    assert [line["type"] for line in lines[1:]] == [
+        "started", "progress", "check", "adjusted", "applied", "applied", "finished",
+    ]  # fmt: skip
+    assert notes.getvalue() == "a remark\n"
+
+
+def test_the_runs_table_shows_reason_or_state() -> None:
+    finished_run = RunSummary("r-1", "finished", "tiny", "red circle", "completed", 6, 0.8125,
+                              0.0, 1.0)  # fmt: skip
+    running = RunSummary("r-2", "running", "tiny", "blue", None, None, None, None, None)
+    text = io.StringIO()
+    Console(file=text, width=100, force_terminal=False).print(runs_table([finished_run, running]))
+    rows = text.getvalue().splitlines()
+    assert any("r-1" in row and "completed" in row and "0.812" in row for row in rows)
+    assert any("r-2" in row and "running" in row for row in rows)
