@@ -81,8 +81,8 @@ def quiet_libraries() -> None:
         from transformers.utils import logging as transformers_logging
     except ImportError:  # only pipelines with text encoders need transformers
         return
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def build_verifiers(config: ServerConfig, models: Sequence[LoadedModel]) -> VerifierRegistry:

@@ -27,7 +27,7 @@ from stepwatch.server.engine.verifiers import VerifierRegistry
 __all__ = ["DEFAULT_THRESHOLD", "Catalog", "ResolvedRun"]
 
 #: The quality threshold a run gets when neither it nor its verifier names one (the engine's).
-DEFAULT_THRESHOLD: float = RunParams.__dataclass_fields__["quality_threshold"].default
+DEFAULT_THRESHOLD: float = RunParams(prompt="-").quality_threshold
 #: The score components of the verifiers whose components are known before they run.
 KNOWN_COMPONENTS: Mapping[str, tuple[str, ...]] = {"simple": ("variance", "edges")}
 #: Width and height are multiples of this (the engine's rule for every model).

@@ -44,7 +44,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-def uvicorn_config(app: Starlette, config: ServerConfig) -> uvicorn.Config:
+def uvicorn_config(app: Starlette, config: ServerConfig, log_level: str = "info") -> uvicorn.Config:
     """How uvicorn runs the app: the sans-I/O websockets protocol, our frame limit, no
     compression (previews are compressed already and latency matters more)."""
     return uvicorn.Config(
@@ -55,7 +55,7 @@ def uvicorn_config(app: Starlette, config: ServerConfig) -> uvicorn.Config:
         ws_max_size=config.limits.transport_max_bytes,
         ws_per_message_deflate=False,
         lifespan="on",
-        log_level="info",
+        log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=5,
     )
@@ -68,14 +68,16 @@ async def serve(
     *,
     sock: socket.socket | None = None,
     on_ready: Ready | None = None,
+    log_level: str = "info",
 ) -> int:
     """Serve ``app`` (made by :func:`~stepwatch.server.app.create_app` for ``config``) until
     ``stop`` is set, then shut down gracefully; return the exit status.
 
     ``sock`` is a bound socket to serve on instead of ``config.host``/``config.port`` (tests
     bind port 0). ``on_ready(host, port)`` is called once the server accepts connections.
+    ``log_level`` is uvicorn's (benchmarks quieten its per-connection lines).
     """
-    server = _Server(uvicorn_config(app, config))
+    server = _Server(uvicorn_config(app, config, log_level))
     ended = anyio.Event()
     status = 0
 

@@ -239,8 +239,8 @@ class Session:
                 case _:
                     assert_never(request)
         except ProtocolError as exc:
-            request_id, run_id = _request_ids(request)
-            self.outbox.reply(Error.from_exception(exc, request_id=request_id, run_id=run_id))
+            about_request, about_run = _request_ids(request)
+            self.outbox.reply(Error.from_exception(exc, request_id=about_request, run_id=about_run))
 
     async def _start(self, request: Start) -> None:
         runs = self.service.runs

@@ -184,7 +184,7 @@ class RunTranslator:
         return Finished(
             run_id=self.run_id,
             seq=seq,
-            reason=result.reason.value,  # type: ignore[arg-type]  # the engine's reasons are the wire's
+            reason=result.reason.value,
             steps_run=result.steps_run,
             elapsed=_seconds(result.elapsed),
             final_score=None if result.final_score is None else _score(result.final_score),

@@ -1,176 +1,26 @@
-"""Tiny random-weight Stable Diffusion pipelines, built offline, for the engine and loader tests.
-
-They follow diffusers' own ``get_dummy_components`` pattern: real pipeline classes with a few
-thousand parameters, 32×32 images, seeded. The CLIP tokenizer is built from an in-memory
-vocabulary of single characters (with transformers 5 the ``vocab=``/``merges=`` keywords are the
-ones that work; file arguments are silently ignored and leave every prompt empty).
-"""
+"""Fixtures shared by the server tests: the built-in model and tiny pipelines, each built once."""
 
 from __future__ import annotations
 
 import os
-import string
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
 
-import pytest
-
+# Before anything imports huggingface_hub, which reads it once: nothing in the tests downloads.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-from diffusers import (  # noqa: E402
-    AutoencoderKL,
-    AutoencoderTiny,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
-from transformers import (  # noqa: E402
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
+from collections.abc import Iterator  # noqa: E402
+
+import pytest  # noqa: E402
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: E402
+from tiny_models import (  # noqa: E402
+    Recorder,
+    make_sd3_pipeline,
+    make_sd_pipeline,
+    make_sdxl_pipeline,
+    make_tiny_autoencoder,
 )
 
-from stepwatch.server.engine.events import (  # noqa: E402
-    Check,
-    EngineEvent,
-    Progress,
-    QualityRecord,
-)
 from stepwatch.server.engine.model import LoadedModel, describe_pipeline  # noqa: E402
-
-# Tiny models spend their time in per-operator overhead, which extra threads only add to on a
-# shared two-core machine.
-torch.set_num_threads(1)
-
-E = TypeVar("E")
-
-SD_BETAS: dict[str, Any] = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "steps_offset": 1,
-}
-
-
-def tiny_tokenizer() -> CLIPTokenizer:
-    """A CLIP tokenizer over single letters and digits, so every prompt really tokenizes."""
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for char in string.ascii_lowercase + string.digits:
-        vocab.setdefault(char, len(vocab))
-        vocab.setdefault(char + "</w>", len(vocab))
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    ids = tokenizer("red circle").input_ids
-    assert len(ids) == 2 + len("redcircle"), "the tiny tokenizer must tokenize prompts"
-    return tokenizer
-
-
-def _text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        hidden_size=32,
-        intermediate_size=37,
-        layer_norm_eps=1e-05,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        projection_dim=32,
-        vocab_size=len(tokenizer),
-    )
-
-
-def _vae(scaling_factor: float) -> AutoencoderKL:
-    return AutoencoderKL(
-        block_out_channels=(4, 8),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=2,
-        sample_size=32,
-        scaling_factor=scaling_factor,
-    )
-
-
-def make_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    """A tiny SD 1.x pipeline (PNDM-free: DPM-Solver++ as its own scheduler), 32×32 images."""
-    torch.manual_seed(seed)
-    tokenizer = tiny_tokenizer()
-    unet = UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=2,
-    )
-    pipeline = StableDiffusionPipeline(
-        unet=unet,
-        vae=_vae(0.18215),
-        text_encoder=CLIPTextModel(_text_config(tokenizer)),
-        tokenizer=tokenizer,
-        scheduler=DPMSolverMultistepScheduler(**SD_BETAS),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def make_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
-    """A tiny SDXL pipeline (two text encoders, micro-conditioning), 32×32 images."""
-    torch.manual_seed(seed)
-    tokenizer = tiny_tokenizer()
-    unet = UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=6 * 8 + 32,
-        cross_attention_dim=64,
-        norm_num_groups=2,
-    )
-    config = _text_config(tokenizer)
-    pipeline = StableDiffusionXLPipeline(
-        unet=unet,
-        vae=_vae(0.13025),
-        text_encoder=CLIPTextModel(config),
-        text_encoder_2=CLIPTextModelWithProjection(config),
-        tokenizer=tokenizer,
-        tokenizer_2=tiny_tokenizer(),
-        scheduler=EulerDiscreteScheduler(**SD_BETAS, timestep_spacing="leading"),
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def make_tiny_autoencoder(seed: int = 0) -> AutoencoderTiny:
-    """A tiny random ``AutoencoderTiny`` matching the tiny pipelines' 4-channel, 2× latents."""
-    torch.manual_seed(seed)
-    return AutoencoderTiny(
-        encoder_block_out_channels=(4, 4),
-        decoder_block_out_channels=(4, 4),
-        num_encoder_blocks=(1, 1),
-        num_decoder_blocks=(1, 1),
-        latent_channels=4,
-    )
+from stepwatch.server.models.loading import DEFAULT_MODEL, ModelSpec, load_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -184,6 +34,17 @@ def sdxl_pipeline() -> Iterator[StableDiffusionXLPipeline]:
 
 
 @pytest.fixture(scope="session")
+def shapes_model() -> LoadedModel:
+    """The built-in model, from the weights that ship in the package."""
+    return load_model(ModelSpec.parse(f"{DEFAULT_MODEL},device=cpu"))
+
+
+@pytest.fixture(scope="session")
+def sd3_model() -> LoadedModel:
+    return describe_pipeline("tiny-sd3", make_sd3_pipeline())
+
+
+@pytest.fixture(scope="session")
 def sd_model(sd_pipeline: StableDiffusionPipeline) -> LoadedModel:
     return describe_pipeline("tiny-sd", sd_pipeline, tiny_autoencoder=make_tiny_autoencoder())
 
@@ -191,35 +52,6 @@ def sd_model(sd_pipeline: StableDiffusionPipeline) -> LoadedModel:
 @pytest.fixture(scope="session")
 def sdxl_model(sdxl_pipeline: StableDiffusionXLPipeline) -> LoadedModel:
     return describe_pipeline("tiny-sdxl", sdxl_pipeline)
-
-
-class Recorder:
-    """An event sink that keeps every event and runs test actions when chosen events arrive."""
-
-    def __init__(self) -> None:
-        self.events: list[EngineEvent] = []
-        self.actions: list[Callable[[EngineEvent], None]] = []
-
-    def __call__(self, event: EngineEvent) -> None:
-        self.events.append(event)
-        for action in self.actions:
-            action(event)
-
-    def at_step(self, step: int, action: Callable[[], None]) -> None:
-        """Run ``action`` when the Progress event of ``step`` arrives (before controls are read)."""
-
-        def run(event: EngineEvent) -> None:
-            if isinstance(event, Progress) and event.step == step:
-                action()
-
-        self.actions.append(run)
-
-    def of(self, kind: type[E]) -> list[E]:
-        return [event for event in self.events if isinstance(event, kind)]
-
-    @property
-    def checks(self) -> list[QualityRecord]:
-        return [check.quality for check in self.of(Check)]
 
 
 @pytest.fixture

@@ -175,18 +175,18 @@ class Client:
         return list(self.seen[run_id])
 
 
-async def all_run_events(run_id: str, *clients: Client) -> list[list[RunEvent]]:
-    """The events of ``run_id`` as each client received them, read by all at once (a client
-    read after another would fall behind meanwhile)."""
+async def collect(*watches: tuple[Client, str]) -> list[list[RunEvent]]:
+    """For each (client, run id): the run's events as the client received them, read by all
+    clients at once (a client read after another would fall behind meanwhile)."""
     results: dict[int, list[RunEvent]] = {}
 
-    async def read(index: int, client: Client) -> None:
+    async def read(index: int, client: Client, run_id: str) -> None:
         results[index] = await client.run_events(run_id)
 
     async with anyio.create_task_group() as readers:
-        for index, client in enumerate(clients):
-            readers.start_soon(read, index, client)
-    return [results[index] for index in range(len(clients))]
+        for index, (client, run_id) in enumerate(watches):
+            readers.start_soon(read, index, client, run_id)
+    return [results[index] for index in range(len(watches))]
 
 
 @asynccontextmanager
@@ -208,3 +208,10 @@ async def connect(
             await client.send(Hello(client="tests/1", token=token, resume=tuple(resume)))
             client.welcome = await client.expect(Welcome)
         yield client
+
+
+class BrokenVerifier:
+    """A custom verifier (registered as ``module:callable``) that fails at its first check."""
+
+    def score(self, images: Any, prompt: str) -> list[float]:
+        raise RuntimeError("the verifier's model is missing")

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_sd_pipeline
 from PIL import Image
+from tiny_models import make_sd_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import Recorder, make_sd_pipeline
 from PIL import Image
+from tiny_models import Recorder, make_sd_pipeline
 
 from stepwatch.server.engine.control import RunControl
 from stepwatch.server.engine.events import (
@@ -30,15 +30,16 @@ from stepwatch.server.engine.events import (
 from stepwatch.server.engine.model import LoadedModel, describe_pipeline
 from stepwatch.server.engine.monitor import run_monitored
 from stepwatch.server.engine.params import PreviewFormat, RunParams, SettingsChange
-from stepwatch.server.engine.previews import AutoencoderPreview, to_uint8
+from stepwatch.server.engine.previews import to_uint8
 from stepwatch.server.engine.verifiers import Score, VerifierRegistry
+
+MODELS = ["shapes_model", "sd_model", "sdxl_model", "sd3_model"]
 
 BASE: dict[str, Any] = {
     "prompt": "red circle",
     "seed": 3,
     "steps": 12,
     "cfg": 3.0,
-    "sampler": "dpmpp_2m",
     "early_stop": False,
 }
 
@@ -53,6 +54,11 @@ def run(
     params = RunParams(**{**BASE, **overrides})
     registry = registry if registry is not None else VerifierRegistry()
     return run_monitored(loaded, params, registry, control or RunControl(), recorder)
+
+
+def faithful_decoder(model: LoadedModel) -> str:
+    """The decoder the pipeline itself uses for its image: the VAE, or none in pixel space."""
+    return "vae" if "vae" in model.decoders else "identity"
 
 
 def pixels(png: bytes) -> np.ndarray[Any, Any]:
@@ -79,7 +85,7 @@ def registry_with(verifier_id: str, verifier: object) -> VerifierRegistry:
     return registry
 
 
-@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model"])
+@pytest.mark.parametrize("model_name", MODELS)
 def test_checks_happen_exactly_at_the_interval(
     model_name: str, recorder: Recorder, request: pytest.FixtureRequest
 ) -> None:
@@ -123,7 +129,7 @@ def test_monitoring_without_actions_leaves_the_image_unchanged(
     assert np.abs(pixels(result.image.png) - to_uint8(bare)[0]).max() <= 1
 
 
-@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model"])
+@pytest.mark.parametrize("model_name", MODELS)
 def test_previews_show_x0_not_the_noisy_latent(
     model_name: str, recorder: Recorder, request: pytest.FixtureRequest
 ) -> None:
@@ -133,15 +139,15 @@ def test_previews_show_x0_not_the_noisy_latent(
         recorder,
         check_interval=2,
         quality_threshold=0.0,
-        preview_decoder="vae",
+        preview_decoder=faithful_decoder(model),
         preview_format=PreviewFormat.PNG,
     )
     assert result.image is not None
     final = pixels(result.image.png)
     latents = _bare_latents(model, steps=12)
-    vae = AutoencoderPreview(model.pipeline.vae, "vae")
+    decoder = model.decoders[faithful_decoder(model)]
     for step, preview in check_previews(recorder).items():
-        noisy = to_uint8(vae.decode(latents[step]))[0]
+        noisy = to_uint8(decoder.decode(latents[step]))[0]
         preview_gap, noisy_gap = np.abs(preview - final).mean(), np.abs(noisy - final).mean()
         if 4 <= step <= 8:
             assert preview_gap < noisy_gap / 3, (step, preview_gap, noisy_gap)
@@ -156,7 +162,7 @@ def _bare_latents(model: LoadedModel, steps: int) -> dict[int, torch.Tensor]:
         latents[index + 1] = tensors["latents"].clone()
         return {}
 
-    model.pipeline.scheduler = model.build_scheduler("dpmpp_2m", "normal")
+    model.pipeline.scheduler = model.build_scheduler(model.defaults.sampler, "normal")
     model.pipeline(
         "red circle",
         num_inference_steps=steps,
@@ -173,7 +179,8 @@ def _observe_guidance(model: LoadedModel, recorder: Recorder) -> list[float]:
     projected onto (conditional - unconditional), from the UNet's own outputs."""
     used: list[float] = []
     unet_outputs: list[torch.Tensor] = []
-    hook = model.pipeline.unet.register_forward_hook(
+    denoiser = getattr(model.pipeline, "unet", None) or model.pipeline.transformer
+    hook = denoiser.register_forward_hook(
         lambda module, args, output: unet_outputs.append(output[0])
     )
 
@@ -198,7 +205,7 @@ def _observe_guidance(model: LoadedModel, recorder: Recorder) -> list[float]:
     return used
 
 
-@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model"])
+@pytest.mark.parametrize("model_name", MODELS)
 def test_a_cfg_raise_is_used_by_the_following_steps(
     model_name: str, recorder: Recorder, request: pytest.FixtureRequest
 ) -> None:
@@ -238,7 +245,7 @@ def test_a_run_without_cfg_is_never_switched_to_cfg(
     assert "CFG is off" in recorder.checks[0].reason
 
 
-@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model"])
+@pytest.mark.parametrize("model_name", MODELS)
 def test_early_stop_ends_before_the_last_step_with_the_decoded_x0(
     model_name: str, recorder: Recorder, request: pytest.FixtureRequest
 ) -> None:
@@ -246,7 +253,8 @@ def test_early_stop_ends_before_the_last_step_with_the_decoded_x0(
     registry = registry_with("high", ConstantVerifier(0.9))
     result = run(
         model, recorder, registry=registry, verifier="high", check_interval=2, early_stop=True,
-        patience=2, min_steps=3, preview_decoder="vae", preview_format=PreviewFormat.PNG,
+        patience=2, min_steps=3, preview_decoder=faithful_decoder(model),
+        preview_format=PreviewFormat.PNG,
     )  # fmt: skip
     assert result.reason is FinishReason.EARLY_STOP
     assert [c.decision for c in recorder.checks] == [
@@ -261,20 +269,22 @@ def test_early_stop_ends_before_the_last_step_with_the_decoded_x0(
     assert np.abs(pixels(result.image.png) - check_previews(recorder)[6]).max() <= 1
 
 
+@pytest.mark.parametrize("model_name", ["shapes_model", "sd_model"])
 def test_stop_finish_returns_the_decoded_x0_of_that_step(
-    sd_model: LoadedModel, recorder: Recorder
+    model_name: str, recorder: Recorder, request: pytest.FixtureRequest
 ) -> None:
+    model: LoadedModel = request.getfixturevalue(model_name)
     watched = Recorder()
     preview_settings: dict[str, Any] = {
         "check_interval": 5,
         "quality_threshold": 0.0,
-        "preview_decoder": "vae",
+        "preview_decoder": faithful_decoder(model),
         "preview_format": PreviewFormat.PNG,
     }
-    run(sd_model, watched, **preview_settings)
+    run(model, watched, **preview_settings)
     control = RunControl()
     recorder.at_step(5, lambda: control.stop(StopMode.FINISH, request_id="r1"))
-    result = run(sd_model, recorder, control, **preview_settings)
+    result = run(model, recorder, control, **preview_settings)
     assert result.reason is FinishReason.STOPPED and result.steps_run == 5
     assert recorder.of(Applied) == [Applied(5, "r1", stop=StopMode.FINISH)]
     assert result.image is not None
@@ -282,31 +292,39 @@ def test_stop_finish_returns_the_decoded_x0_of_that_step(
     assert np.abs(pixels(result.image.png) - check_previews(watched)[5]).max() <= 1
 
 
+@pytest.mark.parametrize("model_name", ["shapes_model", "sd_model"])
 def test_stop_finish_between_checks_still_returns_x0(
-    sd_model: LoadedModel, recorder: Recorder
+    model_name: str, recorder: Recorder, request: pytest.FixtureRequest
 ) -> None:
+    model: LoadedModel = request.getfixturevalue(model_name)
     control = RunControl()
     recorder.at_step(3, lambda: control.stop(StopMode.FINISH))
-    result = run(sd_model, recorder, control, check_interval=5)
+    result = run(model, recorder, control, check_interval=5)
     assert result.reason is FinishReason.STOPPED and result.steps_run == 3
     assert result.image is not None and result.history == ()
-    noisy = to_uint8(
-        AutoencoderPreview(sd_model.pipeline.vae, "vae").decode(_bare_latents(sd_model, 12)[3])
-    )[0]
-    final_of_full_run = pixels(run(sd_model, Recorder()).image.png)  # type: ignore[union-attr]
+    decoder = model.decoders[faithful_decoder(model)]
+    noisy = to_uint8(decoder.decode(_bare_latents(model, 12)[3]))[0]
+    final_of_full_run = pixels(run(model, Recorder()).image.png)  # type: ignore[union-attr]
     stopped = pixels(result.image.png)
     assert np.abs(stopped - final_of_full_run).mean() < np.abs(noisy - final_of_full_run).mean()
 
 
 @pytest.mark.parametrize(
-    "reason", [FinishReason.STOPPED, FinishReason.ABANDONED, FinishReason.SHUTDOWN]
+    ("model_name", "reason"),
+    [
+        ("shapes_model", FinishReason.STOPPED),
+        ("sd_model", FinishReason.STOPPED),
+        ("sd_model", FinishReason.ABANDONED),
+        ("sd_model", FinishReason.SHUTDOWN),
+    ],
 )
 def test_abort_returns_no_image(
-    sd_model: LoadedModel, recorder: Recorder, reason: FinishReason
+    model_name: str, recorder: Recorder, reason: FinishReason, request: pytest.FixtureRequest
 ) -> None:
+    model: LoadedModel = request.getfixturevalue(model_name)
     control = RunControl()
     recorder.at_step(4, lambda: control.stop(StopMode.ABORT, reason))
-    result = run(sd_model, recorder, control)
+    result = run(model, recorder, control)
     assert result.reason is reason and result.image is None and result.error is None
     assert result.steps_run == 4
     assert [p.step for p in recorder.of(Progress)] == [1, 2, 3, 4]
@@ -323,13 +341,17 @@ def test_a_stop_before_the_first_step_runs_nothing(
     assert recorder.of(Progress) == []
 
 
-def test_a_set_mid_run_changes_later_decisions(sd_model: LoadedModel, recorder: Recorder) -> None:
+@pytest.mark.parametrize("model_name", ["shapes_model", "sd_model"])
+def test_a_set_mid_run_changes_later_decisions(
+    model_name: str, recorder: Recorder, request: pytest.FixtureRequest
+) -> None:
+    model: LoadedModel = request.getfixturevalue(model_name)
     control = RunControl()
     registry = registry_with("mid", ConstantVerifier(0.6))
     change = SettingsChange(quality_threshold=0.8, check_interval=3)
     recorder.at_step(5, lambda: control.set(change, request_id="s1"))
     result = run(
-        sd_model, recorder, control, registry, verifier="mid", check_interval=4,
+        model, recorder, control, registry, verifier="mid", check_interval=4,
         quality_threshold=0.5, early_stop=True, patience=3, min_steps=0,
     )  # fmt: skip
     assert recorder.of(Applied) == [Applied(5, "s1", change)]

@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_autoencoder
 from PIL import Image
+from tiny_models import make_tiny_autoencoder
 
 from stepwatch.server.engine.events import Preview
 from stepwatch.server.engine.model import Family, LoadedModel, detect_family
@@ -89,9 +89,11 @@ def test_png_results_round_trip_exactly() -> None:
 
 
 def test_families_are_recognised_from_their_vae(
-    sd_model: LoadedModel, sdxl_model: LoadedModel
+    sd_model: LoadedModel, sdxl_model: LoadedModel, sd3_model: LoadedModel
 ) -> None:
     assert detect_family(sd_model.pipeline) == (Family.SD, SD_FACTORS)
     assert detect_family(sdxl_model.pipeline) == (Family.SDXL, SDXL_FACTORS)
+    assert detect_family(sd3_model.pipeline) == (Family.SD3, SD3_FACTORS)
+    assert sd3_model.flow and sd3_model.samplers == ("flow_euler",)
     assert sd_model.family is Family.SD and sdxl_model.family is Family.SDXL
     assert list(sdxl_model.decoders) == ["linear", "vae"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import Recorder
+from tiny_models import Recorder
 
 from stepwatch.server.engine.control import RunControl
 from stepwatch.server.engine.errors import VerifierError

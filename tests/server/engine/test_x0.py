@@ -24,7 +24,7 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
 from stepwatch.server.engine.errors import UnsupportedScheduler
-from stepwatch.server.engine.x0 import NoiseSpace, StepCapture, derive_x0
+from stepwatch.server.engine.x0 import NoiseSpace, StepCapture, derive_x0, dynamic_threshold
 
 SD_BETAS: dict[str, Any] = {
     "beta_start": 0.00085,
@@ -222,3 +222,24 @@ def test_a_scheduler_without_a_known_noise_model_is_refused_not_guessed() -> Non
     scheduler.step(torch.zeros_like(sample), 10, sample)
     with pytest.raises(UnsupportedScheduler, match="_OpaqueScheduler"):
         capture.x0()
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0])
+def test_dynamic_thresholding_matches_the_schedulers_own(scale: float) -> None:
+    scheduler = DPMSolverMultistepScheduler(thresholding=True, sample_max_value=2.5)
+    x0 = torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(9)) * scale
+    expected = scheduler._threshold_sample(x0)
+    got = dynamic_threshold(x0, 0.995, 2.5)
+    torch.testing.assert_close(got, expected)
+
+
+def test_a_thresholding_schedulers_derived_x0_is_thresholded() -> None:
+    scheduler = DPMSolverMultistepScheduler(**SD_BETAS, thresholding=True, sample_max_value=1.5)
+    scheduler.set_timesteps(10)
+    capture = StepCapture(scheduler)
+    x0, noise = _latents(10)
+    t = scheduler.timesteps[4]
+    scheduler.step(noise, t, scheduler.add_noise(x0 * 3, noise, t.reshape(1)))
+    derived = capture.x0()
+    torch.testing.assert_close(derived, scheduler._threshold_sample(x0 * 3), atol=1e-4, rtol=1e-4)
+    assert derived.abs().max() <= 1.0

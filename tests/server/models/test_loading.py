@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import Recorder, make_sd_pipeline, make_tiny_autoencoder
+from tiny_models import Recorder, make_sd_pipeline, make_tiny_autoencoder
 
 from stepwatch.server.engine.control import RunControl
 from stepwatch.server.engine.errors import ModelError

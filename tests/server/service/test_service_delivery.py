@@ -6,9 +6,10 @@ from __future__ import annotations
 import dataclasses
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
-from servertools import all_run_events, connect, running_server
+from servertools import collect, connect, running_server
 from websockets.exceptions import ConnectionClosed
 
 from stepwatch.protocol import (
@@ -29,7 +30,7 @@ from stepwatch.server.engine.model import LoadedModel
 
 pytestmark = pytest.mark.anyio
 
-LARGE_FRAMES = {
+LARGE_FRAMES: dict[str, Any] = {
     "model": "tiny-vae",
     "prompt": "red circle",
     "steps": 40,
@@ -77,7 +78,7 @@ async def test_a_watcher_that_stops_reading_is_dropped_and_can_resume(
             accepted = await owner.start(**LARGE_FRAMES)
             for client in (watcher, slow):
                 await client.send(Subscribe(accepted.run_id))
-            reference, watched = await all_run_events(accepted.run_id, owner, watcher)
+            reference, watched = await collect((owner, accepted.run_id), (watcher, accepted.run_id))
             # Only now does the slow client read: what reached it, then the reason it was cut.
             received: list[ServerMessage] = []
             with pytest.raises(ConnectionClosed) as closed:

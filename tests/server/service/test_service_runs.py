@@ -4,6 +4,7 @@ steering with and without the control token, the queue."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -31,7 +32,7 @@ from stepwatch.server.engine.model import LoadedModel
 pytestmark = pytest.mark.anyio
 
 #: Parameters every run raises CFG with (the threshold is out of reach) and runs to the end.
-RAISING = {
+RAISING: dict[str, Any] = {
     "prompt": "red circle",
     "seed": 5,
     "cfg": 3.0,

@@ -1,0 +1,228 @@
+"""What the service benchmarks share: a server in this process, clients in another, one clock.
+
+- :class:`ServerThread` runs the real app under uvicorn on a loopback port, in a thread of this
+  process with its own event loop; the sampler runs in a worker thread as always.
+- Clients run in a child process (:func:`run_clients`), so their work does not share this
+  process's interpreter lock with the server and the sampler, as real clients would not.
+- Both sides read ``time.monotonic_ns()``: ``CLOCK_MONOTONIC``, one clock for every process of
+  a Linux machine. The server stamps each engine event when the sampler hands it over (the run
+  log's ``emitted_ns``); a client stamps each frame as ``recv`` returns it. The difference is the
+  step-end → client-receipt latency.
+
+Models: ``--model tiny`` builds the tiny random-weight Stable Diffusion pipeline the engine tests
+use (32×32, about 15 ms a step on one CPU thread); anything else is a ``NAME=SPEC`` model text as
+``stepwatch serve --model`` takes it, e.g. ``shapes=builtin:shapes``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import platform
+import socket
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import torch
+
+from stepwatch.server.app import Service, create_app
+from stepwatch.server.config import ServerConfig, ServiceLimits
+from stepwatch.server.engine.model import LoadedModel
+from stepwatch.server.serving import serve
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def load_bench_model(spec: str) -> LoadedModel:
+    """``tiny`` (the engine tests' random-weight SD pipeline) or a ``NAME=SPEC`` model text."""
+    torch.set_num_threads(1)
+    if spec == "tiny":
+        sys.path.insert(0, str(ROOT / "tests" / "server"))
+        from conftest import make_sd_pipeline  # the engine tests' tiny pipeline builder
+
+        from stepwatch.server.engine.model import describe_pipeline
+
+        return describe_pipeline("tiny", make_sd_pipeline())
+    from stepwatch.server.app import quiet_libraries
+    from stepwatch.server.models.loading import ModelSpec, load_model
+
+    quiet_libraries()
+    return load_model(ModelSpec.parse(spec))
+
+
+class ServerThread:
+    """The app, served on a free loopback port from a thread of this process."""
+
+    def __init__(
+        self, model: LoadedModel, data_dir: Path, limits: ServiceLimits, send_buffer: int | None
+    ) -> None:
+        self.config = ServerConfig(data_dir=data_dir, limits=limits, entry_point_verifiers=False)
+        self.app = create_app(self.config, load_models=lambda config: [model])
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if send_buffer is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self._portal_cm = anyio.from_thread.start_blocking_portal()
+        self._stop: anyio.Event | None = None
+        self._served: Future[int] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    @property
+    def service(self) -> Service:
+        service: Service = self.app.state.service
+        return service
+
+    def __enter__(self) -> ServerThread:
+        self.portal = self._portal_cm.__enter__()
+        self._stop = self.portal.call(anyio.Event)
+        ready = self.portal.call(anyio.Event)
+        self._served = self.portal.start_task_soon(
+            lambda: serve(
+                self.app,
+                self.config,
+                self._stop,  # type: ignore[arg-type]
+                sock=self.sock,
+                on_ready=lambda host, port: ready.set(),
+                log_level="warning",
+            )
+        )
+        self.portal.call(ready.wait)
+        logging.getLogger("stepwatch").setLevel(logging.WARNING)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stop is not None and self._served is not None
+        self.portal.call(self._stop.set)
+        self._served.result(timeout=120)
+        self._portal_cm.__exit__(None, None, None)
+
+    def emitted(self, run_id: str) -> dict[int, tuple[str, int, int | None]]:
+        """Each event of a run in memory: seq → (type, emitted_ns, step of a progress)."""
+
+        def read() -> dict[int, tuple[str, int, int | None]]:
+            run = self.service.runs.live(run_id)
+            assert run is not None, f"run {run_id} is not in memory"
+            return {
+                event.seq: (
+                    event.message.TYPE,
+                    event.emitted_ns,
+                    getattr(event.message, "step", None),
+                )
+                for event in run.log
+            }
+
+        return self.portal.call(lambda: _sync(read))
+
+    def loop_cpu_ns(self) -> int:
+        """CPU time the server's event-loop thread has used so far (not the sampler's)."""
+        return self.portal.call(lambda: _sync(time.thread_time_ns))
+
+    def wait_finished(self, run_id: str) -> None:
+        async def wait() -> None:
+            run = self.service.runs.live(run_id)
+            assert run is not None
+            await run.done.wait()
+
+        self.portal.call(wait)
+
+
+async def _sync(function: Callable[[], Any]) -> Any:
+    return function()
+
+
+def run_clients(target: Callable[..., Any], *arguments: Any) -> Any:
+    """Run ``target(*arguments)`` in a fresh child process and return what it returns."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(target, arguments)
+
+
+# -- numbers ---------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100), linear between ranks; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summary_ms(latencies_ns: Sequence[int]) -> dict[str, float]:
+    values = [value / 1e6 for value in latencies_ns]
+    return {
+        "count": len(values),
+        "p50_ms": round(percentile(values, 50), 3),
+        "p99_ms": round(percentile(values, 99), 3),
+        "max_ms": round(max(values), 3) if values else float("nan"),
+    }
+
+
+def step_seconds(emitted: dict[int, tuple[str, int, int | None]]) -> float:
+    """The sampler's pace: seconds per step between the first and the last progress event."""
+    progress = sorted(
+        (step, at) for kind, at, step in emitted.values() if kind == "progress" and step
+    )
+    (first_step, first_at), (last_step, last_at) = progress[0], progress[-1]
+    return (last_at - first_at) / 1e9 / (last_step - first_step)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+@dataclass(frozen=True)
+class Machine:
+    python: str
+    torch: str
+    cpus: int | None
+    platform: str
+
+    @classmethod
+    def here(cls) -> Machine:
+        import os
+
+        return cls(
+            platform.python_version(), torch.__version__, os.cpu_count(), platform.platform()
+        )
+
+
+def write_results(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"machine": Machine.here().__dict__, "written": time.time(), **payload}
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [list(map(str, header))] + [[_cell(value) for value in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    print(f"\n{title}")
+    for index, row in enumerate(cells):
+        print("  ".join(value.rjust(width) for value, width in zip(row, widths, strict=True)))
+        if index == 0:
+            print("  ".join("-" * width for width in widths))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)

@@ -1,0 +1,120 @@
+"""The outbox rules on their own: what coalesces, what is never dropped, when it overflows."""
+
+from __future__ import annotations
+
+import pytest
+
+from stepwatch.protocol import (
+    Applied,
+    Check,
+    Error,
+    ErrorCode,
+    Finished,
+    Preview,
+    Progress,
+    RunEvent,
+    decode_server,
+)
+from stepwatch.server.eventlog import EventLog
+from stepwatch.server.outbox import Outbox, OutboxOverflow
+
+pytestmark = pytest.mark.anyio
+
+PREVIEW = Preview("png", 1, 1, b"\x89PNG")
+
+
+def progress(run_id: str, seq: int) -> Progress:
+    return Progress(run_id, seq, seq, 100, 0.1 * seq, 1.0)
+
+
+def check(run_id: str, seq: int) -> Check:
+    return Check(run_id, seq, seq, 0.5, {}, 0.7, "continue", "why", 3.0, PREVIEW)
+
+
+def applied(run_id: str, seq: int) -> Applied:
+    return Applied(run_id, seq, "q", seq, (), "finish")
+
+
+async def drain(outbox: Outbox) -> list[object]:
+    outbox.close()
+    frames = []
+    while (frame := await outbox.get()) is not None:
+        frames.append(decode_server(frame))
+    return frames
+
+
+def logged(log: EventLog, *events: RunEvent) -> list:  # type: ignore[type-arg]
+    return [log.append(event) for event in events]
+
+
+async def test_newer_progress_supersedes_waiting_progress_of_the_same_run() -> None:
+    a, b = EventLog(), EventLog()
+    outbox = Outbox(capacity=16)
+    for event in logged(a, progress("a", 1), progress("a", 2), check("a", 3), progress("a", 4)):
+        outbox.event("a", event)
+    outbox.event("b", b.append(progress("b", 1)))
+    outbox.event("a", a.append(progress("a", 5)))
+    sent = await drain(outbox)
+    assert [(m.run_id, m.seq) for m in sent] == [("a", 3), ("b", 1), ("a", 5)]  # type: ignore[attr-defined]
+
+
+async def test_a_newer_preview_collapses_a_waiting_one_but_never_the_check() -> None:
+    log = EventLog()
+    outbox = Outbox(capacity=16)
+    for event in logged(log, check("a", 1), applied("a", 2), check("a", 3)):
+        outbox.event("a", event)
+    first, second, third = await drain(outbox)
+    assert isinstance(first, Check) and (first.seq, first.preview) == (1, None)
+    assert second == applied("a", 2)
+    assert third == check("a", 3)
+
+
+async def test_a_sent_preview_is_not_collapsed_later() -> None:
+    log = EventLog()
+    outbox = Outbox(capacity=16)
+    outbox.event("a", log.append(check("a", 1)))
+    assert decode_server(await outbox.get() or b"") == check("a", 1)
+    outbox.event("a", log.append(check("a", 2)))
+    assert await drain(outbox) == [check("a", 2)]
+
+
+async def test_it_overflows_when_undroppable_frames_exceed_its_capacity() -> None:
+    log = EventLog()
+    outbox = Outbox(capacity=8)
+    for seq in range(1, 9):
+        outbox.event("a", log.append(applied("a", seq)))
+    outbox.event("a", log.append(progress("a", 9)))  # progress counts as well
+    assert outbox.overflowed and outbox.closed
+    with pytest.raises(OutboxOverflow):
+        await outbox.get()
+
+
+async def test_a_replay_does_not_count_against_the_capacity() -> None:
+    log = EventLog()
+    outbox = Outbox(capacity=8)
+    for seq in range(1, 21):
+        outbox.event("a", log.append(applied("a", seq)), replay=True)
+    outbox.reply(Error(ErrorCode.UNKNOWN_RUN, "no such run"))
+    assert not outbox.overflowed and len(outbox) == 1
+    sent = await drain(outbox)
+    assert len(sent) == 21
+
+
+async def test_forgetting_a_run_drops_only_its_waiting_events() -> None:
+    a, b = EventLog(), EventLog()
+    outbox = Outbox(capacity=8)
+    outbox.event("a", a.append(applied("a", 1)))
+    outbox.event("b", b.append(applied("b", 1)))
+    outbox.event("a", a.append(progress("a", 2)))
+    outbox.forget_run("a")
+    assert len(outbox) == 1
+    assert await drain(outbox) == [applied("b", 1)]
+
+
+async def test_a_finished_event_is_never_dropped() -> None:
+    log = EventLog()
+    outbox = Outbox(capacity=8)
+    events = [progress("a", 1), Finished("a", 2, "completed", 1, 0.1, None, (), None, None)]
+    for event in logged(log, *events):
+        outbox.event("a", event)
+    assert await drain(outbox) == events

@@ -1,0 +1,254 @@
+"""Test helpers for the server tests: tiny random-weight SD, SDXL and SD3 pipelines built offline,
+and an event-recording sink.
+
+A module with its own name, not ``conftest``: test modules import it directly
+(``from tiny_models import ...``), which ``from conftest import`` cannot do safely once several
+folders have a conftest.
+
+They follow diffusers' own ``get_dummy_components`` pattern: real pipeline classes with a few
+thousand parameters, 32×32 images, seeded. The CLIP tokenizer is built from an in-memory
+vocabulary of single characters (with transformers 5 the ``vocab=``/``merges=`` keywords are the
+ones that work; file arguments are silently ignored and leave every prompt empty).
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from diffusers import (  # noqa: E402
+    AutoencoderKL,
+    AutoencoderTiny,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import (  # noqa: E402
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
+
+from stepwatch.server.engine.events import (  # noqa: E402
+    Check,
+    EngineEvent,
+    Progress,
+    QualityRecord,
+)
+
+# Tiny models spend their time in per-operator overhead, which extra threads only add to on a
+# shared two-core machine.
+torch.set_num_threads(1)
+
+E = TypeVar("E")
+
+SD_BETAS: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+}
+
+
+def tiny_tokenizer() -> CLIPTokenizer:
+    """A CLIP tokenizer over single letters and digits, so every prompt really tokenizes."""
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in string.ascii_lowercase + string.digits:
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(char + "</w>", len(vocab))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    ids = tokenizer("red circle").input_ids
+    assert len(ids) == 2 + len("redcircle"), "the tiny tokenizer must tokenize prompts"
+    return tokenizer
+
+
+def _text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        projection_dim=32,
+        vocab_size=len(tokenizer),
+    )
+
+
+def _vae(scaling_factor: float) -> AutoencoderKL:
+    return AutoencoderKL(
+        block_out_channels=(4, 8),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=32,
+        scaling_factor=scaling_factor,
+    )
+
+
+def make_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """A tiny SD 1.x pipeline (PNDM-free: DPM-Solver++ as its own scheduler), 32×32 images."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=2,
+    )
+    pipeline = StableDiffusionPipeline(
+        unet=unet,
+        vae=_vae(0.18215),
+        text_encoder=CLIPTextModel(_text_config(tokenizer)),
+        tokenizer=tokenizer,
+        scheduler=DPMSolverMultistepScheduler(**SD_BETAS),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def make_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
+    """A tiny SDXL pipeline (two text encoders, micro-conditioning), 32×32 images."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1),
+        projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=64,
+        norm_num_groups=2,
+    )
+    config = _text_config(tokenizer)
+    pipeline = StableDiffusionXLPipeline(
+        unet=unet,
+        vae=_vae(0.13025),
+        text_encoder=CLIPTextModel(config),
+        text_encoder_2=CLIPTextModelWithProjection(config),
+        tokenizer=tokenizer,
+        tokenizer_2=tiny_tokenizer(),
+        scheduler=EulerDiscreteScheduler(**SD_BETAS, timestep_spacing="leading"),
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def make_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
+    """A tiny SD3 pipeline: flow matching, a 16-channel latent, no T5 (the pipeline pads)."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    config = _text_config(tokenizer)
+    transformer = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=1,
+        in_channels=16,
+        out_channels=16,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=64,
+        pooled_projection_dim=64,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(4, 8),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=2,
+        sample_size=32,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=1.5305,
+        shift_factor=0.0609,
+    )
+    pipeline = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=vae,
+        text_encoder=CLIPTextModelWithProjection(config),
+        tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(config),
+        tokenizer_2=tiny_tokenizer(),
+        text_encoder_3=None,
+        tokenizer_3=None,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def make_tiny_autoencoder(seed: int = 0) -> AutoencoderTiny:
+    """A tiny random ``AutoencoderTiny`` matching the tiny pipelines' 4-channel, 2× latents."""
+    torch.manual_seed(seed)
+    return AutoencoderTiny(
+        encoder_block_out_channels=(4, 4),
+        decoder_block_out_channels=(4, 4),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=4,
+    )
+
+
+class Recorder:
+    """An event sink that keeps every event and runs test actions when chosen events arrive."""
+
+    def __init__(self) -> None:
+        self.events: list[EngineEvent] = []
+        self.actions: list[Callable[[EngineEvent], None]] = []
+
+    def __call__(self, event: EngineEvent) -> None:
+        self.events.append(event)
+        for action in self.actions:
+            action(event)
+
+    def at_step(self, step: int, action: Callable[[], None]) -> None:
+        """Run ``action`` when the Progress event of ``step`` arrives (before controls are read)."""
+
+        def run(event: EngineEvent) -> None:
+            if isinstance(event, Progress) and event.step == step:
+                action()
+
+        self.actions.append(run)
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [event for event in self.events if isinstance(event, kind)]
+
+    @property
+    def checks(self) -> list[QualityRecord]:
+        return [check.quality for check in self.of(Check)]
