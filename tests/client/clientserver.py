@@ -31,13 +31,13 @@ SERVER_TESTS = Path(__file__).resolve().parents[1] / "server"
 
 
 def _server_test_tools() -> ModuleType:
-    """The server tests' conftest, loaded under its own name for its tiny pipeline builder.
+    """The server tests' ``tiny_models`` helpers, loaded from their folder by path.
 
     The client tests serve the same tiny random-weight Stable Diffusion pipeline the service
-    tests do (built offline in a fraction of a second, a few ms a step).
+    tests do (built offline in a fraction of a second, about 20 ms a step on a CPU core).
     """
     spec = importlib.util.spec_from_file_location(
-        "stepwatch_server_test_tools", SERVER_TESTS / "conftest.py"
+        "stepwatch_server_tiny_models", SERVER_TESTS / "tiny_models.py"
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
