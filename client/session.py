@@ -231,7 +231,12 @@ class Session:
         :class:`~stepwatch.client.Refused` with ``ErrorCode.UNKNOWN_RUN`` for a run the
         server does not know.
         """
-        frame = self._encode(lambda: Subscribe(run_id=run_id, after_seq=after_seq))
+        self._encode(lambda: Subscribe(run_id=run_id, after_seq=after_seq))  # checks it
+        # The server may drop what waits for this connection of a run it subscribes again, so
+        # the replay starts early enough for the handles that already follow the run.
+        following = self._runs.get(run_id, []) + self._joining.get(run_id, [])
+        replay_from = min([after_seq, *(other.last_seq for other in following)])
+        frame = self._encode(lambda: Subscribe(run_id=run_id, after_seq=replay_from))
         handle = RunHandle(run_id, after_seq=after_seq)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._subscribes.setdefault(run_id, []).append(waiter)

@@ -255,3 +255,22 @@ async def test_event_types_cover_the_protocol(server: ThreadedServer) -> None:
     kinds = {type(event) for event in events}
     assert {Started, Progress, Check, Adjusted, Finished} <= kinds
     assert Applied not in kinds
+
+
+async def test_watching_a_run_the_session_owns_sees_it_whole_on_both_handles(
+    server: ThreadedServer,
+) -> None:
+    async with connect(server.url) as sw:
+        run = await sw.generate("red circle", **{**SHORT, "steps": 10})
+        first = await anext(run)
+        watched = await sw.watch(run.run_id)
+        owned_events, watched_events = await asyncio.gather(events_of(run), events_of(watched))
+    owned_events.insert(0, first)
+    assert_one_run(owned_events, run.run_id)
+    assert_one_run(watched_events, run.run_id)
+    assert lasting(owned_events) == lasting(watched_events)
+
+
+def lasting(events: list[RunEvent]) -> list[tuple[int, str]]:
+    """The events a replay never leaves out (all but progress), by seq and type."""
+    return [(e.seq, type(e).__name__) for e in events if not isinstance(e, Progress)]
