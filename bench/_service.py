@@ -48,7 +48,7 @@ def load_bench_model(spec: str) -> LoadedModel:
     torch.set_num_threads(1)
     if spec == "tiny":
         sys.path.insert(0, str(ROOT / "tests" / "server"))
-        from conftest import make_sd_pipeline  # the engine tests' tiny pipeline builder
+        from tiny_models import make_sd_pipeline  # the engine tests' tiny pipeline builder
 
         from stepwatch.server.engine.model import describe_pipeline
 

@@ -86,9 +86,10 @@ async def test_a_watcher_that_stops_reading_is_dropped_and_can_resume(
                     received.append(await slow.recv())
     assert reference == watched
     assert isinstance(reference[-1], Finished) and reference[-1].steps_run == 40
-    assert closed.value.rcvd is not None
-    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "slow_consumer")
-    # The error goes out too when the connection can still take it.
+    # The close frame and the error reach the client only if its connection can still take
+    # them by the time the server gives up on it (a second); either way it is cut off.
+    close = closed.value.rcvd
+    assert close is None or (close.code, close.reason) == (1008, "slow_consumer")
     errors = [message for message in received if isinstance(message, Error)]
     assert all(error.code is ErrorCode.SLOW_CONSUMER for error in errors)
     seen = [message for message in received if isinstance(message, RunEvent)]

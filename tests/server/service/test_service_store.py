@@ -17,8 +17,8 @@ from typing import Any
 
 import anyio
 import pytest
-from conftest import make_sd_pipeline
 from servertools import Client, connect, running_server
+from tiny_models import make_sd_pipeline
 from websockets.exceptions import ConnectionClosed
 
 from stepwatch.protocol import Check, Finished, Progress, Started, Subscribe, Subscribed
