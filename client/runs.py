@@ -300,8 +300,12 @@ class Run(RunHandle):
 
         Give at least one setting. ``applied.changes`` lists each change with its old and new
         value; ``applied.step`` is the number of steps done when they took effect (they apply
-        to every later step). Raises :class:`~stepwatch.client.Refused` for a value out of
-        range (``ErrorCode.INVALID_VALUE`` naming the field), for no setting at all
+        to every later step). A setting the model cannot change mid-run (CFG on a pipeline
+        that reads it once) is missing from ``changes``; the server's reason is logged on the
+        ``stepwatch.client`` logger, and a ``set`` of nothing but such settings is refused.
+
+        Raises :class:`~stepwatch.client.Refused` for a value out of range
+        (``ErrorCode.INVALID_VALUE`` naming the field), for no setting at all
         (``ErrorCode.INVALID_MESSAGE``), or when the run has finished.
         """
         request_id = self._steering.next_request_id()

@@ -392,12 +392,16 @@ class Session:
     def _on_error(self, error: Error) -> None:
         refusal = Refused.from_error(error)
         if error.request_id is not None:
-            # Nothing waits for the answer to a resent request that was settled already.
             pending = self._starts.pop(error.request_id, None) or self._steers.pop(
                 error.request_id, None
             )
             if pending is not None and not pending.future.done():
                 pending.future.set_exception(refusal)
+            elif error.code is not ErrorCode.RUN_FINISHED:
+                # A request already acknowledged: a set the server applied in part (its
+                # applied lists what changed) and refused in part. run_finished answers a
+                # stop resent after a reconnect, which the replay had settled: nothing to say.
+                logger.warning("stepwatch server %s: %s", self.settings.url, refusal)
             return
         if error.code is ErrorCode.UNKNOWN_RUN and error.run_id is not None:
             # A watch, or a resume point, of a run the server does not know (any more).
