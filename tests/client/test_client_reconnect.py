@@ -79,25 +79,30 @@ async def test_a_cut_mid_run_is_resumed_and_every_event_arrives_once(
     async with proxy_to(server) as proxy:
         async with connect(proxy.url, backoff=FAST) as sw, connect(server.url) as direct:
             run = await sw.generate(
-                "red circle", steps=60, check_interval=3, early_stop=False, seed=3
+                "red circle", steps=400, check_interval=3, early_stop=False, seed=3
             )
             seen: list[RunEvent] = []
-            applied = None
+            applied = stopped = None
             async for event in run:
                 seen.append(event)
-                if isinstance(event, Check) and applied is None:
+                if not isinstance(event, Check):
+                    continue
+                if applied is None:
                     await proxy.cut()
                     await asyncio.sleep(0.3)  # the run goes on while nobody can hear it
                     await proxy.restart()
                     # The owner steers on through the new connection with its stored token.
                     applied = await run.set(quality_threshold=0.3)
+                elif event.step > applied.step and stopped is None:
+                    stopped = await run.stop()
             everything = await events_of(await direct.watch(run.run_id))
             reconnects = sw.reconnects
     seqs = [event.seq for event in seen]
     assert seqs == sorted(set(seqs)), "an event arrived twice or out of order"
     assert lasting(seen) == lasting(everything)
-    assert applied is not None and applied in seen
-    assert isinstance(seen[-1], Finished) and seen[-1].reason == "completed"
+    assert applied is not None and applied in seen and stopped in seen
+    assert isinstance(seen[-1], Finished) and seen[-1].reason == "stopped"
+    assert any(isinstance(e, Check) and e.threshold == 0.3 for e in seen)
     assert reconnects == 1 and proxy.connections == 2
 
 
