@@ -1,8 +1,9 @@
 """The ``stepwatch`` command line.
 
-One console script serves every part of stepwatch. The client's own commands are defined here;
-other parts of the distribution (the server's ``serve`` and ``sample``) register theirs through
-the ``stepwatch.commands`` entry point group, so this module never imports the server.
+One console script serves every part of stepwatch. Every command registers through the
+``stepwatch.commands`` entry point group: the client's ``generate``, ``watch`` and ``runs``
+(:mod:`stepwatch.client.commands`) as well as the server's ``serve`` and ``sample``, so this
+module never imports the server.
 
 An entry point names a function that receives its sub-command's :class:`argparse.ArgumentParser`,
 adds its arguments, and sets the ``handler`` default to a callable that takes the parsed

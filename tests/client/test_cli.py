@@ -26,7 +26,8 @@ def test_version_names_the_distribution() -> None:
 def test_help_lists_registered_commands() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    assert "serve" in result.stdout
+    for command in ("generate", "watch", "runs", "serve"):
+        assert command in result.stdout
 
 
 def test_no_command_prints_help_and_fails() -> None:
