@@ -375,7 +375,7 @@ class RunManager:
         run.ending = True
         if request is not None:
             applied = run.translator.queued_stop(run.log.next_seq, request.request_id, mode)
-            self._publish(run, run.log.append(applied))
+            self._publish(run, run.log.append(applied), request)
         await self._finish(run, run.translator.unstarted(run.log.next_seq, reason), 0)
 
     # -- running -------------------------------------------------------------------------------
@@ -437,15 +437,24 @@ class RunManager:
             except ProtocolError:
                 logger.exception("run %s: cannot encode %s", run.run_id, type(message).__name__)
             else:
-                self._publish(run, logged)
+                self._publish(run, logged, request)
         if isinstance(event, engine.Applied) and event.refused and request is not None:
             request.outbox.reply(
                 Error(ErrorCode.INVALID_VALUE, event.refused, None, client_id, run.run_id)
             )
 
-    def _publish(self, run: LiveRun, event: LoggedEvent) -> None:
+    def _publish(
+        self, run: LiveRun, event: LoggedEvent, request: ControlRequest | None = None
+    ) -> None:
+        """Send ``event`` to every watcher, and an acknowledgement to a steering non-watcher.
+
+        A connection may steer a run it does not watch (it holds the token from elsewhere); the
+        ``applied`` that answers it still reaches it.
+        """
         for outbox in run.watchers:
             outbox.event(run.run_id, event)
+        if request is not None and request.outbox not in run.watchers:
+            request.outbox.event(run.run_id, event)
 
     async def _finish(self, run: LiveRun, message: Finished, emitted_ns: int) -> None:
         """Store the result, then log and send ``finished``: the run is over."""

@@ -202,6 +202,24 @@ async def test_only_the_control_token_steers_and_stop_finishes_with_the_x0_image
     assert isinstance(too_late, Error) and too_late.code is ErrorCode.RUN_FINISHED
 
 
+async def test_a_connection_that_steers_without_watching_gets_its_acknowledgement(
+    tmp_path: Path, served_model: LoadedModel
+) -> None:
+    async with running_server(ServerConfig(data_dir=tmp_path), loader(served_model)) as server:
+        async with connect(server.url) as owner, connect(server.url) as remote:
+            accepted = await owner.start(steps=LONG, **RAISING)
+            await owner.event(accepted.run_id, Progress)
+            # The token travelled out of band; ``remote`` never subscribed to the run.
+            await remote.send(Set("r1", accepted.run_id, accepted.control_token, cfg=4.0))
+            changed = await remote.reply_to("r1")
+            await remote.send(Stop("r2", accepted.run_id, accepted.control_token))
+            stopped = await remote.reply_to("r2")
+            events = await owner.run_events(accepted.run_id)
+    assert isinstance(changed, Applied) and changed.changes[0].new == 4.0
+    assert isinstance(stopped, Applied) and stopped.stop == "finish"
+    assert [e.seq for e in events if isinstance(e, Applied)] == [changed.seq, stopped.seq]
+
+
 async def test_a_full_queue_refuses_and_a_queued_run_stops_without_starting(
     tmp_path: Path, served_model: LoadedModel
 ) -> None:
