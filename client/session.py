@@ -254,8 +254,9 @@ class Session:
 
         :meth:`Run.stop <stepwatch.client.Run.stop>` and :meth:`Run.set
         <stepwatch.client.Run.set>` call this; use it directly to steer a run with a control
-        token you got from elsewhere. The server sends ``applied`` to the run's watchers only,
-        so a session that does not follow the run watches it first (from its start).
+        token you got from elsewhere. A session that does not follow the run watches it first
+        (from its start): after a reconnect, the run's replayed events are what tells the
+        session whether a request in flight took effect or must be sent again.
         """
         frame = self._encode(lambda: request)
         followed = request.run_id in self._runs or request.run_id in self._joining

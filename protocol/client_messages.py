@@ -127,7 +127,7 @@ class Start:
     #: Longest side of the preview thumbnails in ``check`` events; 0 sends none.
     preview_size: PreviewSize = 128
     #: Encoding of the preview thumbnails.
-    preview_format: PreviewFormat = "webp"
+    preview_format: PreviewFormat = "jpeg"
 
 
 @dataclass(frozen=True, slots=True)

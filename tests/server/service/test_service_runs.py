@@ -85,7 +85,7 @@ async def test_a_run_reports_every_kind_of_event_in_order(
             steps_done = event.step
         if isinstance(event, Check):
             assert event.step == steps_done and event.step % 3 == 0
-            assert event.preview is not None and event.preview.format == "webp"
+            assert event.preview is not None and event.preview.format == "jpeg"
         if isinstance(event, Adjusted):
             assert isinstance(before, Check) and before.decision == "raise_cfg"
             assert (event.setting, event.old, event.step) == ("cfg", before.cfg, before.step)
