@@ -151,10 +151,11 @@ def test_previews_show_x0_not_the_noisy_latent(
     for step, preview in check_previews(recorder).items():
         noisy = to_uint8(decoder.decode(latents[step]))[0]
         preview_gap, noisy_gap = np.abs(preview - final).mean(), np.abs(noisy - final).mean()
-        if 4 <= step <= 8:
-            assert preview_gap < noisy_gap / 2, (step, preview_gap, noisy_gap)
-        if step >= 10:
-            assert preview_gap < 0.5, (step, preview_gap)
+        if 6 <= step < 12:  # from mid-run on, x0 is several times closer than the latent
+            assert preview_gap < noisy_gap / 3, (step, preview_gap, noisy_gap)
+        if step >= 10:  # the last checks look like the final image: within 3% on average
+            assert preview_gap < 8, (step, preview_gap)
+    assert np.abs(check_previews(recorder)[12] - final).max() <= 1
 
 
 def _bare_latents(model: LoadedModel, steps: int) -> dict[int, torch.Tensor]:
