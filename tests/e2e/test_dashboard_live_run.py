@@ -61,11 +61,11 @@ def test_start_watch_steer_and_stop_a_run(page: Page, server: DashboardServer) -
 
 def test_a_refused_start_is_explained_at_its_field(page: Page, server: DashboardServer) -> None:
     open_dashboard(page, server.url)
-    page.get_by_label("Prompt", exact=True).fill("purple circle")
+    page.get_by_label("Prompt", exact=True).fill("red dog")
     page.get_by_role("button", name="Start run").click()
     alert = page.locator(".start-form .form-error")
     expect(alert).to_contain_text("The model cannot read this prompt.")
-    expect(alert).to_contain_text("purple")
+    expect(alert).to_contain_text("dog")
     expect(alert.locator("code")).to_have_text("invalid_prompt")
     expect(page.get_by_label("Prompt", exact=True)).to_have_attribute("aria-invalid", "true")
     assert "#/runs/" not in page.url
@@ -76,3 +76,30 @@ def test_a_link_to_an_unknown_run_says_so(page: Page, server: DashboardServer) -
     expect(page.get_by_role("heading", name="Run not found")).to_be_visible()
     page.get_by_role("link", name="Back to the runs").click()
     expect(page.get_by_role("button", name="Start run")).to_be_visible()
+
+
+def test_a_run_at_the_models_defaults_forms_its_image_and_ends_by_itself(
+    page: Page, server: DashboardServer
+) -> None:
+    run_id = start_run(
+        page,
+        server.url,
+        words=("large", "blue", "triangle", "light"),
+        steps=40,
+        check_interval=4,
+        early_stop=True,
+    )
+    state = page.locator("#run-state")
+    expect(state).to_have_attribute("data-state", "finished")
+    wait_for_image(page, "#final-image")
+    stored = stored_run(page, server.url, run_id)
+    assert stored["reason"] in ("early_stop", "completed")
+    expect(state).to_have_attribute("data-reason", stored["reason"])
+    history = [entry["step"] for entry in stored["history"]]
+    assert chart_steps(page) == history == list(range(4, 4 * len(history) + 1, 4))
+    expect(page.locator("#filmstrip img")).to_have_count(len(history))
+    # The model's adherence verifier passes the formed image.
+    assert stored["final_score"] >= 0.5
+
+    OUTPUT.mkdir(exist_ok=True)
+    page.screenshot(path=OUTPUT / "dashboard-completed-run.png", full_page=True)
