@@ -3,8 +3,9 @@
 Run it as ``stepwatch train-builtin --out DIR`` (:mod:`stepwatch.server.models.builtin.command`).
 It trains, in order, the adherence classifier, the judge and the diffusion model (DDPM, epsilon
 prediction, offset noise in its last steps, an EMA of the weights), each on its own split of the
-procedural data, and writes into ``DIR`` a diffusers pipeline folder plus ``adherence/``, ``judge/`` and ``training/`` (loss
-curves as JSON, the run's settings and timings, and a resumable checkpoint that is not shipped).
+procedural data, and writes into ``DIR`` a diffusers pipeline folder plus ``adherence/``,
+``judge/`` and ``training/`` (loss curves as JSON, the run's settings and timings, and a
+resumable checkpoint that is not shipped).
 
 Determinism: every random draw comes from generators seeded from ``--seed``, torch runs with
 deterministic algorithms and a fixed thread count (``--threads``, 1 for the shipped weights). The
@@ -415,7 +416,7 @@ def export_pipeline(state: _DiffusionState, settings: DiffusionSettings, out: Pa
     pipeline = ShapesPipeline(
         unet=unet.half(),
         scheduler=make_default_sampler(settings.prediction_type),
-        attribute_encoder=encoder.half()
+        attribute_encoder=encoder.half(),
     )
     pipeline.save_pretrained(out, safe_serialization=True)
 
