@@ -114,6 +114,9 @@ class LoadedModel:
     prompt_check: PromptCheck | None = None
     verifiers: tuple[ModelVerifier, ...] = ()
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # (sampler, schedule) pairs already built once: checking them again would build a
+    # scheduler for nothing at every run (a few ms of config introspection in diffusers).
+    _fitting_samplers: set[tuple[str, str]] = field(default_factory=set, repr=False, init=False)
 
     @property
     def device(self) -> torch.device:
@@ -168,7 +171,9 @@ class LoadedModel:
             raise ParamError(
                 "sampler", f"unknown sampler {sampler!r}; one of {', '.join(self.samplers)}"
             )
-        samplers.build_scheduler(self.base_scheduler_config, sampler, schedule, flow=self.flow)
+        if (sampler, schedule) not in self._fitting_samplers:
+            samplers.build_scheduler(self.base_scheduler_config, sampler, schedule, flow=self.flow)
+            self._fitting_samplers.add((sampler, schedule))
 
     def build_scheduler(self, sampler: str, schedule: str) -> Any:
         """A fresh scheduler for one run, from the model's own scheduler config."""
