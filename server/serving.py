@@ -77,6 +77,12 @@ async def serve(
     bind port 0). ``on_ready(host, port)`` is called once the server accepts connections.
     ``log_level`` is uvicorn's (benchmarks quieten its per-connection lines).
     """
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        # asyncio turns Nagle's algorithm off only on sockets it made itself (it checks
+        # ``proto == IPPROTO_TCP``, which a plain ``socket.socket()`` lacks). Left on, an event
+        # written right after another waits for the client's delayed ACK, about 40 ms. Accepted
+        # connections inherit the option from the listening socket.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     server = _Server(uvicorn_config(app, config, log_level))
     ended = anyio.Event()
     status = 0

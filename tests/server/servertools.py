@@ -50,6 +50,8 @@ class RunningServer:
     config: ServerConfig
     port: int
     stop: anyio.Event
+    #: The listening socket (connections inherit its options).
+    sock: socket.socket
 
     @property
     def url(self) -> str:
@@ -96,7 +98,7 @@ async def running_server(
             await ready.wait()
         assert not status, f"the server did not start (status {status})"
         try:
-            yield RunningServer(app, config, port, stop)
+            yield RunningServer(app, config, port, stop, sock)
         finally:
             stop.set()
     assert status == [0]

@@ -166,3 +166,13 @@ async def test_a_run_nobody_attaches_to_is_abandoned(
     assert left_finished.image is not None
     finished = kept_events[-1]
     assert isinstance(finished, Finished) and finished.reason in ("completed", "early_stop")
+
+
+async def test_connections_send_each_event_at_once_without_nagle(
+    tmp_path: Path, served_model: LoadedModel
+) -> None:
+    # With Nagle's algorithm on, an event written right after another waits for the client's
+    # delayed ACK (about 40 ms on Linux): an applied right after a progress arrived late.
+    config = ServerConfig(data_dir=tmp_path)
+    async with running_server(config, lambda _config: [served_model]) as server:
+        assert server.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
