@@ -25,17 +25,10 @@ import torch  # noqa: E402
 
 from stepwatch.server.app import Service, create_app  # noqa: E402
 from stepwatch.server.config import ServerConfig  # noqa: E402
-from stepwatch.server.engine.model import LoadedModel  # noqa: E402
 from stepwatch.server.models.loading import load_builtin_model  # noqa: E402
 from stepwatch.server.serving import serve  # noqa: E402
 
 torch.set_num_threads(1)
-
-
-def builtin_model() -> LoadedModel:
-    """The built-in shapes model: each server loads its own (a pipeline serves one run at a
-    time), in a fraction of a second."""
-    return load_builtin_model("shapes", torch.device("cpu"))
 
 
 @dataclass(frozen=True)
@@ -64,7 +57,10 @@ def served(config: ServerConfig, port: int = 0) -> Iterator[DashboardServer]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
-    app = create_app(config, load_models=lambda _config: [builtin_model()])
+    # Each server loads its own built-in model (a pipeline runs one run at a time); it takes a
+    # fraction of a second.
+    cpu = torch.device("cpu")
+    app = create_app(config, load_models=lambda _config: [load_builtin_model("shapes", cpu)])
     ready = threading.Event()
     with start_blocking_portal(backend="asyncio") as portal:
         stop = portal.call(anyio.Event)
