@@ -104,9 +104,10 @@ Decision: TypeAlias = Literal["continue", "raise_cfg", "early_stop"]
 FinishReason: TypeAlias = Literal[
     "completed", "early_stop", "stopped", "failed", "abandoned", "shutdown"
 ]
-#: ``finish``: end now and return the decoded x0 estimate of the current step; ``abort``: end
-#: now and return no image.
-StopMode: TypeAlias = Literal["finish", "abort"]
+#: ``finish``: finish quickly, re-planning the remaining steps into a short tail to zero noise,
+#: and return that finished image; ``estimate``: end now and return the decoded x0 estimate of
+#: the current step; ``abort``: end now and return no image.
+StopMode: TypeAlias = Literal["finish", "estimate", "abort"]
 #: The run settings that may change while a run goes on.
 Setting: TypeAlias = Literal["quality_threshold", "scale_factor", "check_interval", "cfg"]
 #: Every :data:`Setting`, in order.

@@ -364,7 +364,8 @@ class RunManager:
         if run.state == "queued":
             await self._end_in_queue(run, reason, None, "finish")
         elif not run.finished:
-            run.control.stop(engine.StopMode.FINISH, engine.FinishReason(reason))
+            # The server's own stops keep the current estimate rather than spend a tail.
+            run.control.stop(engine.StopMode.ESTIMATE, engine.FinishReason(reason))
 
     async def _end_in_queue(
         self, run: LiveRun, reason: FinishReason, request: ControlRequest | None, mode: StopMode

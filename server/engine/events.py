@@ -51,10 +51,12 @@ class FinishReason(StrEnum):
 
 
 class StopMode(StrEnum):
-    """How a stop request ends a run: ``finish`` keeps the current x0 as the result, ``abort``
-    returns no image."""
+    """How a stop request ends a run: ``finish`` re-plans the rest into a short tail to zero
+    noise and returns its finished image (see :mod:`.finish`), ``estimate`` returns the decoded
+    x0 estimate of the current step at once, ``abort`` returns no image."""
 
     FINISH = "finish"
+    ESTIMATE = "estimate"
     ABORT = "abort"
 
 

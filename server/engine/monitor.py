@@ -54,6 +54,7 @@ from .events import (
     Started,
     StopMode,
 )
+from .finish import Tail, plan_tail, schedule_position
 from .model import LoadedModel
 from .params import RunParams, SettingsChange
 from .policy import CFG_OFF_AT, PolicyDecision, PolicySettings, Scored, cfg_refusal, decide
@@ -163,6 +164,8 @@ class _MonitoredRun:
         self.step_seconds: float | None = None
         self.ending: FinishReason | None = None
         self.capture: StepCapture | None = None
+        self.tail: Tail | None = None
+        self.finishing_total = 0
 
     # -- the run as a whole --------------------------------------------------------------------
 
@@ -261,14 +264,45 @@ class _MonitoredRun:
         self.step = index + 1
         if index == 0:
             self.total = len(pipeline.scheduler.timesteps)
+        if self.tail is not None:
+            return self._on_tail_step(pipeline, tensors)
         self._emit(self._progress())
-        if self._apply_controls(self.control.take()):
-            return self._stop_with_x0(pipeline, tensors)
+        stop = self._apply_controls(self.control.take())
+        if stop is StopMode.ESTIMATE:
+            return self._stop_with_x0(pipeline, tensors, self._x0())
+        if stop is StopMode.FINISH:
+            return self._begin_tail(pipeline, tensors, timestep)
         if self.step - self.last_check >= self.interval:
             if self._check().decision is Decision.EARLY_STOP:
                 self.ending = FinishReason.EARLY_STOP
-                return self._stop_with_x0(pipeline, tensors)
+                return self._begin_tail(pipeline, tensors, timestep)
         return {}
+
+    def _begin_tail(self, pipeline: Any, tensors: dict[str, Any], timestep: Any) -> dict[str, Any]:
+        """Re-plan the rest of the schedule into a short tail to zero noise (see
+        :mod:`.finish`); where that cannot be done, end now with the current estimate."""
+        assert self.capture is not None
+        scheduler = self.capture.scheduler
+        try:
+            position = schedule_position(scheduler, timestep)
+        except ValueError:
+            return self._stop_with_x0(pipeline, tensors, self._x0())
+        tail = plan_tail(scheduler, self.capture.space, position)
+        if tail is None:
+            return self._stop_with_x0(pipeline, tensors, self._x0())
+        self.tail = self.capture.tail = tail
+        self.finishing_total = self.step + len(tail.positions)
+        return {}
+
+    def _on_tail_step(self, pipeline: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        assert self.tail is not None
+        self._emit(self._progress())
+        self._apply_controls(self.control.take())  # only an abort changes a finishing run
+        if not self.tail.finished:
+            return {}
+        if self.tail.estimate is None:  # derailed at its first level: nothing new was learnt
+            return self._stop_with_x0(pipeline, tensors, self._x0())
+        return self._stop_with_x0(pipeline, tensors, self._finite(self.tail.estimate))
 
     def _progress(self) -> Progress:
         now = self.clock()
@@ -277,12 +311,15 @@ class _MonitoredRun:
             self.step_seconds = took
         else:
             self.step_seconds += _ETA_SMOOTHING * (took - self.step_seconds)
-        eta = self.step_seconds * max(self.total - self.step, 0)
-        return Progress(self.step, self.total, now - self.started, eta)
+        # While a tail finishes the run, the steps it will take are the re-planned count.
+        total = self.finishing_total or self.total
+        eta = self.step_seconds * max(total - self.step, 0)
+        return Progress(self.step, total, now - self.started, eta)
 
-    def _stop_with_x0(self, pipeline: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        """End the loop after this step; the pipeline decodes x0 in place of its latents."""
-        x0 = self._x0()
+    def _stop_with_x0(
+        self, pipeline: Any, tensors: dict[str, Any], x0: torch.Tensor
+    ) -> dict[str, Any]:
+        """End the loop after this step; the pipeline decodes ``x0`` in place of its latents."""
         pipeline._interrupt = True
         latents = tensors.get("latents")
         return {"latents": x0.to(latents.dtype) if isinstance(latents, torch.Tensor) else x0}
@@ -293,6 +330,9 @@ class _MonitoredRun:
             x0 = self.capture.x0()
         except UnsupportedScheduler as exc:
             raise _RunFailed(FailureCode.UNSUPPORTED_SCHEDULER, str(exc)) from exc
+        return self._finite(x0)
+
+    def _finite(self, x0: torch.Tensor) -> torch.Tensor:
         if not bool(torch.isfinite(x0).all()):
             raise _RunFailed(
                 FailureCode.NAN_DETECTED, f"the x0 estimate at step {self.step} is not finite"
@@ -301,20 +341,22 @@ class _MonitoredRun:
 
     # -- controls ------------------------------------------------------------------------------
 
-    def _apply_controls(self, pending: PendingControls) -> bool:
-        """Apply pending requests; return whether the run must now end with a ``finish``."""
+    def _apply_controls(self, pending: PendingControls) -> StopMode | None:
+        """Apply pending requests; return how the run must now end, if it must."""
         for request in pending.changes:
             self._apply_change(request)
         if pending.stop is None:
-            return False
+            return None
         return self._apply_stop(pending.stop)
 
-    def _apply_stop(self, stop: StopRequest) -> bool:
+    def _apply_stop(self, stop: StopRequest) -> StopMode | None:
         self._emit(Applied(self.step, stop.request_id, stop=stop.mode))
         if stop.mode is StopMode.ABORT or self.step == 0:
             raise _Aborted(stop.reason)
+        if self.tail is not None:
+            return None  # already finishing
         self.ending = stop.reason
-        return True
+        return stop.mode
 
     def _apply_change(self, request: SetRequest) -> None:
         change = request.change

@@ -29,11 +29,14 @@ import functools
 import math
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import UnsupportedScheduler
+
+if TYPE_CHECKING:
+    from .finish import Tail
 
 
 class NoiseSpace(StrEnum):
@@ -91,6 +94,8 @@ class StepCapture:
         self.scheduler = scheduler
         self.space = noise_space(scheduler)
         self.last: SchedulerStep | None = None
+        #: A finishing tail in progress (see :mod:`.finish`); the wrapper steers its steps.
+        self.tail: Tail | None = None
         original = scheduler.step
 
         @functools.wraps(original)
@@ -102,14 +107,21 @@ class StepCapture:
             return_dict: bool = True,
             **kwargs: Any,
         ) -> Any:
+            tail = self.tail if self.tail is not None and not self.tail.finished else None
+            steered = tail is not None and tail.admit(timestep)
             output = original(model_output, timestep, sample, *args, return_dict=True, **kwargs)
             self.last = SchedulerStep(
                 model_output,
                 timestep,
                 sample,
-                getattr(scheduler, "step_index", None),
+                # In a tail the scheduler's own index is not the level; the tail's is.
+                tail.position + 1 if tail is not None and steered else _step_index(scheduler),
                 _captured_x0(output),
             )
+            if tail is not None and steered:
+                moved = tail.advance(sample, self.x0())
+                if moved is not None:
+                    output.prev_sample = moved
             return output if return_dict else output.to_tuple()
 
         scheduler.step = step
@@ -130,6 +142,11 @@ class StepCapture:
         if last.pred_original_sample is not None:
             return last.pred_original_sample
         return derive_x0(self.scheduler, self.space, last)
+
+
+def _step_index(scheduler: Any) -> int | None:
+    index = getattr(scheduler, "step_index", None)
+    return index if isinstance(index, int) else None
 
 
 def _captured_x0(output: Any) -> torch.Tensor | None:

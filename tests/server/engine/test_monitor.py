@@ -248,16 +248,22 @@ def test_a_run_without_cfg_is_never_switched_to_cfg(
     assert "CFG is off" in recorder.checks[0].reason
 
 
+def rms(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> float:
+    return float(np.sqrt(((a - b) ** 2).mean()))
+
+
 @pytest.mark.parametrize("model_name", MODELS)
-def test_early_stop_ends_before_the_last_step_with_the_decoded_x0(
+def test_early_stop_finishes_with_a_short_tail_closer_to_the_full_run_than_x0(
     model_name: str, recorder: Recorder, request: pytest.FixtureRequest
 ) -> None:
     model: LoadedModel = request.getfixturevalue(model_name)
     registry = registry_with("high", ConstantVerifier(0.9))
+    settings: dict[str, Any] = {
+        "preview_decoder": faithful_decoder(model), "preview_format": PreviewFormat.PNG,
+    }  # fmt: skip
     result = run(
         model, recorder, registry=registry, verifier="high", check_interval=2, early_stop=True,
-        patience=2, min_steps=3, preview_decoder=faithful_decoder(model),
-        preview_format=PreviewFormat.PNG,
+        patience=2, min_steps=3, **settings,
     )  # fmt: skip
     assert result.reason is FinishReason.EARLY_STOP
     assert [c.decision for c in recorder.checks] == [
@@ -265,15 +271,22 @@ def test_early_stop_ends_before_the_last_step_with_the_decoded_x0(
         Decision.CONTINUE,
         Decision.EARLY_STOP,
     ]
-    assert result.steps_run == 6 < result.total_steps
-    assert [p.step for p in recorder.of(Progress)] == list(range(1, 7))
+    # Stopped at step 6 of 12: the 6 positions left are re-planned into a 3-evaluation tail.
+    assert result.steps_run == 9 and result.total_steps == 12
+    progress = recorder.of(Progress)
+    assert [p.step for p in progress] == list(range(1, 10))
+    assert [p.total for p in progress[5:]] == [12, 9, 9, 9]
     assert result.image is not None
-    # The result is the pipeline's own decode of x0 at step 6: the last check's preview.
-    assert np.abs(pixels(result.image.png) - check_previews(recorder)[6]).max() <= 1
+    full = Recorder()
+    run(model, full, check_interval=1, quality_threshold=0.0, **settings)
+    final_of_full_run = pixels(full.of(Finished)[0].result.image.png)  # type: ignore[union-attr]
+    estimate_at_stop = check_previews(full)[6]
+    finished = pixels(result.image.png)
+    assert rms(finished, final_of_full_run) < rms(estimate_at_stop, final_of_full_run)
 
 
 @pytest.mark.parametrize("model_name", ["shapes_model", "sd_model"])
-def test_stop_finish_returns_the_decoded_x0_of_that_step(
+def test_stop_estimate_returns_the_decoded_x0_of_that_step(
     model_name: str, recorder: Recorder, request: pytest.FixtureRequest
 ) -> None:
     model: LoadedModel = request.getfixturevalue(model_name)
@@ -286,24 +299,27 @@ def test_stop_finish_returns_the_decoded_x0_of_that_step(
     }
     run(model, watched, **preview_settings)
     control = RunControl()
-    recorder.at_step(5, lambda: control.stop(StopMode.FINISH, request_id="r1"))
+    recorder.at_step(5, lambda: control.stop(StopMode.ESTIMATE, request_id="r1"))
     result = run(model, recorder, control, **preview_settings)
     assert result.reason is FinishReason.STOPPED and result.steps_run == 5
-    assert recorder.of(Applied) == [Applied(5, "r1", stop=StopMode.FINISH)]
+    assert recorder.of(Applied) == [Applied(5, "r1", stop=StopMode.ESTIMATE)]
     assert result.image is not None
     # Same seed, same steps: the stopped run's image is the full run's x0 preview at step 5.
     assert np.abs(pixels(result.image.png) - check_previews(watched)[5]).max() <= 1
 
 
 @pytest.mark.parametrize("model_name", ["shapes_model", "sd_model"])
-def test_stop_finish_between_checks_still_returns_x0(
-    model_name: str, recorder: Recorder, request: pytest.FixtureRequest
+@pytest.mark.parametrize("mode", [StopMode.ESTIMATE, StopMode.FINISH])
+def test_a_stop_between_checks_still_returns_a_denoised_image(
+    model_name: str, mode: StopMode, recorder: Recorder, request: pytest.FixtureRequest
 ) -> None:
     model: LoadedModel = request.getfixturevalue(model_name)
     control = RunControl()
-    recorder.at_step(3, lambda: control.stop(StopMode.FINISH))
+    recorder.at_step(3, lambda: control.stop(mode))
     result = run(model, recorder, control, check_interval=5)
-    assert result.reason is FinishReason.STOPPED and result.steps_run == 3
+    # finish: the 9 positions left after step 3 of 12 become a tail of ceil(0.4 * 9) = 4.
+    assert result.reason is FinishReason.STOPPED
+    assert result.steps_run == (3 if mode is StopMode.ESTIMATE else 7)
     assert result.image is not None and result.history == ()
     decoder = model.decoders[faithful_decoder(model)]
     noisy = to_uint8(decoder.decode(_bare_latents(model, 12)[3]))[0]
