@@ -276,10 +276,11 @@ class Run(RunHandle):
 
         ``mode="finish"`` finishes quickly: the remaining steps are re-planned into a short tail
         to zero noise, and its finished image is the result; ``"estimate"`` keeps the decoded x0
-        estimate of the step it stopped at; ``"abort"`` returns no image. ``applied.step`` is the number of steps done when the
-        stop took effect. ``finished`` (reason ``stopped``) follows among the run's events.
-        Raises :class:`~stepwatch.client.Refused` (``ErrorCode.RUN_FINISHED`` if the run ended
-        first, ``ErrorCode.FORBIDDEN`` for a wrong token).
+        estimate of the step it stopped at; ``"abort"`` returns no image. ``applied.step`` is
+        the number of steps done when the stop took effect. ``finished`` (reason ``stopped``)
+        follows among the run's events. Raises :class:`~stepwatch.client.Refused`
+        (``ErrorCode.RUN_FINISHED`` if the run ended first, ``ErrorCode.FORBIDDEN`` for a wrong
+        token).
         """
         request = Stop(
             request_id=self._steering.next_request_id(),

@@ -58,6 +58,7 @@ from stepwatch.server.catalog import Catalog, ResolvedRun
 from stepwatch.server.config import ServiceLimits
 from stepwatch.server.engine import events as engine
 from stepwatch.server.engine.control import RunControl
+from stepwatch.server.engine.curves import MIN_RUNS, ExpectedCurve, curve_key
 from stepwatch.server.engine.monitor import run_monitored
 from stepwatch.server.eventlog import EventLog, LoggedEvent, logged_from_frame
 from stepwatch.server.outbox import Outbox
@@ -403,6 +404,7 @@ class RunManager:
             self.catalog.verifiers,
             run.control,
             bridge.put,
+            curve=await self._expected_curve(run),
         )
         async with anyio.create_task_group() as pump:
             pump.start_soon(self._pump, run, bridge)
@@ -413,6 +415,22 @@ class RunManager:
         if not run.finished:
             message = run.translator.failed(run.log.next_seq, "the sampler ended without a result")
             await self._finish(run, message, 0)
+
+    async def _expected_curve(self, run: LiveRun) -> ExpectedCurve | None:
+        """The policy's yardstick: the model's shipped curve for the run's verifier and sampler,
+        else one learned from the store's completed runs once it rests on enough of them."""
+        model, params = run.resolved.model, run.resolved.params
+        assert params.verifier is not None and params.sampler is not None
+        shipped = model.curves.get(curve_key(params.verifier, params.sampler))
+        if shipped is not None:
+            return shipped
+        try:
+            runs = await self.store.quality_history(model.name, params.verifier, params.sampler)
+        except StoreError:
+            logger.warning("the store cannot be read; run %s has no expected curve", run.run_id)
+            return None
+        learned = ExpectedCurve.from_runs(runs)
+        return learned if learned is not None and learned.runs >= MIN_RUNS else None
 
     async def _pump(self, run: LiveRun, bridge: EventBridge) -> None:
         async for stamped in bridge:

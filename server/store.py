@@ -91,6 +91,8 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 INTERRUPTED = "the server stopped before the run finished"
+#: Completed runs an expected-score curve is learned from (the latest ones).
+HISTORY_RUNS = 200
 
 
 class StoreError(Exception):
@@ -378,6 +380,36 @@ class Store:
             return None
         path = self.images / f"{run_id}.png"
         return path if path.is_file() else None
+
+    async def quality_history(
+        self, model: str, verifier: str, sampler: str, limit: int = HISTORY_RUNS
+    ) -> list[list[tuple[float, float]]]:
+        """The checks of the latest ``limit`` runs of ``model`` with ``verifier`` and ``sampler``
+        that ran to their end (completed or stopped early), as ``(step / steps, score)`` per run,
+        each up to its first CFG raise (later scores answer the raise, not the run)."""
+        return await self._call(self._quality_history, model, verifier, sampler, limit)
+
+    def _quality_history(
+        self, model: str, verifier: str, sampler: str, limit: int
+    ) -> list[list[tuple[float, float]]]:
+        rows = self._db.execute(
+            "SELECT c.run_id, c.step, json_extract(r.parameters, '$.steps'), c.score, c.decision "
+            "FROM checks c JOIN (SELECT run_id, parameters FROM runs WHERE model = ? "
+            "AND reason IN ('completed', 'early_stop') "
+            "AND json_extract(parameters, '$.verifier') = ? "
+            "AND json_extract(parameters, '$.sampler') = ? ORDER BY number DESC LIMIT ?) r "
+            "ON c.run_id = r.run_id ORDER BY c.run_id, c.position",
+            (model, verifier, sampler, limit),
+        ).fetchall()
+        runs: dict[str, list[tuple[float, float]]] = {}
+        raised: set[str] = set()
+        for run_id, step, steps, score, decision in rows:
+            if run_id in raised or not steps:
+                continue
+            runs.setdefault(run_id, []).append((step / steps, score))
+            if decision == "raise_cfg":
+                raised.add(run_id)
+        return list(runs.values())
 
 
 _SUMMARY_COLUMNS = (

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from . import samplers
+from .curves import ExpectedCurve
 from .errors import ModelError, ParamError
 from .params import RunParams
 from .previews import (
@@ -113,6 +114,8 @@ class LoadedModel:
     vocabulary: PromptVocabulary | None = None
     prompt_check: PromptCheck | None = None
     verifiers: tuple[ModelVerifier, ...] = ()
+    #: Expected-score curves shipped with the model, by :func:`~.curves.curve_key`.
+    curves: Mapping[str, ExpectedCurve] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # (sampler, schedule) pairs already built once: checking them again would build a
     # scheduler for nothing at every run (a few ms of config introspection in diffusers).
@@ -311,6 +314,7 @@ def describe_pipeline(
     prompt_check: PromptCheck | None = None,
     verifiers: tuple[ModelVerifier, ...] = (),
     fixed_size: bool | None = None,
+    curves: Mapping[str, ExpectedCurve] | None = None,
 ) -> LoadedModel:
     """Describe ``pipeline`` as a :class:`LoadedModel` named ``name``.
 
@@ -355,6 +359,7 @@ def describe_pipeline(
         vocabulary=vocabulary,
         prompt_check=prompt_check,
         verifiers=verifiers,
+        curves=dict(curves or {}),
     )
     model.check_sampler(defaults.sampler, defaults.scheduler)
     return model

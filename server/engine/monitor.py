@@ -28,13 +28,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 from .control import PendingControls, RunControl, SetRequest, StopRequest
+from .curves import ExpectedCurve, curve_key
 from .errors import ParamError, UnsupportedScheduler, VerifierError
 from .events import (
     Adjusted,
@@ -84,6 +85,7 @@ class _Aborted(Exception):
 class _Scored:
     step: int
     score: float
+    components: Mapping[str, float]
 
 
 def run_monitored(
@@ -93,9 +95,13 @@ def run_monitored(
     control: RunControl,
     sink: EventSink,
     *,
+    curve: ExpectedCurve | None = None,
     clock: Clock = time.perf_counter,
 ) -> RunResult:
     """Run ``params`` on ``model`` under monitoring; return how it ended. Never raises.
+
+    ``curve`` is what this model usually scores with the run's verifier and sampler (the
+    policy's yardstick, see :mod:`.policy`); by default the model's shipped curve, if any.
 
     Call it from a worker thread: it blocks for the whole run, holding ``model.lock`` (a model
     runs one run at a time; a second call waits). ``sink`` receives every event, on this thread.
@@ -115,8 +121,12 @@ def run_monitored(
         result = RunResult(FinishReason.FAILED, 0, 0, None, (), None, 0.0, params, failure)
         _emit_finished(sink, result)
         return result
+    if curve is None:
+        assert resolved.sampler is not None
+        curve = model.curves.get(curve_key(resolved.verifier, resolved.sampler))
+    run = _MonitoredRun(model, resolved, verifier, decoder, control, sink, clock, curve)
     with model.lock:
-        return _MonitoredRun(model, resolved, verifier, decoder, control, sink, clock).execute()
+        return run.execute()
 
 
 def _emit_finished(sink: EventSink, result: RunResult) -> None:
@@ -138,6 +148,7 @@ class _MonitoredRun:
         control: RunControl,
         sink: EventSink,
         clock: Clock,
+        curve: ExpectedCurve | None,
     ) -> None:
         assert params.steps is not None and params.cfg is not None
         assert params.cfg_max is not None and params.min_steps is not None
@@ -153,6 +164,7 @@ class _MonitoredRun:
             early_stop=params.early_stop,
             guidance_on=params.cfg > CFG_OFF_AT,
             guidance_live=model.guidance_live,
+            curve=curve,
         )
         self.interval = params.check_interval
         self.total = params.steps
@@ -378,6 +390,8 @@ class _MonitoredRun:
             else:
                 self._set_cfg(change.cfg)
                 applied["cfg"] = change.cfg
+                # The owner's CFG holds: automatic CFG pauses for the rest of the run.
+                self.settings = dataclasses.replace(self.settings, owner_cfg_step=self.step)
         accepted = SettingsChange(**applied) if applied else None
         self._emit(Applied(self.step, request.request_id, accepted, refused="; ".join(refused)))
 
@@ -401,7 +415,7 @@ class _MonitoredRun:
             raise _RunFailed(
                 FailureCode.VERIFIER_FAILED, f"verifier {params.verifier}: {exc}"
             ) from exc
-        scored: list[Scored] = [*self.history, _Scored(self.step, score.value)]
+        scored: list[Scored] = [*self.history, _Scored(self.step, score.value, score.components)]
         decision = decide(scored, self.settings, cfg=self.cfg, total_steps=self.total)
         record = QualityRecord(
             step=self.step,

@@ -1,41 +1,63 @@
-"""The quality policy: a pure function from (quality history, settings) to a decision.
+"""The quality policy: a pure function from (quality history, settings, expected curve) to a
+decision.
 
 At each check the engine appends the verifier's score to the run's history and asks
-:func:`decide` what to do next:
+:func:`decide` what to do next. A score is judged against what this model usually scores at this
+point of a run (its :class:`~.curves.ExpectedCurve` for the verifier and sampler), because an
+early x0 estimate is blurry and scores low however well the run goes:
 
-- **below the threshold**: raise CFG, ``cfg * scale_factor``, capped at ``cfg_max``. A run that
-  started with CFG off (``cfg <= 1``) never gets a raise: its pipeline computed no unconditional
-  prediction, so there is nothing to strengthen, and switching guidance on mid-run would feed the
-  denoiser a batch its conditioning does not match. For the same reason a run with CFG on is
-  never taken to ``cfg <= 1`` (see :func:`cfg_refusal`).
-- **at or above the threshold** for ``patience`` consecutive checks, all at or after
-  ``min_steps``: stop early.
+- **stop early** when ``early_stop`` is on, the step is at or after ``min_steps``, the last
+  ``patience`` checks scored at or above ``quality_threshold``, and the verifier's ``clean``
+  component (where it reports one: 1 = finished) is at least ``finished_clean``, so that the
+  outcome is settled and the finishing tail (:mod:`.finish`) only has to polish it.
+- **raise CFG** (``cfg * scale_factor``, capped at ``cfg_max``) only when the run falls clearly
+  below the curve: its score is under the curve's low band (the 20th percentile of runs at this
+  point) *and* under the point a run that ends at the threshold would have reached
+  (``threshold * median(p) / median(1)``). Without a curve (a model with no shipped curve and
+  fewer than :data:`~.curves.MIN_RUNS` completed runs in the history) CFG is left alone.
+  A run that started with CFG off (``cfg <= 1``) never gets a raise: its pipeline computed no
+  unconditional prediction, and switching guidance on mid-run would feed the denoiser a batch
+  its conditioning does not match (see :func:`cfg_refusal`).
+- **the owner's CFG holds**: once the run's owner sets ``cfg``, automatic CFG changes pause for
+  the rest of the run (every later check says so); early stopping still applies.
 - otherwise continue.
 
-The threshold is compared with the whole history as it is *now*, so a threshold changed mid-run
-changes later decisions. Every decision carries a reason a person can read. This module imports
-neither torch nor diffusers.
+The threshold and settings are read as they are *now*, so a change mid-run changes later
+decisions. Every decision carries a reason a person can read. This module imports neither torch
+nor diffusers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .curves import ExpectedCurve
 from .events import Decision
 
 CFG_OFF_AT = 1.0
 
 
 class Scored(Protocol):
-    """A check in the history: the step it ran at and its score."""
+    """A check in the history: the step it ran at, its score and the score's components."""
 
     @property
     def step(self) -> int: ...
 
     @property
     def score(self) -> float: ...
+
+    @property
+    def components(self) -> Mapping[str, float]: ...
+
+
+#: The ``clean`` component at or above which an image counts as settled enough to finish: for
+#: the built-in model's learned component, an x0 estimate about 19 dB PSNR from the finished
+#: image, which the finishing tail brings to 30-35 dB (see :mod:`.finish`).
+FINISHED_CLEAN = 0.3
+#: The name of the component that says how finished an image is (1 = finished).
+CLEAN = "clean"
 
 
 @dataclass(frozen=True)
@@ -44,6 +66,8 @@ class PolicySettings:
 
     ``guidance_live`` says whether the pipeline reads its guidance scale at every step (the
     standard CFG pipelines do); where it does not, a raise could not take effect.
+    ``owner_cfg_step`` is the step at which the owner last set CFG (``None``: never), which
+    pauses automatic CFG; ``curve`` what this model usually scores, if known.
     """
 
     quality_threshold: float
@@ -54,6 +78,9 @@ class PolicySettings:
     early_stop: bool
     guidance_on: bool
     guidance_live: bool = True
+    curve: ExpectedCurve | None = None
+    owner_cfg_step: int | None = None
+    finished_clean: float = FINISHED_CLEAN
 
 
 @dataclass(frozen=True)
@@ -76,20 +103,38 @@ def decide(
     if not history:
         raise ValueError("decide needs at least one check in the history")
     latest = history[-1]
-    threshold = settings.quality_threshold
     if latest.step >= total_steps:
         return _keep(cfg, f"score {latest.score:.3f} at the last step; nothing left to change")
-    if latest.score < threshold:
-        return _below_threshold(latest.score, settings, cfg)
-    return _at_or_above_threshold(history, settings, cfg)
+    if latest.score >= settings.quality_threshold:
+        return _at_or_above_threshold(history, settings, cfg)
+    return _below_threshold(latest, settings, cfg, latest.step / total_steps)
 
 
 def _keep(cfg: float, reason: str) -> PolicyDecision:
     return PolicyDecision(Decision.CONTINUE, reason, cfg)
 
 
-def _below_threshold(score: float, settings: PolicySettings, cfg: float) -> PolicyDecision:
-    why = f"score {score:.3f} < threshold {settings.quality_threshold:.3f}"
+def _below_threshold(
+    latest: Scored, settings: PolicySettings, cfg: float, progress: float
+) -> PolicyDecision:
+    score, threshold = latest.score, settings.quality_threshold
+    why = f"score {score:.3f} < threshold {threshold:.3f}"
+    if settings.owner_cfg_step is not None:
+        return _keep(
+            cfg, f"{why}; automatic CFG paused: the owner set CFG at step {settings.owner_cfg_step}"
+        )
+    curve = settings.curve
+    if curve is None:
+        return _keep(cfg, f"{why}, but no expected-score curve is known for this model yet")
+    median, low = curve.at(progress)
+    on_track = threshold * median / curve.final if curve.final > 0 else 0.0
+    where = f"at {progress:.0%} of the run ({curve.describe()}: median {median:.3f}, low {low:.3f})"
+    if score >= low or score >= on_track:
+        return _keep(cfg, f"{why}, as usual {where}")
+    return _raise_cfg(f"{why}, clearly below the usual {where}", settings, cfg)
+
+
+def _raise_cfg(why: str, settings: PolicySettings, cfg: float) -> PolicyDecision:
     if not settings.guidance_on:
         return _keep(cfg, f"{why}, but CFG is off (cfg <= 1): no unconditional branch to raise")
     if not settings.guidance_live:
@@ -115,11 +160,19 @@ def _at_or_above_threshold(
     if latest.step < settings.min_steps:
         return _keep(cfg, f"{why}, but step {latest.step} < min_steps {settings.min_steps}")
     streak = holding_streak(history, settings)
-    if streak >= settings.patience:
-        return PolicyDecision(
-            Decision.EARLY_STOP, f"{why} for {streak} consecutive checks: stop early", cfg
-        )
-    return _keep(cfg, f"{why} ({streak} of {settings.patience} checks needed to stop)")
+    if streak < settings.patience:
+        return _keep(cfg, f"{why} ({streak} of {settings.patience} checks needed to stop)")
+    clean = latest.components.get(CLEAN)
+    if clean is not None and clean < settings.finished_clean:
+        return _keep(
+            cfg, f"{why}, but the image is not settled yet (clean {clean:.2f} < "
+            f"{settings.finished_clean:.2f})",
+        )  # fmt: skip
+    settled = "" if clean is None else f", clean {clean:.2f}"
+    checks = "check" if streak == 1 else f"{streak} consecutive checks"
+    return PolicyDecision(
+        Decision.EARLY_STOP, f"{why} for {checks}{settled}: stop early and finish", cfg
+    )
 
 
 def holding_streak(history: Sequence[Scored], settings: PolicySettings) -> int:

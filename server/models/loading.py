@@ -156,6 +156,7 @@ def load_builtin_model(name: str, device: torch.device) -> LoadedModel:
         parse_prompt,
         vocabulary,
     )
+    from stepwatch.server.models.builtin.curves import load_curves
 
     pipeline = load_builtin(device=device, dtype=torch.float32)
     words = vocabulary()
@@ -177,4 +178,5 @@ def load_builtin_model(name: str, device: torch.device) -> LoadedModel:
         prompt_check=parse_prompt,
         verifiers=(adherence,),
         fixed_size=True,
+        curves=load_curves(),
     )

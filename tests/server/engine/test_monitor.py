@@ -13,6 +13,7 @@ from PIL import Image
 from tiny_models import Recorder, make_sd_pipeline
 
 from stepwatch.server.engine.control import RunControl
+from stepwatch.server.engine.curves import ExpectedCurve
 from stepwatch.server.engine.events import (
     Adjusted,
     Applied,
@@ -44,18 +45,24 @@ BASE: dict[str, Any] = {
 }
 
 
+# What these tests' models "usually" score: 0.9 everywhere, with a low band at 0.8, so that the
+# constant verifiers below are clearly below it (0.1, 0.2) or above it (0.9).
+USUAL = ExpectedCurve(progress=(1.0,), median=(0.9,), low=(0.8,), runs=10, source="test")
+
+
 def run(
     loaded: LoadedModel,
     recorder: Recorder,
     control: RunControl | None = None,
     registry: VerifierRegistry | None = None,
+    curve: ExpectedCurve | None = USUAL,
     **overrides: Any,
 ) -> RunResult:
     params = RunParams(**{**BASE, **overrides})
     if registry is None:
         registry = VerifierRegistry()
         registry.register_model_verifiers(loaded.verifiers)
-    return run_monitored(loaded, params, registry, control or RunControl(), recorder)
+    return run_monitored(loaded, params, registry, control or RunControl(), recorder, curve=curve)
 
 
 def faithful_decoder(model: LoadedModel) -> str:
@@ -226,6 +233,28 @@ def test_a_cfg_raise_is_used_by_the_following_steps(
     assert len(used) == 8
     assert used[:4] == pytest.approx([2.0] * 4, rel=1e-4)
     assert used[4:] == pytest.approx([3.0] * 4, rel=1e-4)
+
+
+def test_without_an_expected_curve_a_low_score_raises_nothing(
+    sd_model: LoadedModel, recorder: Recorder
+) -> None:
+    registry = registry_with("low", ConstantVerifier(0.1))
+    run(sd_model, recorder, registry=registry, verifier="low", check_interval=2, curve=None)
+    assert recorder.of(Adjusted) == []
+    assert all("no expected-score curve" in c.reason for c in recorder.checks[:-1])
+
+
+def test_the_owners_cfg_holds_and_pauses_automatic_cfg(
+    sd_model: LoadedModel, recorder: Recorder
+) -> None:
+    control = RunControl()
+    recorder.at_step(2, lambda: control.set(SettingsChange(cfg=2.5), request_id="mine"))
+    registry = registry_with("low", ConstantVerifier(0.1))
+    run(sd_model, recorder, control, registry=registry, verifier="low", check_interval=2)
+    # The owner's change lands at step 2, before that step's check: no raise at that step or after.
+    assert recorder.of(Adjusted) == []
+    assert [c.cfg for c in recorder.checks] == [2.5] * 6
+    assert all("paused: the owner set CFG at step 2" in c.reason for c in recorder.checks[:-1])
 
 
 def test_cfg_raises_stop_at_the_cap(sd_model: LoadedModel, recorder: Recorder) -> None:

@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from stepwatch.protocol import Check, Finished, Progress, Started, Subscribe, Subscribed
 from stepwatch.server.config import ServerConfig
+from stepwatch.server.engine.curves import MIN_RUNS
 from stepwatch.server.engine.model import LoadedModel
 
 pytestmark = pytest.mark.anyio
@@ -180,3 +181,27 @@ async def closing_code(client: Client) -> int:
             await client.recv()
     assert closed.value.rcvd is not None
     return closed.value.rcvd.code
+
+
+async def test_a_model_without_a_shipped_curve_learns_one_from_its_completed_runs(
+    tmp_path: Path, served_model: LoadedModel
+) -> None:
+    config = ServerConfig(data_dir=tmp_path)
+    settings: dict[str, Any] = {
+        "steps": 6, "check_interval": 2, "early_stop": False, "quality_threshold": 1.0,
+    }  # fmt: skip
+    reasons: list[list[str]] = []
+    async with running_server(config, lambda c: [served_model]) as server:
+        async with connect(server.url) as client:
+            for index in range(MIN_RUNS + 1):
+                accepted = await client.start(
+                    f"r{index}", prompt="red circle", seed=index, **settings
+                )
+                events = await client.run_events(accepted.run_id)
+                reasons.append([e.reason for e in events if isinstance(e, Check)])
+    assert served_model.curves == {}
+    # The first runs have nothing to compare with; once MIN_RUNS have completed, the policy
+    # judges scores against the curve they make, and says so.
+    assert all("no expected-score curve" in r for r in reasons[0][:-1])
+    assert not any("history curve" in r for run in reasons[:MIN_RUNS] for r in run)
+    assert all(f"history curve of {MIN_RUNS} runs" in r for r in reasons[MIN_RUNS][:-1])

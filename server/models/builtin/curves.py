@@ -1,0 +1,139 @@
+"""The built-in model's expected-score curves: what it usually scores at each point of a run.
+
+:func:`compute_curves` samples the shipped model with every sampler it offers at its default
+settings (20 steps, CFG 3, the ``normal`` schedule) over every full four-attribute prompt and
+every shape+colour prompt, two seeds each, scores the x0 estimate of every step with every
+verifier the model is served with, and keeps each (verifier, sampler)'s median and low band by
+fraction of the run (:class:`~stepwatch.server.engine.curves.ExpectedCurve`). The result ships
+as ``weights/curves.json``; :func:`load_curves` reads it. Deterministic for a given torch build:
+
+    python -m stepwatch.server.models.builtin.curves          # rewrites weights/curves.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stepwatch.server.engine.curves import ExpectedCurve, curve_key
+from stepwatch.server.engine.model import LoadedModel
+from stepwatch.server.engine.verifiers import VerifierRegistry, score_batch
+from stepwatch.server.engine.x0 import StepCapture
+from stepwatch.server.models.builtin.pipeline import weights_dir
+from stepwatch.server.models.builtin.vocabulary import ATTRIBUTES, ParsedPrompt
+
+CURVES_FILE = "curves.json"
+SEEDS = 2
+
+
+def curves_path(folder: Path | None = None) -> Path:
+    """Where the shipped curves live."""
+    return (folder or weights_dir()) / CURVES_FILE
+
+
+def load_curves(folder: Path | None = None) -> dict[str, ExpectedCurve]:
+    """Read the shipped curves (empty when the file is missing)."""
+    path = curves_path(folder)
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    return {key: ExpectedCurve.from_json(value, "shipped") for key, value in data.items()}
+
+
+def curve_prompts() -> list[str]:
+    """Every full four-attribute prompt, then every shape+colour prompt."""
+    full = [ParsedPrompt(*v) for v in itertools.product(*(a.values for a in ATTRIBUTES))]
+    shapes, colours = ATTRIBUTES[0].values, ATTRIBUTES[1].values
+    pairs = [ParsedPrompt(shape=s, colour=c) for s in shapes for c in colours]
+    return [p.text() for p in full + pairs]
+
+
+@torch.no_grad()
+def sampler_scores(
+    model: LoadedModel, registry: VerifierRegistry, sampler: str, prompts: list[str]
+) -> dict[str, list[list[tuple[float, float]]]]:
+    """Per verifier, per image: ``(progress, score)`` at every step of one batched run."""
+    pipeline = model.pipeline
+    scheduler = model.build_scheduler(sampler, "normal")
+    texts = [p for p in prompts for _ in range(SEEDS)]
+    noise = torch.stack(
+        [
+            torch.randn((3, 32, 32), generator=torch.Generator().manual_seed(7_000 * i + s))
+            for i in range(len(prompts))
+            for s in range(SEEDS)
+        ]
+    )
+    ids = [info.id for info in registry.infos()]
+    scores: dict[str, list[list[tuple[float, float]]]] = {v: [[] for _ in texts] for v in ids}
+    own, pipeline.scheduler = pipeline.scheduler, scheduler
+    capture = StepCapture(scheduler)
+
+    def on_step(pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        total = len(pipe.scheduler.timesteps)
+        images = model.decoders["identity"].decode(capture.x0())
+        for verifier_id in ids:
+            verifier = registry.get(verifier_id)
+            for first in range(0, len(texts), SEEDS):
+                batch = images[first : first + SEEDS]
+                for row, score in enumerate(score_batch(verifier, batch, texts[first]), first):
+                    scores[verifier_id][row].append(((index + 1) / total, score.value))
+        return {}
+
+    try:
+        pipeline(
+            texts,
+            num_inference_steps=model.defaults.steps,
+            guidance_scale=model.defaults.cfg,
+            latents=noise,
+            output_type="latent",
+            callback_on_step_end=on_step,
+        )
+    finally:
+        capture.remove()
+        pipeline.scheduler = own
+    return scores
+
+
+def compute_curves(model: LoadedModel, registry: VerifierRegistry) -> dict[str, ExpectedCurve]:
+    """Every (verifier, sampler) curve of the built-in model (see the module docstring)."""
+    prompts = curve_prompts()
+    curves: dict[str, ExpectedCurve] = {}
+    for sampler in model.samplers:
+        for verifier_id, runs in sampler_scores(model, registry, sampler, prompts).items():
+            curve = ExpectedCurve.from_runs(runs, "shipped")
+            if curve is not None:
+                curves[curve_key(verifier_id, sampler)] = curve
+    return curves
+
+
+def write_curves(curves: Mapping[str, ExpectedCurve], folder: Path | None = None) -> Path:
+    """Write ``curves`` as the shipped file; return its path."""
+    path = curves_path(folder)
+    data = {key: curve.to_json() for key, curve in sorted(curves.items())}
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Recompute the shipped curves from the shipped model."""
+    from stepwatch.server.models.loading import load_builtin_model
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None, help="folder (default: the package's)")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = load_builtin_model("shapes", torch.device("cpu"))
+    registry = VerifierRegistry()
+    registry.register_model_verifiers(model.verifiers)
+    print(write_curves(compute_curves(model, registry), args.out))
+
+
+if __name__ == "__main__":
+    main()
