@@ -1,30 +1,27 @@
-"""What monitoring costs, and what early stopping saves, on the built-in model.
+"""What monitoring costs on the built-in model.
 
-Two measurements, both in one process on the CPU:
+In one process on the CPU: the bare pipeline (the same scheduler, prompt and seed, its image
+PNG-encoded as the engine does) against :func:`run_monitored` with checks every 1, 5 and 10
+steps, for every preview decoder that applies and both the model's verifier and ``simple``.
+Policy actions are switched off (threshold 0, no early stop) so every configuration does the same
+denoising work. Configurations are interleaved round-robin (rotated each repeat) so machine load
+drifts hit all of them alike; each ratio is median(monitored) / median(bare), for wall time and
+for this process's CPU time (steadier on a shared machine), plus the CPU-time ratio of the
+fastest runs (the least disturbed) and the median, with quartiles, of each repeat's CPU time over
+the bare run's in the same repeat (paired). Targets: <= 1.03x at interval 5, <= 1.10x at
+interval 1.
 
-1. **Overhead.** The bare pipeline (the same scheduler, prompt and seed, its image PNG-encoded as
-   the engine does) against :func:`run_monitored` with checks every 1, 5 and 10 steps, for every
-   preview decoder that applies and both the model's verifier and ``simple``. Policy actions are
-   switched off (threshold 0, no early stop) so every configuration does the same denoising work.
-   Configurations are interleaved round-robin (rotated each repeat) so machine load drifts hit all
-   of them alike; each ratio is median(monitored) / median(bare), for wall time and for this
-   process's CPU time (steadier on a shared machine), plus the CPU-time ratio of the fastest runs
-   (the least disturbed) and the median, with quartiles, of each repeat's CPU time over the bare
-   run's in the same repeat (paired). Targets: <= 1.03x at interval 5, <= 1.10x at interval 1.
-2. **Early stopping.** A fixed prompt set, several seeds, run to completion without actions and
-   again with the default policy (early stop, and early stop plus CFG raises). Reports the steps
-   and seconds saved and the held-out **judge's** score and joint accuracy for each, so a quality
-   claim never rests on the steering verifier grading its own homework.
+What early stopping and the other actions do to the image, judged by the held-out judge and by
+fidelity to the full run, is ``bench/policy.py``'s to say.
 
 Prints tables and writes ``bench/results/overhead.json``::
 
-    .venv/bin/python bench/overhead.py [--repeats 25] [--threads 1] [--seeds 3]
+    .venv/bin/python bench/overhead.py [--repeats 25] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import statistics
@@ -34,18 +31,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 
 from stepwatch.server.engine.control import RunControl
-from stepwatch.server.engine.events import EngineEvent, RunResult
+from stepwatch.server.engine.events import EngineEvent
 from stepwatch.server.engine.model import LoadedModel
 from stepwatch.server.engine.monitor import run_monitored
 from stepwatch.server.engine.params import RunParams
 from stepwatch.server.engine.previews import encode_png, to_uint8
 from stepwatch.server.engine.verifiers import SIMPLE, VerifierRegistry
-from stepwatch.server.models.builtin import Judge, vocabulary
 from stepwatch.server.models.loading import ModelSpec, load_model
 
 RESULTS = Path(__file__).parent / "results" / "overhead.json"
@@ -153,60 +147,7 @@ def measure_overhead(
     return {"steps": base.steps, "sampler": base.sampler, "cfg": base.cfg, "rows": rows}
 
 
-def judge_readings(judge: Judge, result: RunResult) -> tuple[float, bool]:
-    assert result.image is not None
-    pixels = np.array(Image.open(io.BytesIO(result.image.png)).convert("RGB"))
-    images = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255
-    [(score, _components)] = judge.score(images, result.params.prompt)
-    [matches] = judge.matches(images, result.params.prompt)
-    return score, all(matches.values())
-
-
-def prompt_set() -> list[str]:
-    """Every colour with every shape: the attributes a prompt always names."""
-    attributes = {a.name: a.values for a in vocabulary().attributes}
-    return [f"{colour} {shape}" for shape in attributes["shape"] for colour in attributes["colour"]]
-
-
-def measure_early_stopping(
-    model: LoadedModel, registry: VerifierRegistry, judge: Judge, seeds: int
-) -> dict[str, Any]:
-    modes = {
-        "full run, no actions": {"early_stop": False, "quality_threshold": 0.0},
-        "early stop": {"early_stop": True, "scale_factor": 1.0},
-        "early stop + CFG raise": {"early_stop": True},
-        "early stop, checks every 2": {"early_stop": True, "check_interval": 2},
-    }
-    report: dict[str, Any] = {"prompts": prompt_set(), "seeds": seeds, "modes": {}}
-    for mode, settings in modes.items():
-        steps, seconds, scores, joint, reasons = [], [], [], [], []
-        for prompt in report["prompts"]:
-            for seed in range(seeds):
-                params = RunParams(prompt, seed=seed, **settings)
-                result = run_monitored(model, params, registry, RunControl(), _discard)
-                score, matched = judge_readings(judge, result)
-                steps.append(result.steps_run)
-                seconds.append(result.elapsed)
-                scores.append(score)
-                joint.append(matched)
-                reasons.append(str(result.reason))
-        report["modes"][mode] = {
-            "settings": settings,
-            "mean_steps": statistics.fmean(steps),
-            "total_steps": result.total_steps,
-            "mean_seconds": statistics.fmean(seconds),
-            "judge_mean_score": statistics.fmean(scores),
-            "judge_joint_accuracy": statistics.fmean(joint),
-            "early_stopped": reasons.count("early_stop") / len(reasons),
-        }
-    baseline = report["modes"]["full run, no actions"]
-    for values in report["modes"].values():
-        values["steps_saved"] = 1 - values["mean_steps"] / baseline["mean_steps"]
-        values["judge_score_change"] = values["judge_mean_score"] - baseline["judge_mean_score"]
-    return report
-
-
-def print_report(overhead: dict[str, Any], early: dict[str, Any]) -> None:
+def print_report(overhead: dict[str, Any]) -> None:
     print(
         f"\nMonitoring overhead, {overhead['steps']} steps {overhead['sampler']}, cfg "
         f"{overhead['cfg']:g} (median of {overhead['rows'][0]['runs']} interleaved runs)"
@@ -220,27 +161,12 @@ def print_report(overhead: dict[str, Any], early: dict[str, Any]) -> None:
             f"{row['median_cpu_s']:>8.4f} {row['cpu_ratio']:>6.3f}x {row['min_cpu_ratio']:>7.3f}x "
             f"{row['paired_cpu_ratio']:>7.3f}x ({low:.3f}-{high:.3f})"
         )
-    print(
-        f"\nEarly stopping, {len(early['prompts'])} prompts x {early['seeds']} seeds "
-        "(judge = held-out classifier)"
-    )
-    print(
-        f"{'mode':<28} {'steps':>6} {'saved':>6} {'stopped':>8} {'s/run':>6} "
-        f"{'judge':>6} {'change':>7} {'joint':>6}"
-    )
-    for mode, v in early["modes"].items():
-        print(
-            f"{mode:<28} {v['mean_steps']:>6.1f} {v['steps_saved']:>6.1%} "
-            f"{v['early_stopped']:>8.0%} {v['mean_seconds']:>6.3f} {v['judge_mean_score']:>6.3f} "
-            f"{v['judge_score_change']:>+7.3f} {v['judge_joint_accuracy']:>6.1%}"
-        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per prompt, early stopping")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -248,14 +174,11 @@ def main() -> None:
     registry = VerifierRegistry()
     registry.register_model_verifiers(model.verifiers)
     overhead = measure_overhead(model, registry, args.repeats)
-    early = measure_early_stopping(model, registry, Judge.load("cpu"), args.seeds)
-    print_report(overhead, early)
+    print_report(overhead)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                "torch": torch.__version__}  # fmt: skip
-    args.out.write_text(
-        json.dumps({"machine": machine, "overhead": overhead, "early": early}, indent=2)
-    )
+    args.out.write_text(json.dumps({"machine": machine, "overhead": overhead}, indent=2))
     print(f"\nwrote {args.out}")
 
 
