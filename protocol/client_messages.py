@@ -121,7 +121,7 @@ class Start:
     #: Whether the run may stop early once quality holds.
     early_stop: bool = True
     #: Checks in a row at or above the threshold before an early stop.
-    patience: Patience = 2
+    patience: Patience = 1
     #: No early stop before this step; ``None`` for the server's default (a share of steps).
     min_steps: Step | None = None
     #: Longest side of the preview thumbnails in ``check`` events; 0 sends none.

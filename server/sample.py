@@ -55,7 +55,7 @@ def sample(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threshold", type=float, default=0.7, help="quality threshold in [0, 1]")
     parser.add_argument("--scale-factor", type=float, default=1.25, help="CFG raise factor")
     parser.add_argument("--cfg-max", type=float, help="cap on CFG raises (2 x cfg)")
-    parser.add_argument("--patience", type=int, default=2, help="checks above threshold to stop")
+    parser.add_argument("--patience", type=int, default=1, help="checks above threshold to stop")
     parser.add_argument("--min-steps", type=int, help="earliest early stop (half the steps)")
     parser.add_argument("--no-early-stop", action="store_true", help="never stop early")
     parser.add_argument("--preview-decoder", help="identity, linear, tiny or vae")

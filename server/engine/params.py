@@ -92,7 +92,7 @@ class RunParams:
     quality_threshold: float = 0.7
     scale_factor: float = 1.25
     cfg_max: float | None = None
-    patience: int = 2
+    patience: int = 1
     min_steps: int | None = None
     early_stop: bool = True
     preview_size: int = 128

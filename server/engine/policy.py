@@ -8,8 +8,9 @@ early x0 estimate is blurry and scores low however well the run goes:
 
 - **stop early** when ``early_stop`` is on, the step is at or after ``min_steps``, the last
   ``patience`` checks scored at or above ``quality_threshold``, and the verifier's ``clean``
-  component (where it reports one: 1 = finished) is at least ``finished_clean``, so that the
-  outcome is settled and the finishing tail (:mod:`.finish`) only has to polish it.
+  component (1 = finished) is at least ``finished_clean``, so that the outcome is settled and
+  the finishing tail (:mod:`.finish`) only has to polish it. A verifier that reports no
+  ``clean`` needs at least two holding checks in a row instead.
 - **raise CFG** (``cfg * scale_factor``, capped at ``cfg_max``) only when the run falls clearly
   below the curve: its score is under the curve's low band (the 20th percentile of runs at this
   point) *and* under the point a run that ends at the threshold would have reached
@@ -159,10 +160,12 @@ def _at_or_above_threshold(
         return _keep(cfg, f"{why}; early stopping is off")
     if latest.step < settings.min_steps:
         return _keep(cfg, f"{why}, but step {latest.step} < min_steps {settings.min_steps}")
-    streak = holding_streak(history, settings)
-    if streak < settings.patience:
-        return _keep(cfg, f"{why} ({streak} of {settings.patience} checks needed to stop)")
     clean = latest.components.get(CLEAN)
+    # Without a clean component only a second holding check says the score has settled.
+    needed = settings.patience if clean is not None else max(settings.patience, 2)
+    streak = holding_streak(history, settings)
+    if streak < needed:
+        return _keep(cfg, f"{why} ({streak} of {needed} checks needed to stop)")
     if clean is not None and clean < settings.finished_clean:
         return _keep(
             cfg, f"{why}, but the image is not settled yet (clean {clean:.2f} < "
