@@ -172,7 +172,7 @@ def _at_or_above_threshold(
             f"{settings.finished_clean:.2f})",
         )  # fmt: skip
     settled = "" if clean is None else f", clean {clean:.2f}"
-    checks = "check" if streak == 1 else f"{streak} consecutive checks"
+    checks = "1 check" if streak == 1 else f"{streak} consecutive checks"
     return PolicyDecision(
         Decision.EARLY_STOP, f"{why} for {checks}{settled}: stop early and finish", cfg
     )

@@ -186,6 +186,6 @@ def test_cfg_never_crosses_the_on_off_boundary(
 def test_with_patience_one_a_clean_component_stops_at_once_and_its_absence_asks_for_two() -> None:
     settings = replace(SETTINGS, patience=1)
     clean = decide(history(0.2, 0.9, clean=0.6), settings, cfg=3.0, total_steps=30)
-    assert clean.decision is Decision.EARLY_STOP and "for check, clean 0.60" in clean.reason
+    assert clean.decision is Decision.EARLY_STOP and "for 1 check, clean 0.60" in clean.reason
     unknown = decide(history(0.2, 0.9), settings, cfg=3.0, total_steps=30)
     assert unknown.decision is Decision.CONTINUE and "1 of 2 checks" in unknown.reason
