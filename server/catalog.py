@@ -29,7 +29,11 @@ __all__ = ["DEFAULT_THRESHOLD", "Catalog", "ResolvedRun"]
 #: The quality threshold a run gets when neither it nor its verifier names one (the engine's).
 DEFAULT_THRESHOLD: float = RunParams(prompt="-").quality_threshold
 #: The score components of the verifiers whose components are known before they run.
-KNOWN_COMPONENTS: Mapping[str, tuple[str, ...]] = {"simple": ("variance", "edges")}
+KNOWN_COMPONENTS: Mapping[str, tuple[str, ...]] = {
+    "structure": ("structure", "clean"),
+    "variance_edges": ("variance", "edges"),
+    "simple": ("variance", "edges"),
+}
 #: Width and height are multiples of this (the engine's rule for every model).
 SIZE_MULTIPLE = 8
 PROMPT_FIELDS = ("prompt", "negative_prompt")
