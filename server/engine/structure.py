@@ -8,10 +8,11 @@ values in [0, 1] per image:
   ``EDGE_QUANTILE`` of its colour gradient magnitude (RMS over R, G, B; central differences) is
   ``e``; ``structure = e² / (e² + EDGE_HALF²)``. The smoothing makes pixel noise count little
   and the quantile lets one clear object count as much as a busy scene; blur lowers it.
-- ``clean``: 1 when no fine-scale noise is left. The luma is area-resized to at most
+- ``clean``: 1 when no fine-scale noise is left. The luma is resized to at most
   ``ANALYSIS_SIDE`` a side (never enlarged: interpolation would hide pixel noise from a local
-  estimator), its noise level ``σ`` is Immerkær's estimate from a quantile of the mask's
-  responses (:func:`~.fidelity.quiet_noise_level`, blind to sharp edges), and
+  estimator) and its noise level ``σ`` is Immerkær's estimate over 8×8 blocks, the
+  ``NOISE_QUANTILE`` of the blocks (:func:`~.fidelity.quiet_noise_level`): edges and texture
+  raise the blocks they fall in, noise left all over an unfinished estimate raises them all.
   ``clean = 1 / (1 + (σ / NOISE_HALF)^NOISE_POWER)``.
 
 Resolution: a preview at 32 px (a latent-sized linear preview) and the same picture at 512 px
@@ -19,19 +20,25 @@ Resolution: a preview at 32 px (a latent-sized linear preview) and the same pict
 1/64 of the image averages out and is not seen, while a latent diffusion model's residual noise
 (at the latent's scale, 1/8 of the image's pixels) is.
 
-Calibration (on this repository's previews; figures in the README's verifier table):
+Calibration (``bench/verifiers.py``; figures in the README's verifier table):
 
+- ``SMOOTHING`` = 2 px and ``EDGE_QUANTILE`` = 0.95: uniform noise keeps e ≈ 0.03 at 64 px,
+  and a small object (the top 5% of the gradients) counts like a large one.
 - ``EDGE_HALF`` = 0.035 puts a sharp, anti-aliased disc and square of contrast ~0.5 on a shaded
   background at structure ≈ 0.80 (e ≈ 0.069 at 64–512 px, 0.064 at 32 px) and the same picture
   blurred by a Gaussian of 6% of its width at ≈ 0.52 (e ≈ 0.037). The built-in model's final
   images read e ≈ 0.03–0.13 (a small dim triangle to a large square).
-- ``NOISE_HALF`` = 0.02 (5 grey levels of 255) and ``NOISE_POWER`` = 3: the built-in model's
-  final images read σ ≈ 0.005–0.012 (clean 0.82–0.98), its x0 estimates at step 10 of 20 —
-  visibly speckled — σ ≈ 0.02–0.045 (clean 0.08–0.5), at step 1–5 σ ≈ 0.05–0.3 (clean < 0.06).
-  The tiny random-weight SD/SDXL pipelines' previews, which are pure noise, read σ ≈ 0.04–0.05
-  (VAE) and 0.37–0.47 (linear): clean ≤ 0.15, score ≤ 0.1.
-- Fine texture (foliage, fabric) at the analysis size reads as some noise, so on such pictures
-  ``clean`` errs low: a policy that waits for it stops early less often, never on noise.
+- ``NOISE_HALF`` = 0.02 (5 grey levels of 255) and ``NOISE_POWER`` = 3, so that ``clean`` is
+  flat near 1 for σ well under 0.02 and falls steeply past it: the built-in model's final
+  images read σ ≈ 0.006–0.012 (clean 0.81–0.97, quartiles), its x0 estimates at step 10 of
+  20 — visibly speckled — σ ≈ 0.024–0.040 (clean 0.11–0.37), at step 5 σ ≈ 0.09 (clean 0.01).
+  The tiny random-weight SD/SDXL pipelines' previews, which are pure noise, read σ ≈ 0.03–0.05
+  through the VAE and ≥ 0.3 through the linear decoder: clean ≤ 0.21, score ≤ 0.13.
+- ``NOISE_QUANTILE`` = 0.25: a quarter of the picture with no texture is enough to see that no
+  noise is left; a lower quantile misses noise confined to part of an estimate.
+- Fine texture (foliage, fabric) at the analysis size reads as some noise (σ ≈ 0.013, clean
+  0.78, on a detailed Stable Diffusion landscape), so on such pictures ``clean`` errs low: a
+  policy that waits for it stops early less often, never on noise.
 """
 
 from __future__ import annotations

@@ -141,6 +141,12 @@ VARIANCE_EDGES_DESCRIPTION = (
     "and noise scores high"
 )
 SIMPLE_DESCRIPTION = "the original design's name for variance_edges (variance + edge strength)"
+#: The components the verifiers every registry holds report, by id (``welcome`` announces them).
+BUILTIN_COMPONENTS: Mapping[str, tuple[str, ...]] = {
+    STRUCTURE: ("structure", "clean"),
+    VARIANCE_EDGES: ("variance", "edges"),
+    SIMPLE: ("variance", "edges"),
+}
 
 
 class VerifierRegistry:
