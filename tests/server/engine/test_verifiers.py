@@ -135,6 +135,11 @@ def test_variance_edges_scores_one_picture_differently_at_every_size() -> None:
     assert scores[0].value > 5 * scores[1].value
 
 
+def test_structure_refuses_images_that_are_not_rgb() -> None:
+    with pytest.raises(VerifierError, match="expected RGB images"):
+        structure_scores(torch.zeros(1, 1, 16, 16))
+
+
 def test_structure_sees_no_noise_in_a_preview_too_small_to_measure() -> None:
     # The linear preview of an 8-pixel image is one latent pixel: never "clean".
     [score] = structure_scores(torch.rand(1, 3, 2, 2))
