@@ -86,7 +86,7 @@ def quiet_libraries() -> None:
 
 
 def build_verifiers(config: ServerConfig, models: Sequence[LoadedModel]) -> VerifierRegistry:
-    """The registry: ``simple``, the models' own verifiers, entry points, then the config's."""
+    """The registry: the built-in image verifiers, the models' own, entry points, the config's."""
     from stepwatch.server.engine.verifiers import VerifierRegistry
 
     registry = VerifierRegistry()

@@ -22,14 +22,14 @@ from stepwatch.server.engine.errors import ParamError
 from stepwatch.server.engine.model import LoadedModel
 from stepwatch.server.engine.params import PreviewFormat, RunParams, SettingsChange
 from stepwatch.server.engine.policy import cfg_refusal
-from stepwatch.server.engine.verifiers import VerifierRegistry
+from stepwatch.server.engine.verifiers import BUILTIN_COMPONENTS, VerifierRegistry
 
 __all__ = ["DEFAULT_THRESHOLD", "Catalog", "ResolvedRun"]
 
 #: The quality threshold a run gets when neither it nor its verifier names one (the engine's).
 DEFAULT_THRESHOLD: float = RunParams(prompt="-").quality_threshold
 #: The score components of the verifiers whose components are known before they run.
-KNOWN_COMPONENTS: Mapping[str, tuple[str, ...]] = {"simple": ("variance", "edges")}
+KNOWN_COMPONENTS: Mapping[str, tuple[str, ...]] = BUILTIN_COMPONENTS
 #: Width and height are multiples of this (the engine's rule for every model).
 SIZE_MULTIPLE = 8
 PROMPT_FIELDS = ("prompt", "negative_prompt")

@@ -43,7 +43,7 @@ def sample(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="random seed (random by default)")
     parser.add_argument("--sampler", help="e.g. euler, euler_a, dpmpp_2m, ddim, unipc")
     parser.add_argument("--scheduler", help="noise schedule: normal, karras, exponential, ...")
-    parser.add_argument("--verifier", help="verifier id (model default: adherence or simple)")
+    parser.add_argument("--verifier", help="verifier id (model default: adherence or structure)")
     parser.add_argument(
         "--custom-verifier",
         action="append",

@@ -39,7 +39,7 @@ from .previews import (
     PixelPreview,
     PreviewDecoder,
 )
-from .verifiers import SIMPLE, ModelVerifier
+from .verifiers import STRUCTURE, ModelVerifier
 
 
 class Family(StrEnum):
@@ -336,7 +336,7 @@ def describe_pipeline(
         height=size,
         sampler=samplers.sampler_of(pipeline.scheduler) or samplers.sampler_names(flow)[0],
         scheduler=samplers.schedule_of(pipeline.scheduler),
-        verifier=verifiers[0].info.id if verifiers else SIMPLE,
+        verifier=verifiers[0].info.id if verifiers else STRUCTURE,
         preview_decoder=next(iter(decoders)),
     )
     if overrides:

@@ -36,10 +36,14 @@ from typing import Protocol
 
 import torch
 
+from . import structure
 from .errors import VerifierError
 
 ENTRY_POINT_GROUP = "stepwatch.verifiers"
+VARIANCE_EDGES = "variance_edges"
+#: The original design's name for ``variance_edges``, still accepted.
 SIMPLE = "simple"
+STRUCTURE = "structure"
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,8 @@ class ModelVerifier:
     factory: VerifierFactory
 
 
-class SimpleVerifier:
-    """Image variance plus edge strength, the original node design's verifier.
+class VarianceEdgeVerifier:
+    """Image variance plus edge strength: the original node design's verifier (alias ``simple``).
 
     With ``Y`` the luminance (0.299 R + 0.587 G + 0.114 B) of an image in [0, 1]::
 
@@ -85,8 +89,10 @@ class SimpleVerifier:
         edges    = min(1, mean |grad Y| / 0.1)        forward differences, gradient magnitude
         score    = (variance + edges) / 2
 
-    It knows nothing of the prompt: it rewards contrast and detail, which the x0 estimate gains
-    as it forms, and a flat or blurry estimate scores low.
+    It knows nothing of the prompt: it rewards contrast and detail at the preview's own
+    resolution, and noise is both, so uniform noise outscores a finished picture and the same
+    image scores differently through different preview decoders. Kept for compatibility;
+    :class:`StructureVerifier` is the default for diffusers models.
     """
 
     EDGE_SCALE = 0.1
@@ -107,19 +113,58 @@ class SimpleVerifier:
         ]
 
 
+class StructureVerifier:
+    """Coarse structure times cleanliness, at a fixed analysis resolution: any model, no weights.
+
+    ``structure`` is the strength of the picture's coarse edges and ``clean`` is 1 when no
+    fine-scale noise is left (see :mod:`.structure` for both, their constants and how they were
+    calibrated); ``score = structure * clean``, so noise sinks the score whatever its contrast,
+    a blurry estimate scores below a sharp one, and a flat image scores 0. Every preview is
+    resized to the same analysis size first, so the linear decoder's latent-sized preview and a
+    VAE's full-sized decode of one picture score nearly alike. It ignores the prompt.
+    """
+
+    def score(self, images: torch.Tensor, prompt: str) -> list[Score]:
+        parts = structure.measure(images)
+        return [
+            Score(s * c, {"structure": s, "clean": c})
+            for s, c in zip(parts.structure.tolist(), parts.clean.tolist(), strict=True)
+        ]
+
+
+STRUCTURE_DESCRIPTION = (
+    "coarse edge strength x cleanliness at a fixed 64 px analysis size; noise scores low "
+    "(components: structure, clean = 1 when no fine noise is left)"
+)
+VARIANCE_EDGES_DESCRIPTION = (
+    "image variance + edge strength at the preview's resolution: rewards contrast and detail, "
+    "and noise scores high"
+)
+SIMPLE_DESCRIPTION = "the original design's name for variance_edges (variance + edge strength)"
+#: The components the verifiers every registry holds report, by id (``welcome`` announces them).
+BUILTIN_COMPONENTS: Mapping[str, tuple[str, ...]] = {
+    STRUCTURE: ("structure", "clean"),
+    VARIANCE_EDGES: ("variance", "edges"),
+    SIMPLE: ("variance", "edges"),
+}
+
+
 class VerifierRegistry:
     """The verifiers a server offers, by id. Owned by its caller; there is no global registry.
 
-    ``VerifierRegistry()`` holds ``simple``; add a model's own verifiers with
-    :meth:`register_model_verifiers`, an operator's with :meth:`load_entry_points` and
-    :meth:`register_spec`. Thread-safe: runs on several threads may share it.
+    ``VerifierRegistry()`` holds ``structure``, ``variance_edges`` and its alias ``simple``; add
+    a model's own verifiers with :meth:`register_model_verifiers`, an operator's with
+    :meth:`load_entry_points` and :meth:`register_spec`. Thread-safe: runs on several threads
+    may share it.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._factories: dict[str, tuple[VerifierInfo, VerifierFactory]] = {}
         self._instances: dict[str, Verifier] = {}
-        self.register(SIMPLE, SimpleVerifier, "image variance + edge strength", "builtin")
+        self.register(STRUCTURE, StructureVerifier, STRUCTURE_DESCRIPTION, "builtin")
+        self.register(VARIANCE_EDGES, VarianceEdgeVerifier, VARIANCE_EDGES_DESCRIPTION, "builtin")
+        self.register(SIMPLE, VarianceEdgeVerifier, SIMPLE_DESCRIPTION, "builtin")
 
     def register(
         self, verifier_id: str, factory: VerifierFactory, description: str = "", source: str = ""

@@ -89,7 +89,9 @@ async def test_set_changes_threshold_and_cfg_from_the_step_it_reports(
     server: ThreadedServer,
 ) -> None:
     async with connect(server.url) as sw:
-        run = await sw.generate("red circle", cfg=3.0, **LONG)
+        # scale_factor 1: the policy never raises CFG itself (the tiny model's noise previews
+        # score below any threshold), so every CFG change here is the set's.
+        run = await sw.generate("red circle", cfg=3.0, scale_factor=1.0, **LONG)
         first = None
         async for event in run:
             if isinstance(event, Check):

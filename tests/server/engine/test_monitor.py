@@ -539,4 +539,4 @@ def test_started_reports_the_resolved_parameters(sd_model: LoadedModel, recorder
     assert (params.steps, params.cfg, params.sampler) == (50, 7.5, "dpmpp_2m")
     assert (params.width, params.height, params.model) == (32, 32, "tiny-sd")
     assert params.seed is not None and params.cfg_max == 15.0 and params.min_steps == 25
-    assert (params.verifier, params.preview_decoder) == ("simple", "linear")
+    assert (params.verifier, params.preview_decoder) == ("structure", "linear")

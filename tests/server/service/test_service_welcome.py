@@ -42,7 +42,11 @@ async def test_welcome_lists_models_verifiers_limits_and_capabilities(
     (model,) = welcome.models
     assert (model.id, model.default_width, model.default_sampler) == ("tiny", 32, "dpmpp_2m")
     assert model.default_cfg_max == 2 * model.default_cfg and "euler" in model.samplers
-    assert {verifier.id for verifier in welcome.verifiers} == {"simple", "broken"}
+    verifiers = {verifier.id: verifier for verifier in welcome.verifiers}
+    assert set(verifiers) == {"structure", "variance_edges", "simple", "broken"}
+    assert verifiers["structure"].components == ("structure", "clean")
+    assert verifiers["simple"].components == verifiers["variance_edges"].components
+    assert "variance_edges" in verifiers["simple"].description
 
 
 async def test_a_failing_verifier_fails_the_run_with_a_code_and_the_service_goes_on(
