@@ -7,7 +7,9 @@ It ships in the package (``weights/``) so ``stepwatch serve`` works offline. Its
 - :mod:`.pipeline`: :class:`ShapesPipeline` (a diffusers pipeline) and :func:`load_builtin`;
 - :mod:`.adherence`: :class:`AdherenceScorer`, the verifier that may steer sampling, and
   :class:`Judge`, the held-out classifier benchmarks report;
-- :mod:`.train`: the script that reproduces every weight from a seed.
+- :mod:`.cleanliness`: the regressor behind the adherence verifier's ``clean`` component (how
+  finished an image looks);
+- :mod:`.train` and :mod:`.train_cleanliness`: the scripts that reproduce every weight from a seed.
 
 Importing this package is cheap; the torch-backed names load on first use.
 """

@@ -14,6 +14,12 @@ A prompt that names nothing ("", "a shape") has nothing to adhere to; its score 
 classifier's confidence that the image shows *some* clear shape (the product of each attribute's
 top probability), with those top probabilities as the components.
 
+Every image also gets a ``clean`` component from :class:`~.cleanliness.CleanlinessScorer`: how
+finished the image looks, ``clamp((PSNR to the finished image - 10 dB) / 30 dB, 0, 1)`` as a
+learned estimate (see :mod:`.cleanliness` for that contract). It is reported beside the attribute
+components, for every prompt, and is *not* a factor of ``score``: the score stays P(requested
+attributes | image), and a policy reads ``clean`` to decide whether an image is finished.
+
 :class:`Judge` has the same API on a second classifier of another architecture, trained on another
 seed and data split. It is for benchmarks only: never steer sampling with it, so that a quality
 gain claimed by a benchmark is not the steering verifier grading its own homework. It adds argmax
@@ -26,31 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from stepwatch.server.models.builtin.classifier import (
     AttributeClassifier,
     JudgeClassifier,
     split_logits,
+    to_network_input,
 )
-from stepwatch.server.models.builtin.data import IMAGE_SIZE
+from stepwatch.server.models.builtin.cleanliness import CleanlinessScorer
 from stepwatch.server.models.builtin.pipeline import weights_dir
 from stepwatch.server.models.builtin.vocabulary import ATTRIBUTES, ParsedPrompt, parse_prompt
 
 Scores = list[tuple[float, dict[str, float]]]
-
-
-def _prepare(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Check and convert N×3×H×W images in [0, 1] to the classifiers' 32×32 [-1, 1] input."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected N×3×H×W RGB images, got shape {tuple(images.shape)}")
-    images = images.to(device=device, dtype=torch.float32)
-    if images.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
-        images = F.interpolate(
-            images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True
-        )
-    return images.clamp(0, 1) * 2 - 1
 
 
 class AdherenceScorer:
@@ -58,9 +52,12 @@ class AdherenceScorer:
 
     subfolder = "adherence"
     classifier_class: type[nn.Module] = AttributeClassifier
+    #: Whether :meth:`load` also loads the cleanliness regressor (the judge does not).
+    reports_clean = True
 
-    def __init__(self, classifier: nn.Module) -> None:
+    def __init__(self, classifier: nn.Module, cleanliness: CleanlinessScorer | None = None) -> None:
         self.classifier = classifier.float().eval()
+        self.cleanliness = cleanliness
         self.device = next(classifier.parameters()).device
 
     @classmethod
@@ -70,12 +67,13 @@ class AdherenceScorer:
         """Load the shipped classifier (or one from ``folder``, a training output) offline."""
         path = (folder or weights_dir()) / cls.subfolder
         classifier = cls.classifier_class.from_pretrained(path, low_cpu_mem_usage=False)  # type: ignore[attr-defined]
-        return cls(classifier.to(device))
+        cleanliness = CleanlinessScorer.load(device, folder) if cls.reports_clean else None
+        return cls(classifier.to(device), cleanliness)
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Return one N×classes probability block per attribute, in vocabulary order."""
-        logits = self.classifier(_prepare(images, self.device))
+        logits = self.classifier(to_network_input(images, self.device))
         return tuple(block.softmax(dim=1).cpu() for block in split_logits(logits))
 
     def score(self, images: torch.Tensor, prompt: str) -> Scores:
@@ -83,6 +81,7 @@ class AdherenceScorer:
         wanted = parse_prompt(prompt).class_indices()
         probabilities = self.probabilities(images)
         named = [i for i, index in enumerate(wanted) if index is not None]
+        clean = None if self.cleanliness is None else self.cleanliness.clean(images)
         results: Scores = []
         for row in range(images.shape[0]):
             if named:
@@ -97,6 +96,8 @@ class AdherenceScorer:
             score = 1.0
             for value in components.values():
                 score *= value
+            if clean is not None:
+                components["clean"] = clean[row]
             results.append((score, components))
         return results
 
@@ -119,6 +120,7 @@ class Judge(AdherenceScorer):
 
     subfolder = "judge"
     classifier_class = JudgeClassifier
+    reports_clean = False
 
     @classmethod
     def load(cls, device: str | torch.device = "cpu", folder: Path | None = None) -> Judge:

@@ -15,11 +15,24 @@ The training script trains each on its own seed and its own split of the procedu
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from stepwatch.server.models.builtin.data import NUM_CLASSES
+from stepwatch.server.models.builtin.data import IMAGE_SIZE, NUM_CLASSES
+
+
+def to_network_input(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Check and convert N×3×H×W images in [0, 1] (any size) to the nets' 32×32 [-1, 1] input."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected N×3×H×W RGB images, got shape {tuple(images.shape)}")
+    images = images.to(device=device, dtype=torch.float32)
+    if images.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
+        images = F.interpolate(
+            images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True
+        )
+    return images.clamp(0, 1) * 2 - 1
 
 
 def split_logits(logits: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -7,11 +7,13 @@ command runs.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 
 def train_builtin(parser: argparse.ArgumentParser) -> None:
-    """Train the built-in shapes model and its classifiers from a seed (CPU, about an hour)."""
+    """Train the built-in shapes model, its classifiers and its cleanliness regressor from a seed
+    (CPU, about an hour and a half)."""
     parser.add_argument(
         "--out",
         type=Path,
@@ -32,9 +34,10 @@ def train_builtin(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--only",
         action="append",
-        choices=("adherence", "judge", "diffusion"),
+        choices=("adherence", "judge", "diffusion", "cleanliness"),
         help="train only this part (repeatable); parts are independent, so two processes can "
-        "train them side by side",
+        "train them side by side, except cleanliness, which samples with the pipeline in --out "
+        "(the shipped one when --out holds none) and so runs after diffusion",
     )
     parser.set_defaults(handler=_train_builtin)
 
@@ -42,7 +45,7 @@ def train_builtin(parser: argparse.ArgumentParser) -> None:
 def _train_builtin(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from stepwatch.server.models.builtin.train import TrainSettings, train_all
+    from stepwatch.server.models.builtin.train import PARTS, TrainSettings, train_all
 
     settings = TrainSettings(seed=args.seed, threads=args.threads)
     if args.steps is not None:
@@ -53,7 +56,29 @@ def _train_builtin(args: argparse.Namespace) -> int:
             adherence=replace(settings.adherence, steps=args.classifier_steps),
             judge=replace(settings.judge, steps=args.classifier_steps),
         )
-    parts = tuple(args.only) if args.only else ("adherence", "judge", "diffusion")
-    train_all(settings, args.out, log=lambda line: print(line, flush=True), parts=parts)
+    parts = tuple(args.only) if args.only else (*PARTS, "cleanliness")
+    trained = [p for p in parts if p in PARTS]
+    if trained:
+        train_all(settings, args.out, log=_log, parts=tuple(trained))
+    if "cleanliness" in parts:
+        _train_cleanliness(args.out, args.seed, args.threads, _log)
     print(f"weights written to {args.out}")
     return 0
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def _train_cleanliness(out: Path, seed: int, threads: int, log: Callable[[str], None]) -> None:
+    import torch
+
+    from stepwatch.server.models.builtin.train_cleanliness import (
+        CleanlinessSettings,
+        train_cleanliness,
+    )
+
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    pipeline = out if (out / "model_index.json").exists() else None
+    train_cleanliness(CleanlinessSettings(), seed, out, pipeline, log)

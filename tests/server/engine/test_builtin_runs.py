@@ -45,8 +45,9 @@ def test_adherence_scores_each_attribute_the_prompt_names(
     result = run_monitored(shapes_model, params, registry_for(shapes_model), RunControl(), recorder)
     assert result.reason is FinishReason.COMPLETED and result.params.verifier == "adherence"
     for check in recorder.checks:
-        assert set(check.components) == {"shape", "colour", "size"}
-        product = float(np.prod(list(check.components.values())))
+        assert set(check.components) == {"shape", "colour", "size", "clean"}
+        attributes = [v for k, v in check.components.items() if k != "clean"]
+        product = float(np.prod(attributes))
         assert abs(check.score - product) < 1e-6
 
 

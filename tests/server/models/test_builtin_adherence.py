@@ -30,8 +30,9 @@ def test_true_prompt_scores_high_and_a_wrong_colour_low(scorer: AdherenceScorer)
     images, truths = _images(16)
     for image, truth in zip(images, truths, strict=True):
         [(right, components)] = scorer.score(image[None], truth.text())
-        assert set(components) == {"shape", "colour", "size", "background"}
-        assert right == pytest.approx(math.prod(components.values()))
+        assert set(components) == {"shape", "colour", "size", "background", "clean"}
+        attributes = [v for k, v in components.items() if k != "clean"]
+        assert right == pytest.approx(math.prod(attributes))
         wrong_colour = next(c for c in ATTRIBUTES[1].values if c != truth.colour)
         [(wrong, _)] = scorer.score(image[None], truth.text().replace(truth.colour, wrong_colour))
         assert wrong < 0.5 < right
@@ -42,7 +43,7 @@ def test_only_requested_attributes_are_scored(scorer: AdherenceScorer) -> None:
     results = scorer.score(images, "red")
     assert len(results) == 4
     for (score, components), truth in zip(results, truths, strict=True):
-        assert list(components) == ["colour"]
+        assert list(components) == ["colour", "clean"]
         assert 0.0 <= score <= 1.0
         assert (score > 0.5) == (truth.colour == "red")
 
@@ -53,7 +54,7 @@ def test_empty_prompt_scores_how_clearly_a_shape_shows(scorer: AdherenceScorer) 
     clear = [score for score, _ in scorer.score(images, "")]
     noisy = [score for score, _ in scorer.score(noise, "a shape")]
     assert min(clear) > max(noisy)
-    assert set(scorer.score(images, "")[0][1]) == {"shape", "colour", "size", "background"}
+    assert set(scorer.score(images, "")[0][1]) == {"shape", "colour", "size", "background", "clean"}
 
 
 def test_any_image_size_is_resized_inside(scorer: AdherenceScorer) -> None:

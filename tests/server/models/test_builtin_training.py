@@ -80,3 +80,4 @@ def test_the_command_is_registered_and_imports_no_torch() -> None:
     )
     assert result.returncode == 0
     assert "--seed" in result.stdout and "--steps" in result.stdout
+    assert "cleanliness" in result.stdout
