@@ -39,11 +39,14 @@ from .x0 import NoiseSpace
 #: 35.3 / 29.9 dB; evenly spaced positions beat ones bunched at either end.
 TAIL_FRACTION = 0.4
 MIN_TAIL_STEPS = 2
+#: A stop of a long run must still end soon: the tail never takes more evaluations than this.
+MAX_TAIL_STEPS = 8
 
 
 def tail_length(remaining: int) -> int:
     """Evaluations a tail spends when ``remaining`` positions of the schedule are left."""
-    return min(remaining, max(MIN_TAIL_STEPS, math.ceil(TAIL_FRACTION * remaining)))
+    wanted = min(MAX_TAIL_STEPS, max(MIN_TAIL_STEPS, math.ceil(TAIL_FRACTION * remaining)))
+    return min(remaining, wanted)
 
 
 def tail_positions(current: int, last: int, steps: int) -> tuple[int, ...]:

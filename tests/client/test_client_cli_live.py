@@ -102,7 +102,8 @@ def test_ctrl_c_stops_the_run_and_still_saves_its_image(
     applied = next(event for event in events if event["type"] == "applied")
     assert applied["stop"] == "finish"
     assert events[-1]["type"] == "finished" and events[-1]["reason"] == "stopped"
-    assert events[-1]["steps_run"] == applied["step"] < 400
+    # The run finishes clean: a short tail of at most 8 steps after the step the stop took.
+    assert applied["step"] < events[-1]["steps_run"] <= applied["step"] + 8 < 400
     assert "stopping the run" in errors
     with PILImage.open(out) as image:
         assert image.size == (32, 32)
