@@ -3,9 +3,10 @@
 :func:`compute_curves` samples the shipped model with every sampler it offers at its default
 settings (20 steps, CFG 3, the ``normal`` schedule) over half the full four-attribute prompts and
 every shape+colour prompt (72 runs per sampler), scores the x0 estimate of every step with the
-model's own verifier and the weight-free ``structure``, and keeps each (verifier, sampler)'s median and low band by
-fraction of the run (:class:`~stepwatch.server.engine.curves.ExpectedCurve`). The result ships
-as ``weights/curves.json``; :func:`load_curves` reads it. Deterministic for a given torch build:
+model's own verifier and the weight-free ``structure``, and keeps each (verifier, sampler)'s
+median and low band by fraction of the run (an
+:class:`~stepwatch.server.engine.curves.ExpectedCurve`). The result ships as
+``weights/curves.json``; :func:`load_curves` reads it. Deterministic for a given torch build:
 
     python -m stepwatch.server.models.builtin.curves          # rewrites weights/curves.json
 """
