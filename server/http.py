@@ -13,6 +13,11 @@ Every answer is JSON except the image. When the server has an API token, every r
 ``GET /api/runs/{run_id}``             the summary plus ``parameters``, ``history``, ``elapsed``
                                        and ``error``
 ``GET /api/runs/{run_id}/image.png``   the final image (PNG), 404 when there is none
+``GET /api/runs/{run_id}/previews``    ``{"previews": [{"step", "seq", "format", "width",
+                                       "height", "url"}...]}``: the thumbnail of every check
+                                       kept so far (a running run's too), in step order
+``GET /api/runs/{run_id}/previews/N``  the thumbnail of the check at step ``N`` (WebP, JPEG or
+                                       PNG as the run made it), 404 when there is none
 ``GET /api/models``                    ``{"models": [ModelInfo...]}`` as in ``welcome``
 ``GET /api/verifiers``                 ``{"verifiers": [VerifierInfo...]}`` as in ``welcome``
 =====================================  ===========================================================
@@ -24,6 +29,7 @@ A run summary is ``{"number", "run_id", "state", "created_at", "finished_at", "m
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -51,6 +57,8 @@ def routes() -> list[Route]:
         Route("/api/runs", list_runs),
         Route("/api/runs/{run_id}", get_run),
         Route("/api/runs/{run_id}/image.png", get_image),
+        Route("/api/runs/{run_id}/previews", list_previews),
+        Route("/api/runs/{run_id}/previews/{step:int}", get_preview),
         Route("/api/models", list_models),
         Route("/api/verifiers", list_verifiers),
     ]
@@ -133,6 +141,29 @@ async def get_image(request: Request) -> Response:
     if path is None:
         return _error(404, ErrorCode.UNKNOWN_RUN, f"run {run_id[:64]!r} has no image")
     return FileResponse(path, media_type="image/png")
+
+
+async def list_previews(request: Request) -> Response:
+    if (refusal := _refusal(request)) is not None:
+        return refusal
+    run_id = request.path_params["run_id"]
+    previews = await _service(request).store.previews(run_id)
+    base = f"/api/runs/{run_id}/previews"
+    listed = [{**dataclasses.asdict(item), "url": f"{base}/{item.step}"} for item in previews]
+    return JSONResponse({"previews": listed})
+
+
+async def get_preview(request: Request) -> Response:
+    if (refusal := _refusal(request)) is not None:
+        return refusal
+    run_id, step = request.path_params["run_id"], request.path_params["step"]
+    found = await _service(request).store.preview_image(run_id, step)
+    if found is None:
+        return _error(404, ErrorCode.UNKNOWN_RUN, f"run {run_id[:64]!r} has no preview at {step}")
+    image_format, data = found
+    # A kept thumbnail never changes: the browser may keep it.
+    headers = {"Cache-Control": "private, max-age=86400, immutable"}
+    return Response(data, media_type=f"image/{image_format}", headers=headers)
 
 
 async def list_models(request: Request) -> Response:
