@@ -390,6 +390,50 @@ class Store:
         ).fetchone()
         return None if row is None else (str(row[0]), bytes(row[1]))
 
+    # -- searching and deleting the history ----------------------------------------------------
+
+    async def search_runs(self, words: str, limit: int, before: int | None) -> list[RunSummary]:
+        """Like :meth:`list_runs`, only runs whose prompt holds every word of ``words``."""
+        return await self._call(self._search_runs, words, limit, before)
+
+    def _search_runs(self, words: str, limit: int, before: int | None) -> list[RunSummary]:
+        terms = words.split()
+        where = "".join(" AND prompt LIKE ? ESCAPE '\\'" for _ in terms)
+        cursor = self._db.execute(
+            f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE number < ?{where} "
+            "ORDER BY number DESC LIMIT ?",
+            (
+                before if before is not None else 2**62,
+                *(f"%{_like_escaped(term)}%" for term in terms),
+                limit,
+            ),
+        )
+        return [_summary(row) for row in cursor.fetchall()]
+
+    async def delete_run(self, run_id: str) -> bool:
+        """Forget finished run ``run_id``: its row, checks, events, thumbnails and image.
+
+        Returns whether there was such a run (a run that has not finished is not deleted).
+        """
+        return await self._call(self._delete_run, run_id)
+
+    def _delete_run(self, run_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT image_file FROM runs WHERE run_id=? AND state='finished'", (run_id,)
+        ).fetchone()
+        if row is None:
+            return False
+        with self._db:
+            self._db.execute("BEGIN")
+            for table in ("runs", "checks", "events", "previews"):
+                self._db.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
+        if row[0] is not None:
+            try:
+                (self.images / row[0]).unlink(missing_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot delete {self.images / row[0]}: {exc}") from exc
+        return True
+
     # -- reading -------------------------------------------------------------------------------
 
     async def finished_events(self, run_id: str, after_seq: int) -> list[bytes] | None:
@@ -517,6 +561,10 @@ def _check_row(run_id: str, position: int, entry: HistoryEntry) -> tuple[Any, ..
         entry.threshold,
         entry.elapsed,
     )
+
+
+def _like_escaped(term: str) -> str:
+    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _json(parameters: RunParameters) -> str:
