@@ -4,6 +4,8 @@ reloaded tab, a run opened from the history), from the thumbnails the server kee
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import socket
@@ -21,6 +23,7 @@ from dashboard_actions import (
     start_run,
     stored_run,
     wait_for_checks,
+    wait_for_image,
 )
 from dashboard_server import DashboardServer, served
 from playwright.sync_api import Browser, Page, expect
@@ -44,6 +47,11 @@ LOADED_FRAMES = """async () => {
   const checks = Number(document.querySelector('#quality-chart').dataset.checks);
   return [count(), strip.querySelectorAll('li[data-step]').length, checks];
 }"""
+
+
+def number(value: float) -> str:
+    """A setting as the dashboard writes it (whole numbers bare, others to two places)."""
+    return str(int(value)) if value == int(value) else f"{value:.2f}"
 
 
 def every_frame_shown(page: Page, checks: int) -> None:
@@ -167,3 +175,47 @@ def test_a_run_the_killed_server_left_says_it_failed_and_keeps_its_checks(
         every_frame_shown(page, chart_checks(page))
         OUTPUT.mkdir(exist_ok=True)
         page.screenshot(path=OUTPUT / "dashboard-after-a-crash.png", full_page=True)
+
+
+def test_the_dashboard_shows_what_stepwatch_generate_saw(
+    page: Page, server: DashboardServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "generated.png"
+    socket_url = server.url.replace("http://", "ws://") + "/ws"
+    command = [sys.executable, "-m", "stepwatch.client.cli", "generate", "large red circle"]
+    command += ["--server", socket_url, "--steps", "40", "--check-interval", "4", "--seed", "11"]
+    command += ["--json", "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    run_id = events[0]["run_id"]
+    checks = [event for event in events if event["type"] == "check"]
+    finished = events[-1]
+    assert finished["type"] == "finished" and checks
+
+    # The same run opened from the history: the same steps, scores and decisions, a frame per
+    # check with the same thumbnail, and the same final image.
+    open_dashboard(page, server.url)
+    page.locator(f'.history-list li[data-run-id="{run_id}"] a').click()
+    expect(page.locator("#run-state")).to_have_attribute("data-reason", finished["reason"])
+    wait_for_checks(page, len(checks))
+    page.locator("summary", has_text="Checks as a table").click()
+    rows = page.locator(".checks-table tbody tr")
+    expect(rows).to_have_count(len(checks))
+    decisions = {"continue": "continue", "raise_cfg": "CFG raised", "early_stop": "early stop"}
+    assert [row.split("\t") for row in rows.all_inner_texts()] == [
+        [str(c["step"]), f"{c['score']:.2f}", number(c["threshold"]), number(c["cfg"]),
+         decisions[c["decision"]]]
+        for c in checks
+    ]  # fmt: skip
+    every_frame_shown(page, len(checks))
+    for check in checks:
+        kept = page.request.get(f"{server.url}/api/runs/{run_id}/previews/{check['step']}")
+        assert kept.body() == base64.b64decode(check["preview"]["data"])
+    wait_for_image(page, "#final-image")
+    shown = page.evaluate(
+        "async () => { const r = await fetch(document.querySelector('#final-image').src);"
+        " const bytes = new Uint8Array(await r.arrayBuffer());"
+        " return btoa(String.fromCharCode(...bytes)); }"
+    )
+    assert base64.b64decode(shown) == out.read_bytes()

@@ -116,7 +116,9 @@ export function renderSteering(section, app, getRun) {
         h(
           "p",
           { class: "muted", id: "steer-readonly" },
-          "You are watching this run. Only the browser that started it can steer it.",
+          run.state === "finished"
+            ? "The run has finished; there is nothing left to steer."
+            : "You are watching this run. Only the browser that started it can steer it.",
         ),
       );
       return;
