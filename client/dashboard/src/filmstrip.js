@@ -91,7 +91,9 @@ export class Filmstrip {
       item.button.tabIndex = step === focus ? 0 : -1;
       item.button.setAttribute("aria-pressed", String(step === selected));
     }
-    if (added && wasAtEnd) this.list.scrollLeft = this.list.scrollWidth;
+    // Follows the newest frame unless the person scrolled back (no smooth scrolling here: the
+    // strip must be at its end by the next check, however fast they come).
+    if (added && wasAtEnd) this.list.scrollTo({ left: this.list.scrollWidth, behavior: "instant" });
   }
 
   makeItem(frame) {
