@@ -1,7 +1,7 @@
 // The filmstrip: one frame per check of the run, in step order, each with its thumbnail.
 //
 // It stays cheap on a run of hundreds of checks: frames are added, never rebuilt; a frame's
-// image is loaded only when the frame scrolls near the visible part of the strip; and the strip
+// image is loaded only while the frame is near the visible part of the strip; and the strip
 // is one stop of the Tab key (the arrow keys, Home and End move between its frames).
 
 import { h, score } from "./dom.js";
@@ -124,6 +124,7 @@ export class Filmstrip {
       if (!item) continue;
       item.near = entry.isIntersecting;
       if (item.near) this.load(item);
+      else this.unload(item);
     }
   }
 
@@ -132,11 +133,20 @@ export class Filmstrip {
     item.loaded = true;
     const preview = item.preview;
     try {
-      item.img.src = await this.source(preview);
+      const url = await this.source(preview);
+      if (!item.loaded) return; // it left the view meanwhile
+      item.img.src = url;
       item.img.classList.toggle("pixelated", preview.width <= 128);
     } catch {
       item.loaded = false; // try again when it next scrolls into view
     }
+  }
+
+  // A frame far from view lets its decoded image go (its source stays at hand to load again).
+  unload(item) {
+    if (!item.loaded) return;
+    item.loaded = false;
+    item.img.removeAttribute("src");
   }
 
   key(event) {
