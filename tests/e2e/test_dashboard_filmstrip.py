@@ -65,7 +65,7 @@ def every_frame_shown(page: Page, checks: int) -> None:
 def test_every_viewer_sees_every_checks_preview(
     page: Page, browser: Browser, server: DashboardServer
 ) -> None:
-    run_id = start_run(page, server.url, steps=300, check_interval=5)
+    run_id = start_run(page, server.url, steps=480, check_interval=5)
     wait_for_checks(page, 6)
 
     # A late watcher: its replay carried one preview; the rest come from the server's store.

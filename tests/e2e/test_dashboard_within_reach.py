@@ -140,7 +140,7 @@ def test_what_a_user_of_other_image_tools_expects(
     page.context.add_init_script(NOTIFICATIONS)
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     words = ("large", "green", "square", "light")
-    run_id = start_run(page, server.url, words=words, steps=300, check_interval=10)
+    run_id = start_run(page, server.url, words=words, steps=480, check_interval=10)
     wait_for_checks(page, 2)
     # The tab's title shows how far the run is, then how it ended, and a notification says so.
     expect(page).to_have_title(re.compile(r"^\d+% · large green square light · stepwatch$"))
@@ -184,7 +184,7 @@ def test_what_a_user_of_other_image_tools_expects(
     expect(page.locator("#rerun-note")).to_contain_text(run_id)
     expect(page.get_by_label("Prompt", exact=True)).to_have_value("large green square light")
     expect(page.get_by_label("Seed", exact=True)).to_have_value(str(parameters["seed"]))
-    expect(page.get_by_label("Steps", exact=True)).to_have_value("300")
+    expect(page.get_by_label("Steps", exact=True)).to_have_value("480")
     expect(page.get_by_label("Check every (steps)")).to_have_value("10")
 
     # The history is searched by the prompt's words, and a run deleted from it.
