@@ -201,3 +201,53 @@ def test_what_a_user_of_other_image_tools_expects(
     card.get_by_role("button", name="Delete the run").click()
     expect(card).to_have_count(0)
     assert page.request.get(f"{server.url}/api/runs/{run_id}").status == 404
+
+
+# The longest run of pixels (CSS px) along the threshold's row of the chart, between two steps,
+# with no pixel of the threshold's colour (its dashes leave gaps of 4 px).
+THRESHOLD_GAP = """([threshold, fromStep, toStep, lastStep]) => {
+  const box = document.querySelector('#quality-chart');
+  const canvas = box.querySelector('canvas');
+  const over = box.querySelector('.u-over').getBoundingClientRect();
+  const at = canvas.getBoundingClientRect();
+  const ratio = canvas.width / at.width;
+  const rgb = getComputedStyle(box).getPropertyValue('--chart-threshold').trim();
+  const probe = document.createElement('canvas').getContext('2d');
+  probe.fillStyle = rgb;
+  probe.fillRect(0, 0, 1, 1);
+  const want = probe.getImageData(0, 0, 1, 1).data;
+  const x = step => over.left - at.left + (step / lastStep) * over.width;
+  const y = Math.round((over.top - at.top + (1 - threshold) * over.height) * ratio);
+  const context = canvas.getContext('2d');
+  let gap = 0, longest = 0;
+  for (let px = Math.ceil(x(fromStep) + 2); px < x(toStep) - 2; px += 1) {
+    let seen = false;
+    for (const dy of [-1, 0, 1]) {
+      const [r, g, b] = context.getImageData(Math.round(px * ratio), y + dy, 1, 1).data;
+      seen ||= Math.abs(r - want[0]) + Math.abs(g - want[1]) + Math.abs(b - want[2]) < 90;
+    }
+    gap = seen ? 0 : gap + 1;
+    longest = Math.max(longest, gap);
+  }
+  return longest;
+}"""
+
+
+def test_a_high_threshold_shows_through_the_marks_labels(
+    page: Page, server: DashboardServer
+) -> None:
+    start_run(page, server.url, steps=480, check_interval=5)
+    wait_for_checks(page, 2)
+    page.get_by_label("Threshold", exact=True).fill("0.97")
+    ack = page.locator("#steer-ack")
+    expect(ack).to_have_text(re.compile(r"→ 0\.97, applied from step \d+"))
+    set_at = int(re.findall(r"from step (\d+)", ack.inner_text())[0])
+    wait_for_checks(page, 5)
+    page.get_by_role("button", name="Stop and keep image").click()
+    expect(ack).to_have_text(re.compile(r"Stop applied at step \d+; the run has finished"))
+    stop_at, last = map(
+        int, re.findall(r"step (\d+); the run has finished after (\d+)", ack.inner_text())[0]
+    )
+    # The owner's change is labelled "threshold 0.97" at the top of the plot, on the line's row.
+    page.wait_for_timeout(500)  # the chart's last draw
+    assert page.evaluate(THRESHOLD_GAP, [0.97, set_at, stop_at, last]) <= 8
