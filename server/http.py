@@ -9,10 +9,20 @@ Every answer is JSON except the image. When the server has an API token, every r
                                        "queued", "running"}`` (503 while shutting down)
 ``GET /api/runs?limit=50&before=N``    ``{"runs": [summary...], "next_before": N | null}``, newest
                                        first; pass ``next_before`` back as ``before`` for the
-                                       next page. ``limit`` is 1..200.
+                                       next page. ``limit`` is 1..200. ``q=WORDS``: only runs
+                                       whose prompt holds every word (case-insensitive)
 ``GET /api/runs/{run_id}``             the summary plus ``parameters``, ``history``, ``elapsed``
                                        and ``error``
+``DELETE /api/runs/{run_id}``          forget a finished run (its record, checks, events,
+                                       thumbnails and image): ``{"deleted": run_id}``; 409 while
+                                       it runs. A browser's request must come from an allowed
+                                       origin (as for the WebSocket), else 403
 ``GET /api/runs/{run_id}/image.png``   the final image (PNG), 404 when there is none
+``GET /api/runs/{run_id}/previews``    ``{"previews": [{"step", "seq", "format", "width",
+                                       "height", "url"}...]}``: the thumbnail of every check
+                                       kept so far (a running run's too), in step order
+``GET /api/runs/{run_id}/previews/N``  the thumbnail of the check at step ``N`` (WebP, JPEG or
+                                       PNG as the run made it), 404 when there is none
 ``GET /api/models``                    ``{"models": [ModelInfo...]}`` as in ``welcome``
 ``GET /api/verifiers``                 ``{"verifiers": [VerifierInfo...]}`` as in ``welcome``
 =====================================  ===========================================================
@@ -24,6 +34,7 @@ A run summary is ``{"number", "run_id", "state", "created_at", "finished_at", "m
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -42,6 +53,8 @@ __all__ = ["routes"]
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
+MAX_SEARCH_WORDS = 16
+MAX_SEARCH_CHARS = 200
 
 
 def routes() -> list[Route]:
@@ -49,8 +62,10 @@ def routes() -> list[Route]:
     return [
         Route("/healthz", healthz),
         Route("/api/runs", list_runs),
-        Route("/api/runs/{run_id}", get_run),
+        Route("/api/runs/{run_id}", get_run, methods=["GET", "DELETE"]),
         Route("/api/runs/{run_id}/image.png", get_image),
+        Route("/api/runs/{run_id}/previews", list_previews),
+        Route("/api/runs/{run_id}/previews/{step:int}", get_preview),
         Route("/api/models", list_models),
         Route("/api/verifiers", list_verifiers),
     ]
@@ -103,7 +118,18 @@ async def list_runs(request: Request) -> Response:
         return arguments
     limit, before = arguments
     service = _service(request)
-    summaries = await service.store.list_runs(limit + 1, before)
+    words = request.query_params.get("q", "").strip()
+    if len(words) > MAX_SEARCH_CHARS or len(words.split()) > MAX_SEARCH_WORDS:
+        return _error(
+            400,
+            ErrorCode.INVALID_VALUE,
+            f"q is at most {MAX_SEARCH_WORDS} words, {MAX_SEARCH_CHARS} characters",
+            "q",
+        )
+    if words:
+        summaries = await service.store.search_runs(words, limit + 1, before)
+    else:
+        summaries = await service.store.list_runs(limit + 1, before)
     page = summaries[:limit]
     next_before = page[-1].number if len(summaries) > limit else None
     return JSONResponse(
@@ -117,12 +143,32 @@ async def list_runs(request: Request) -> Response:
 async def get_run(request: Request) -> Response:
     if (refusal := _refusal(request)) is not None:
         return refusal
+    if request.method == "DELETE":
+        return await delete_run(request)
     service = _service(request)
     run_id = request.path_params["run_id"]
     record = await service.store.run_record(run_id)
     if record is None:
         return _error(404, ErrorCode.UNKNOWN_RUN, f"no run {run_id[:64]!r} is known", "run_id")
     return JSONResponse(_record_json(record, service.runs.live(run_id)))
+
+
+async def delete_run(request: Request) -> Response:
+    service = _service(request)
+    origin = request.headers.get("origin")
+    if origin is not None and not service.gate.origin_allowed(
+        origin, request.headers.get("host", "")
+    ):
+        return _error(403, ErrorCode.FORBIDDEN, f"origin {origin[:100]} may not delete runs")
+    run_id = request.path_params["run_id"]
+    live = service.runs.live(run_id)
+    if live is not None and not live.finished:
+        return _error(
+            409, ErrorCode.INVALID_VALUE, f"run {run_id} has not finished; stop it first", "run_id"
+        )
+    if not await service.store.delete_run(run_id):
+        return _error(404, ErrorCode.UNKNOWN_RUN, f"no run {run_id[:64]!r} is known", "run_id")
+    return JSONResponse({"deleted": run_id})
 
 
 async def get_image(request: Request) -> Response:
@@ -133,6 +179,29 @@ async def get_image(request: Request) -> Response:
     if path is None:
         return _error(404, ErrorCode.UNKNOWN_RUN, f"run {run_id[:64]!r} has no image")
     return FileResponse(path, media_type="image/png")
+
+
+async def list_previews(request: Request) -> Response:
+    if (refusal := _refusal(request)) is not None:
+        return refusal
+    run_id = request.path_params["run_id"]
+    previews = await _service(request).store.previews(run_id)
+    base = f"/api/runs/{run_id}/previews"
+    listed = [{**dataclasses.asdict(item), "url": f"{base}/{item.step}"} for item in previews]
+    return JSONResponse({"previews": listed})
+
+
+async def get_preview(request: Request) -> Response:
+    if (refusal := _refusal(request)) is not None:
+        return refusal
+    run_id, step = request.path_params["run_id"], request.path_params["step"]
+    found = await _service(request).store.preview_image(run_id, step)
+    if found is None:
+        return _error(404, ErrorCode.UNKNOWN_RUN, f"run {run_id[:64]!r} has no preview at {step}")
+    image_format, data = found
+    # A kept thumbnail never changes: the browser may keep it.
+    headers = {"Cache-Control": "private, max-age=86400, immutable"}
+    return Response(data, media_type=f"image/{image_format}", headers=headers)
 
 
 async def list_models(request: Request) -> Response:

@@ -18,9 +18,11 @@
   subscriber gets the log after its ``after_seq``, then the live events. Fan-out puts each
   event into every watcher's outbox, which never waits, so neither a slow watcher nor many of
   them slow the sampler or each other.
-- A finished run's result, history and log are stored (image first) before its ``finished`` is
-  logged and sent; it stays in memory for ``finished_retention`` seconds, then replays come
-  from the store.
+- A running run is kept as it goes: its row says ``running`` once it leaves the queue, and each
+  event but progress (a check with its thumbnail) is stored before it is logged and sent, so a
+  crash loses none of what watchers saw. A finished run's result, history and log are stored
+  (image first) before its ``finished`` is logged and sent; it stays in memory for
+  ``finished_retention`` seconds, then replays come from the store.
 - A run goes on when its owner's connection goes away. When no connection watches or owns it
   for ``abandon_grace`` seconds, it is stopped with reason ``abandoned``.
 - Only the holder of a run's control token (checked with :func:`hmac.compare_digest`) may stop
@@ -99,6 +101,8 @@ class LiveRun:
         self.history: list[HistoryEntry] = []
         self.done = anyio.Event()
         self.abandon_timer: anyio.CancelScope | None = None
+        #: Keeping the running run's events in the store failed once (logged once).
+        self.keep_failed = False
 
     @property
     def finished(self) -> bool:
@@ -396,6 +400,10 @@ class RunManager:
 
     async def _execute(self, run: LiveRun) -> None:
         run.state = "running"
+        try:
+            await self.store.mark_running(run.run_id)
+        except StoreError as exc:
+            self._keeping_failed(run, exc)
         bridge = EventBridge()
         sample = partial(
             run_monitored,
@@ -439,12 +447,14 @@ class RunManager:
                 message = run.translator.finished(stamped.event.result, run.log.next_seq)
                 await self._finish(run, message, stamped.emitted_ns)
             else:
-                self._forward(run, stamped)
+                await self._forward(run, stamped)
 
-    def _forward(self, run: LiveRun, stamped: StampedEvent) -> None:
+    async def _forward(self, run: LiveRun, stamped: StampedEvent) -> None:
         event = stamped.event
+        check: tuple[int, HistoryEntry] | None = None
         if isinstance(event, engine.Check):
-            run.history.append(run.translator.history_entry(event.quality))
+            check = (len(run.history), run.translator.history_entry(event.quality))
+            run.history.append(check[1])
         request = None
         if isinstance(event, engine.Applied) and event.request_id is not None:
             request = run.requests.pop(event.request_id, None)
@@ -452,15 +462,33 @@ class RunManager:
         message = run.translator.translate(event, run.log.next_seq, client_id)
         if message is not None:
             try:
-                logged = run.log.append(message, stamped.emitted_ns)
+                logged = run.log.prepare(message, stamped.emitted_ns)
             except ProtocolError:
                 logger.exception("run %s: cannot encode %s", run.run_id, type(message).__name__)
             else:
+                if not logged.coalescible:
+                    await self._keep(run, logged, check)
+                run.log.add(logged)
                 self._publish(run, logged, request)
         if isinstance(event, engine.Applied) and event.refused and request is not None:
             request.outbox.reply(
                 Error(ErrorCode.INVALID_VALUE, event.refused, None, client_id, run.run_id)
             )
+
+    async def _keep(
+        self, run: LiveRun, event: LoggedEvent, check: tuple[int, HistoryEntry] | None
+    ) -> None:
+        """Store an event of the running run before anyone sees it (a crash keeps it)."""
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.store.keep_event(event, check)
+        except StoreError as exc:
+            self._keeping_failed(run, exc)
+
+    def _keeping_failed(self, run: LiveRun, exc: StoreError) -> None:
+        if not run.keep_failed:
+            run.keep_failed = True
+            logger.error("run %s: its checks are not being stored: %s", run.run_id, exc)
 
     def _publish(
         self, run: LiveRun, event: LoggedEvent, request: ControlRequest | None = None

@@ -5,12 +5,17 @@ One SQLite file (``stepwatch.sqlite3``) and an ``images/`` folder under the data
     runs      one row per accepted run: parameters (JSON), state, and when finished the reason,
               steps, score, error and image file
     checks    the quality history: one row per check of each finished run
-    events    each finished run's event log as protocol frames (superseded progress left out;
+    events    each run's event log as protocol frames (superseded progress left out;
               the ``finished`` frame without its image, which lives in images/RUN.png)
+    previews  each check's thumbnail (a running run's too), for ``GET /api/runs/{id}/previews``
 
 The final image is written atomically (a temporary file, then a rename) before its run's row
-says it exists, and both happen before the run's ``finished`` is sent. A run the process left
-unfinished (it was killed) is marked failed when the store is next opened.
+says it exists, and both happen before the run's ``finished`` is sent. A running run is kept as
+it goes (:meth:`Store.mark_running`, :meth:`Store.keep_event`): its row says ``running`` and each
+of its events but progress is stored (a check with its history entry and thumbnail) before it is
+sent, so a crash loses at most what came after the last of them. A run the process left
+unfinished (it was killed) is marked failed when the store is next opened; what was kept of it
+stays, followed by a ``finished`` that carries its history.
 
 :class:`Store` does its SQLite work in worker threads (one at a time), never on the event loop;
 its methods are coroutines. :class:`RunRecord` and :class:`RunSummary` are what the HTTP API
@@ -33,10 +38,12 @@ from typing import Any, ParamSpec, TypeVar
 import anyio
 
 from stepwatch.protocol import (
+    Check,
     ErrorCode,
     Finished,
     HistoryEntry,
     Image,
+    Preview,
     RunError,
     RunParameters,
     decode_server,
@@ -44,7 +51,7 @@ from stepwatch.protocol import (
 )
 from stepwatch.server.eventlog import LoggedEvent
 
-__all__ = ["RunRecord", "RunSummary", "Store", "StoreError"]
+__all__ = ["RunRecord", "RunSummary", "Store", "StoreError", "StoredPreview"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -90,6 +97,19 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (run_id, seq)
 );
 """
+#: What a running run keeps as it goes: each check's thumbnail (its check is in ``checks``).
+LIVE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS previews (
+    run_id TEXT NOT NULL,
+    step   INTEGER NOT NULL,
+    seq    INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    width  INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    data   BLOB NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+"""
 INTERRUPTED = "the server stopped before the run finished"
 #: Completed runs an expected-score curve is learned from (the latest ones).
 HISTORY_RUNS = 200
@@ -114,6 +134,17 @@ class RunSummary:
     steps_run: int | None
     final_score: float | None
     has_image: bool
+
+
+@dataclass(frozen=True)
+class StoredPreview:
+    """The thumbnail of one check of a run (``GET /api/runs/{id}/previews``), without its bytes."""
+
+    step: int
+    seq: int
+    format: str
+    width: int
+    height: int
 
 
 @dataclass(frozen=True)
@@ -155,6 +186,7 @@ class Store:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(SCHEMA)
+            connection.executescript(LIVE_SCHEMA)
             connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store under {data_dir}: {exc}") from exc
@@ -264,32 +296,145 @@ class Store:
             raise StoreError(f"cannot write {target}: {exc}") from exc
 
     def _fail_interrupted(self) -> None:
-        rows = self._db.execute(
-            "SELECT run_id, parameters FROM runs WHERE state != 'finished'"
-        ).fetchall()
-        for run_id, _parameters in rows:
+        rows = self._db.execute("SELECT run_id FROM runs WHERE state != 'finished'").fetchall()
+        for (run_id,) in rows:
+            history = self._history(run_id)
+            (last_seq,) = self._db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id=?", (run_id,)
+            ).fetchone()
+            steps = history[-1].step if history else 0
+            elapsed = history[-1].elapsed if history else 0.0
+            error = RunError(ErrorCode.INTERNAL, INTERRUPTED)
             finished = Finished(
-                run_id,
-                1,
-                "failed",
-                0,
-                0.0,
-                None,
-                (),
-                None,
-                RunError(ErrorCode.INTERNAL, INTERRUPTED),
+                run_id, last_seq + 1, "failed", steps, elapsed, None, history, None, error
             )
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.execute(
                     "UPDATE runs SET state='finished', finished_at=?, reason='failed', "
-                    "steps_run=0, error_code=?, error_message=? WHERE run_id=?",
-                    (time.time(), ErrorCode.INTERNAL.value, INTERRUPTED, run_id),
+                    "steps_run=?, elapsed=?, error_code=?, error_message=? WHERE run_id=?",
+                    (time.time(), steps, elapsed, error.code.value, INTERRUPTED, run_id),
                 )
-                self._db.execute("DELETE FROM events WHERE run_id=?", (run_id,))
                 self._db.execute(
-                    "INSERT INTO events VALUES (?, 1, 'finished', ?)", (run_id, encode(finished))
+                    "INSERT INTO events VALUES (?, ?, 'finished', ?)",
+                    (run_id, finished.seq, encode(finished)),
                 )
+
+    # -- a running run, kept as it goes ----------------------------------------------------------
+
+    async def mark_running(self, run_id: str) -> None:
+        """Record that run ``run_id`` left the queue."""
+        await self._call(
+            self._db.execute, "UPDATE runs SET state='running' WHERE run_id=?", (run_id,)
+        )
+
+    async def keep_event(
+        self, event: LoggedEvent, check: tuple[int, HistoryEntry] | None = None
+    ) -> None:
+        """Keep one event of a running run (not progress) before it is sent.
+
+        A check comes with its place in the run's history and its history entry; it is kept as
+        that entry, its frame without the thumbnail, and the thumbnail in ``previews``.
+        """
+        await self._call(self._keep_event, event, check)
+
+    def _keep_event(self, event: LoggedEvent, check: tuple[int, HistoryEntry] | None) -> None:
+        message = event.message
+        frame = event.frame
+        with self._db:
+            self._db.execute("BEGIN")
+            if isinstance(message, Check) and message.preview is not None:
+                frame = encode(dataclasses.replace(message, preview=None))
+                self._keep_preview(message, message.preview)
+            if check is not None:
+                position, entry = check
+                self._db.execute(
+                    "INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _check_row(message.run_id, position, entry),
+                )
+            self._db.execute(
+                "INSERT OR REPLACE INTO events VALUES (?, ?, ?, ?)",
+                (message.run_id, message.seq, message.TYPE, frame),
+            )
+
+    def _keep_preview(self, check: Check, preview: Preview) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO previews VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                check.run_id,
+                check.step,
+                check.seq,
+                preview.format,
+                preview.width,
+                preview.height,
+                preview.data,
+            ),
+        )
+
+    async def previews(self, run_id: str) -> list[StoredPreview]:
+        """The thumbnails kept of run ``run_id``'s checks, in step order."""
+        return await self._call(self._previews, run_id)
+
+    def _previews(self, run_id: str) -> list[StoredPreview]:
+        rows = self._db.execute(
+            "SELECT step, seq, format, width, height FROM previews WHERE run_id=? ORDER BY step",
+            (run_id,),
+        ).fetchall()
+        return [StoredPreview(*row) for row in rows]
+
+    async def preview_image(self, run_id: str, step: int) -> tuple[str, bytes] | None:
+        """The format and bytes of the thumbnail of run ``run_id``'s check at ``step``."""
+        return await self._call(self._preview_image, run_id, step)
+
+    def _preview_image(self, run_id: str, step: int) -> tuple[str, bytes] | None:
+        row = self._db.execute(
+            "SELECT format, data FROM previews WHERE run_id=? AND step=?", (run_id, step)
+        ).fetchone()
+        return None if row is None else (str(row[0]), bytes(row[1]))
+
+    # -- searching and deleting the history ----------------------------------------------------
+
+    async def search_runs(self, words: str, limit: int, before: int | None) -> list[RunSummary]:
+        """Like :meth:`list_runs`, only runs whose prompt holds every word of ``words``."""
+        return await self._call(self._search_runs, words, limit, before)
+
+    def _search_runs(self, words: str, limit: int, before: int | None) -> list[RunSummary]:
+        terms = words.split()
+        where = "".join(" AND prompt LIKE ? ESCAPE '\\'" for _ in terms)
+        cursor = self._db.execute(
+            f"SELECT {_SUMMARY_COLUMNS} FROM runs WHERE number < ?{where} "
+            "ORDER BY number DESC LIMIT ?",
+            (
+                before if before is not None else 2**62,
+                *(f"%{_like_escaped(term)}%" for term in terms),
+                limit,
+            ),
+        )
+        return [_summary(row) for row in cursor.fetchall()]
+
+    async def delete_run(self, run_id: str) -> bool:
+        """Forget finished run ``run_id``: its row, checks, events, thumbnails and image.
+
+        Returns whether there was such a run (a run that has not finished is not deleted).
+        """
+        return await self._call(self._delete_run, run_id)
+
+    def _delete_run(self, run_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT image_file FROM runs WHERE run_id=? AND state='finished'", (run_id,)
+        ).fetchone()
+        if row is None:
+            return False
+        with self._db:
+            self._db.execute("BEGIN")
+            for table in ("runs", "checks", "events", "previews"):
+                self._db.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
+        if row[0] is not None:
+            try:
+                (self.images / row[0]).unlink(missing_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot delete {self.images / row[0]}: {exc}") from exc
+        return True
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -363,16 +508,18 @@ class Store:
         summary = _summary(row[:11])
         parameters = RunParameters(**json.loads(row[11]))
         error = None if row[13] is None else RunError(ErrorCode(row[13]), row[14] or "")
+        return RunRecord(summary, parameters, row[12], error, self._history(run_id))
+
+    def _history(self, run_id: str) -> tuple[HistoryEntry, ...]:
         checks = self._db.execute(
             "SELECT step, score, components, decision, cfg, threshold, elapsed FROM checks "
             "WHERE run_id=? ORDER BY position",
             (run_id,),
         ).fetchall()
-        history = tuple(
+        return tuple(
             HistoryEntry(step, score, json.loads(components), decision, cfg, threshold, elapsed)
             for step, score, components, decision, cfg, threshold, elapsed in checks
         )
-        return RunRecord(summary, parameters, row[12], error, history)
 
     def image_path(self, run_id: str) -> Path | None:
         """The final image of run ``run_id`` when it has one (a cheap file check)."""
@@ -432,6 +579,24 @@ def _summary(row: Sequence[Any]) -> RunSummary:
         final_score=row[9],
         has_image=row[10] is not None,
     )
+
+
+def _check_row(run_id: str, position: int, entry: HistoryEntry) -> tuple[Any, ...]:
+    return (
+        run_id,
+        position,
+        entry.step,
+        entry.score,
+        json.dumps(dict(entry.components)),
+        entry.decision,
+        entry.cfg,
+        entry.threshold,
+        entry.elapsed,
+    )
+
+
+def _like_escaped(term: str) -> str:
+    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _json(parameters: RunParameters) -> str:

@@ -40,7 +40,8 @@ def test_start_watch_steer_and_stop_a_run(page: Page, server: DashboardServer) -
     expect(page.locator(".chart-key")).to_contain_text("threshold 0.90")
     owner_changed = re.compile(r"Threshold 0\.\d+ → 0\.90 set by the owner")
     expect(page.locator("#run-log")).to_contain_text(owner_changed)
-    # Checks after the change report the new threshold.
+    # Checks after the change report the new threshold (in the table, drawn once it is opened).
+    page.locator("summary", has_text="Checks as a table").click()
     expect(page.locator(".checks-table td", has_text="0.90").first).to_be_attached()
 
     page.get_by_role("button", name="Stop and keep image").click()

@@ -20,10 +20,10 @@ export class Api {
     return token ? { Authorization: `Bearer ${token}` } : {};
   }
 
-  async json(path) {
+  async json(path, method = "GET") {
     let response;
     try {
-      response = await fetch(path, { headers: this.headers() });
+      response = await fetch(path, { method, headers: this.headers() });
     } catch (error) {
       throw new ApiError({ code: "unreachable", message: "the server cannot be reached" });
     }
@@ -34,11 +34,23 @@ export class Api {
     return response.json();
   }
 
-  /** One page of stored runs, newest first: `{runs, next_before}`. */
-  runs({ limit = 20, before = null } = {}) {
+  /** One page of stored runs, newest first: `{runs, next_before}`; `search`: words of the
+   * prompt. */
+  runs({ limit = 20, before = null, search = "" } = {}) {
     const query = new URLSearchParams({ limit: String(limit) });
     if (before !== null) query.set("before", String(before));
+    if (search) query.set("q", search);
     return this.json(`/api/runs?${query}`);
+  }
+
+  /** The thumbnails the server kept of a run's checks: `{previews: [{step, url, ...}]}`. */
+  previews(runId) {
+    return this.json(`/api/runs/${encodeURIComponent(runId)}/previews`);
+  }
+
+  /** Delete a finished run from the server's history (its image and thumbnails too). */
+  deleteRun(runId) {
+    return this.json(`/api/runs/${encodeURIComponent(runId)}`, "DELETE");
   }
 
   /** A stored run: its summary, parameters and quality history. */

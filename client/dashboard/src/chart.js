@@ -136,6 +136,7 @@ export class QualityChart {
       ...run.stops.map((stop) => [stop.step, c.stop, `stop (${stop.mode})`]),
     ].sort((a, b) => a[0] - b[0]);
     const taken = []; // per line, the [left, right] extents of its labels
+    const backings = []; // [left, top, width] of each label's backing
     for (const [step, color, label] of rules) {
       const x = u.valToPos(step, "x", true);
       const box = labelBox(ctx, x, label, u.bbox.left + u.bbox.width, ratio);
@@ -144,7 +145,17 @@ export class QualityChart {
       );
       if (line === -1) line = taken.push([]) - 1;
       taken[line].push([box.left, box.right]);
-      rule(ctx, x, top, bottom, color, label, box, top + (2 + 14 * line) * ratio, ratio, c.surface);
+      const textY = top + (2 + 14 * line) * ratio;
+      rule(ctx, x, top, bottom, color, label, box, textY, ratio, c.surface);
+      backings.push([box.left - 2 * ratio, textY - 1 * ratio, box.right - box.left + 4 * ratio]);
+    }
+    // A label's backing must not hide the threshold (a high one runs along the labels' lines):
+    // the threshold is drawn again over the backings.
+    if (backings.length) {
+      ctx.beginPath();
+      for (const [x, y, width] of backings) ctx.rect(x, y, width, 14 * ratio);
+      ctx.clip();
+      thresholdPath(ctx, u, c.threshold, ratio);
     }
     ctx.restore();
   }
@@ -169,6 +180,28 @@ export function chartData(run) {
     xs.map((s) => run.valueAt("quality_threshold", s)),
     xs.map((s) => run.valueAt("cfg", s)),
   ];
+}
+
+// The threshold in force as a stepped line (each value holds until the next step).
+function thresholdPath(ctx, u, color, ratio) {
+  const [xs, , thresholds] = u.data;
+  ctx.beginPath();
+  let started = false;
+  for (let i = 0; i < xs.length; i += 1) {
+    if (thresholds[i] === null || thresholds[i] === undefined) continue;
+    const x = u.valToPos(xs[i], "x", true);
+    const y = u.valToPos(thresholds[i], "score", true);
+    if (started) ctx.lineTo(x, y);
+    else ctx.moveTo(x, y);
+    started = true;
+    const next = xs[i + 1];
+    if (next !== undefined) ctx.lineTo(u.valToPos(next, "x", true), y);
+  }
+  ctx.setLineDash([6 * ratio, 4 * ratio]);
+  ctx.strokeStyle = color;
+  ctx.lineWidth = 2 * ratio;
+  ctx.stroke();
+  ctx.setLineDash([]);
 }
 
 function ring(ctx, x, y, radius, color, width) {

@@ -76,14 +76,19 @@ class App {
     return () => this.statusListeners.delete(listener);
   }
 
-  // Control tokens live in sessionStorage: they survive a reload of this tab, and a link to
-  // the run opened elsewhere is a read-only watcher.
+  // Control tokens live in localStorage: they survive a reload, every tab of this browser
+  // steers the runs it started, and a link to the run opened in another browser is a
+  // read-only watcher. A finished run's token is forgotten.
   controlToken(runId) {
-    return sessionStorage.getItem(CONTROL_TOKEN_PREFIX + runId);
+    return localStorage.getItem(CONTROL_TOKEN_PREFIX + runId);
   }
 
   keepControlToken(runId, token) {
-    sessionStorage.setItem(CONTROL_TOKEN_PREFIX + runId, token);
+    localStorage.setItem(CONTROL_TOKEN_PREFIX + runId, token);
+  }
+
+  forgetControlToken(runId) {
+    localStorage.removeItem(CONTROL_TOKEN_PREFIX + runId);
   }
 
   /** The run owned by this page after `accepted`: watched already (the server subscribed us). */
@@ -130,6 +135,7 @@ class App {
     }
     if (RUN_EVENTS.has(message.type)) {
       if (run && run.apply(message)) this.tell(run, message);
+      if (message.type === "finished") this.forgetControlToken(message.run_id);
       return;
     }
     if (message.type === "subscribed" && run) {
@@ -156,10 +162,14 @@ class App {
   route() {
     this.page?.dispose();
     const match = window.location.hash.match(/^#\/runs\/([^/?#]+)/);
+    const query = new URLSearchParams(window.location.hash.split("?")[1] ?? "");
     const main = fill(this.root);
     this.page = match
       ? renderRun(main, this, decodeURIComponent(match[1]))
-      : renderHome(main, this);
+      : renderHome(main, this, { rerun: query.get("rerun") });
+    // A new page starts at its top (the hash changes within one document, which keeps the
+    // scroll position of the page before).
+    window.scrollTo(0, 0);
     main.focus({ preventScroll: true });
   }
 

@@ -1,10 +1,12 @@
-// The other runs: the live ones (to watch, read-only unless this tab started them) and the
-// history from `/api/runs`, each with its quality curve and final image.
+// The other runs: the live ones (to watch, read-only unless this browser started them) and
+// the history from `/api/runs`, each with its quality curve and final image, searchable by
+// prompt, each deletable.
 
 import { fill, h, reasonText, score, sparkline, when } from "./dom.js";
 
 const PAGE = 12;
 const REFRESH_MS = 3000;
+const SEARCH_SETTLE_MS = 250;
 
 /** Render both lists into `box`, refreshed while shown; returns the function that stops them. */
 export function renderRunLists(box, app) {
@@ -12,6 +14,12 @@ export function renderRunLists(box, app) {
   const history = h("ul", { class: "history-list" });
   const more = h("button", { type: "button", class: "secondary", hidden: true }, "Show older runs");
   const problem = h("p", { class: "muted", role: "status" });
+  const searchBox = h("input", {
+    id: "history-search",
+    type: "search",
+    placeholder: "words of the prompt",
+    autocomplete: "off",
+  });
   box.append(
     h(
       "section",
@@ -23,6 +31,12 @@ export function renderRunLists(box, app) {
       "section",
       { class: "card", "aria-labelledby": "history-title" },
       h("h2", { id: "history-title" }, "History"),
+      h(
+        "div",
+        { class: "history-tools", role: "search" },
+        h("label", { for: "history-search" }, "Search"),
+        searchBox,
+      ),
       problem,
       history,
       more,
@@ -31,6 +45,22 @@ export function renderRunLists(box, app) {
   const cards = new Map(); // run id -> its history card, made once
   const details = new Map(); // run id -> promise of its stored record (for the curve)
   let older = null; // `before` of the next older page, once "Show older runs" was used
+  let search = ""; // the words the history is searched for
+  let shownFor = ""; // the search the history list shows
+
+  const remove = async (summary, card) => {
+    if (!window.confirm(`Delete the run “${summary.prompt}” and its image from the history?`))
+      return;
+    try {
+      await app.api.deleteRun(summary.run_id);
+      card.remove();
+      cards.delete(summary.run_id);
+      details.delete(summary.run_id);
+      problem.textContent = `Deleted the run “${summary.prompt}”.`;
+    } catch (error) {
+      problem.textContent = `The run could not be deleted: ${error.message}`;
+    }
+  };
 
   const showPage = (page, { append }) => {
     const finished = page.runs.filter((r) => r.state === "finished");
@@ -41,19 +71,28 @@ export function renderRunLists(box, app) {
         app,
       );
     const items = finished.map((summary) => {
-      if (!cards.has(summary.run_id)) cards.set(summary.run_id, historyCard(summary, app, details));
+      if (!cards.has(summary.run_id))
+        cards.set(summary.run_id, historyCard(summary, app, details, remove));
       return cards.get(summary.run_id);
     });
     if (append) history.append(...items);
     else mergeNewest(history, items);
-    if (history.children.length === 0) fill(problem, "No finished runs yet.");
-    else problem.textContent = "";
+    if (history.children.length === 0)
+      fill(problem, search ? `No finished run’s prompt has “${search}”.` : "No finished runs yet.");
+    else if (!problem.textContent.startsWith("Deleted")) problem.textContent = "";
     return page.next_before;
   };
 
   const refresh = async () => {
+    const asked = search;
     try {
-      const page = await app.api.runs({ limit: PAGE });
+      const page = await app.api.runs({ limit: PAGE, search: asked });
+      if (asked !== search) return; // the words changed meanwhile; their answer comes
+      if (asked !== shownFor) {
+        fill(history);
+        shownFor = asked;
+        older = null;
+      }
       const next = showPage(page, { append: false });
       if (older === null) older = next;
       more.hidden = older === null;
@@ -63,7 +102,7 @@ export function renderRunLists(box, app) {
   };
   more.onclick = async () => {
     try {
-      const page = await app.api.runs({ limit: PAGE, before: older });
+      const page = await app.api.runs({ limit: PAGE, before: older, search: shownFor });
       older = showPage(page, { append: true });
       more.hidden = older === null;
     } catch (error) {
@@ -71,9 +110,21 @@ export function renderRunLists(box, app) {
     }
   };
 
+  let typing = null;
+  searchBox.addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => {
+      search = searchBox.value.trim();
+      refresh();
+    }, SEARCH_SETTLE_MS);
+  });
+
   refresh();
   const timer = setInterval(refresh, REFRESH_MS);
-  return () => clearInterval(timer);
+  return () => {
+    clearInterval(timer);
+    clearTimeout(typing);
+  };
 }
 
 function renderLive(list, runs, app) {
@@ -110,7 +161,7 @@ function mergeNewest(list, items) {
   }
 }
 
-function historyCard(summary, app, details) {
+function historyCard(summary, app, details, remove) {
   const thumb = h("div", { class: "thumb" });
   if (summary.image_url) {
     const image = h("img", { alt: `final image of “${summary.prompt}”`, loading: "lazy" });
@@ -131,7 +182,7 @@ function historyCard(summary, app, details) {
       ),
     () => {},
   );
-  return h(
+  const card = h(
     "li",
     { dataset: { runId: summary.run_id, number: summary.number } },
     h(
@@ -160,5 +211,16 @@ function historyCard(summary, app, details) {
         reasonText(summary.reason),
       ),
     ),
+    h(
+      "button",
+      {
+        type: "button",
+        class: "link delete",
+        "aria-label": `Delete the run “${summary.prompt || "(empty prompt)"}”`,
+        onclick: () => remove(summary, card),
+      },
+      "Delete",
+    ),
   );
+  return card;
 }

@@ -2,7 +2,9 @@
 //
 // A RunState is fed the run's events (live, replayed after a reconnect, or replayed to a late
 // watcher) and ignores any it has already seen. It can also be built from the HTTP API's
-// record of a stored run, which has no previews. Views read it and never change it.
+// record of a stored run. A replay collapses the previews of all checks but the latest; the
+// thumbnails the server keeps of every check (`GET /api/runs/{id}/previews`) fill them in.
+// Views read it and never change it.
 
 export class RunState {
   constructor(runId) {
@@ -21,6 +23,7 @@ export class RunState {
     this.finished = null; // {reason, stepsRun, elapsed, finalScore, error}
     this.image = null; // {url, width, height}
     this.objectUrls = [];
+    this.storedPreviewsAsked = 0; // how many checks there were when stored previews were asked
   }
 
   /** Apply one run event; false when it was already seen (a replay overlapping the live feed). */
@@ -60,6 +63,13 @@ export class RunState {
     this.parameters = parameters;
     this.total = parameters.steps;
     if (this.state !== "finished") this.state = "running";
+  }
+
+  /** The parameters the server stored for a run that has not started yet (no state change). */
+  knowParameters(parameters) {
+    if (this.parameters) return;
+    this.parameters = parameters;
+    this.total ??= parameters.steps;
   }
 
   check(event) {
@@ -139,6 +149,30 @@ export class RunState {
     return this.valueAt("cfg", Infinity);
   }
 
+  /** Whether some check lacks a thumbnail that the server may have kept (ask for them then). */
+  get wantsStoredPreviews() {
+    if (this.parameters?.preview_size === 0) return false;
+    if (this.checks.length <= this.storedPreviewsAsked) return false;
+    return this.checks.some((c) => !c.preview);
+  }
+
+  /**
+   * Thumbnails the server kept (`GET /api/runs/{id}/previews`): each fills the check of its step
+   * that lacks one, as `{url, width, height, stored: true}` (a URL of the HTTP API).
+   */
+  addStoredPreviews(previews, askedAt = this.checks.length) {
+    this.storedPreviewsAsked = Math.max(this.storedPreviewsAsked, askedAt);
+    const byStep = new Map(previews.map((p) => [p.step, p]));
+    let added = 0;
+    for (const check of this.checks) {
+      const kept = byStep.get(check.step);
+      if (check.preview || !kept) continue;
+      check.preview = { url: kept.url, width: kept.width, height: kept.height, stored: true };
+      added += 1;
+    }
+    return added;
+  }
+
   get latestPreview() {
     for (let i = this.checks.length - 1; i >= 0; i -= 1) {
       if (this.checks[i].preview) return this.checks[i];
@@ -158,7 +192,7 @@ export class RunState {
     this.objectUrls = [];
   }
 
-  /** A finished run as the HTTP API stored it (`GET /api/runs/{id}`): no previews. */
+  /** A run as the HTTP API stored it (`GET /api/runs/{id}`); its previews come separately. */
   static fromRecord(record, imageUrl) {
     const run = new RunState(record.run_id);
     run.state = record.state;

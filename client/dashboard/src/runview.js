@@ -4,11 +4,23 @@
 //
 // The page watches the run through the app (replayed from its first event) and redraws at
 // most once per animation frame, however fast the events come. A run the server no longer
-// holds in memory is read from the HTTP API instead.
+// holds in memory is read from the HTTP API instead, and so is one whose replay cannot tell
+// how it ended (the server was killed and restarted). Thumbnails a replay collapsed come from
+// the HTTP API's kept previews, so the filmstrip has every check for every viewer.
 
 import { QualityChart, fmt, settingName } from "./chart.js";
 import { fill, h, reasonText, score, seconds } from "./dom.js";
+import { Filmstrip } from "./filmstrip.js";
 import { describeError } from "./protocol.js";
+import {
+  endNotice,
+  parametersText,
+  progressFacts,
+  runMeta,
+  runTitle,
+  tabTitle,
+} from "./runfacts.js";
+import { ImageSources, drawImage } from "./runimage.js";
 import { RunState } from "./runstate.js";
 import { renderSteering } from "./steering.js";
 
@@ -16,14 +28,24 @@ const FULL_DRAW_MS = 400;
 
 export function renderRun(main, app, runId) {
   let run = app.watch(runId);
-  const view = buildLayout(main, runId);
+  const view = buildLayout(main, runId, app, () => run);
   const chart = new QualityChart(view.chartBox);
-  const strip = { shown: 0, selected: null };
+  const strip = { selected: null };
+  const images = new ImageSources(app);
+  const filmstrip = new Filmstrip(view.filmstrip, {
+    source: (preview) => images.of(preview),
+    onSelect: (step) => {
+      strip.selected = step;
+      redrawAll();
+    },
+  });
   const steering = renderSteering(view.steer, app, () => run);
+  const ending = { liveAtOpen: null, told: false };
   let frame = null;
   let full = true; // whether something besides progress changed since the last full draw
   let lastFull = 0;
   let later = null;
+  let asking = false; // a request for kept previews or parameters is on its way
 
   // Progress comes every step: it updates the header at once and the rest (the chart's lines
   // reach the current step) at most every FULL_DRAW_MS, which keeps an open page cheap.
@@ -44,9 +66,12 @@ export function renderRun(main, app, runId) {
     lastFull = performance.now();
     chart.update(run);
     describeChart(view, run);
-    drawImage(view, run, strip);
-    drawFilmstrip(view, run, strip, redrawAll);
+    drawTable(view, run);
+    drawImage(view, run, strip, images, redrawAll);
+    filmstrip.update(run, strip.selected);
     drawLog(view, run);
+    tellTheEnd(view, run, ending);
+    askTheStore();
   };
   const redraw = () => {
     if (frame === null) frame = requestAnimationFrame(draw);
@@ -55,8 +80,45 @@ export function renderRun(main, app, runId) {
     full = true;
     redraw();
   };
+  view.tableBox.addEventListener("toggle", () => drawTable(view, run));
+
+  // What the events do not carry: the thumbnails a replay collapsed, and the parameters of a
+  // run still in the queue (the server stored them when it accepted the run).
+  const askTheStore = async () => {
+    if (asking || run.missing) return;
+    const wantsParameters = !run.parameters && run.state === "queued";
+    if (!run.wantsStoredPreviews && !wantsParameters) return;
+    asking = true;
+    const asked = run.checks.length;
+    try {
+      if (wantsParameters) {
+        const record = await app.api.run(runId);
+        if (record.parameters) run.knowParameters(record.parameters);
+      } else {
+        const { previews } = await app.api.previews(runId);
+        run.addStoredPreviews(previews, asked);
+      }
+      redrawAll();
+    } catch {
+      run.storedPreviewsAsked = asked; // not now; a later check asks again
+    } finally {
+      asking = false;
+    }
+  };
+
   const stopListening = app.onRun(runId, (changed, message) => {
     if (message.type === "error" && message.code === "unknown_run") {
+      loadStored();
+      return;
+    }
+    // The server says the run is over but has nothing after the events this page saw (it was
+    // restarted and the run ended with it): how it ended is in the store.
+    if (
+      message.type === "subscribed" &&
+      message.state === "finished" &&
+      !run.finished &&
+      message.last_seq <= run.lastSeq
+    ) {
       loadStored();
       return;
     }
@@ -68,6 +130,7 @@ export function renderRun(main, app, runId) {
     try {
       const record = await app.api.run(runId);
       const image = record.image_url ? await app.api.imageSource(record.image_url) : null;
+      if (image?.startsWith("blob:")) images.objectUrls.push(image);
       run = RunState.fromRecord(record, image);
       redrawAll();
     } catch (error) {
@@ -96,12 +159,29 @@ export function renderRun(main, app, runId) {
       stopListening();
       steering.dispose();
       chart.destroy();
+      filmstrip.destroy();
+      images.dispose();
       app.unwatch(runId);
     },
   };
 }
 
-function buildLayout(main, runId) {
+// The end of a run the page watched live: the tab's title says so, and a notification when
+// the person allowed them.
+function tellTheEnd(view, run, ending) {
+  if (ending.liveAtOpen === null && run.state !== "unknown")
+    ending.liveAtOpen = run.state !== "finished";
+  const canAsk = typeof Notification !== "undefined" && Notification.permission === "default";
+  view.notify.hidden = !(ending.liveAtOpen && run.state !== "finished" && canAsk);
+  if (!ending.liveAtOpen || ending.told || !run.finished) return;
+  ending.told = true;
+  if (typeof Notification !== "undefined" && Notification.permission === "granted") {
+    const { title, body } = endNotice(run);
+    new Notification(title, { body, tag: `stepwatch-${run.runId}` });
+  }
+}
+
+function buildLayout(main, runId, app, getRun) {
   const view = {
     title: h("h1", { id: "run-title" }, "Run"),
     meta: h("p", { class: "muted run-meta" }),
@@ -111,8 +191,10 @@ function buildLayout(main, runId) {
     failure: h("div", { class: "form-error", role: "alert", hidden: true }),
     chartBox: h("div", { class: "chart", id: "quality-chart" }),
     chartKey: h("figcaption", { class: "chart-key" }),
+    latestReason: h("p", { class: "latest-reason muted", id: "latest-reason" }),
     table: h("tbody"),
     tableSummary: h("summary", {}, "Checks as a table"),
+    tableBox: null,
     image: h("figure", { class: "large-image", id: "run-image" }),
     filmstrip: h("ol", { class: "filmstrip", id: "filmstrip", "aria-label": "Earlier previews" }),
     steer: h("section", { class: "card steer", "aria-labelledby": "steer-title" }),
@@ -120,23 +202,56 @@ function buildLayout(main, runId) {
   };
   const page = `${window.location.origin}${window.location.pathname}`;
   const link = `${page}#/runs/${encodeURIComponent(runId)}`;
-  const copy = h("button", { type: "button", class: "secondary small" }, "Copy link");
-  copy.onclick = async () => {
-    try {
-      await navigator.clipboard.writeText(link);
-      copy.textContent = "Link copied";
-    } catch {
-      copy.textContent = "Copy failed: use the address bar";
-    }
+  const copy = copyButton("Copy link", "Link copied", () => link);
+  view.copySeed = copyButton("Copy seed", "Seed copied", () => String(getRun().parameters.seed));
+  view.copyParameters = copyButton("Copy parameters", "Parameters copied", () =>
+    parametersText(getRun().parameters),
+  );
+  view.rerun = h(
+    "a",
+    { class: "button-link", href: `#/?rerun=${encodeURIComponent(runId)}`, hidden: true },
+    "Re-run with these settings",
+  );
+  view.notify = h(
+    "button",
+    { type: "button", class: "secondary small", hidden: true },
+    "Notify me when it ends",
+  );
+  view.notify.onclick = async () => {
+    await Notification.requestPermission();
+    view.notify.hidden = true;
   };
+  view.tableBox = h(
+    "details",
+    { class: "checks-table" },
+    view.tableSummary,
+    h(
+      "table",
+      {},
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          ["Step", "Score", "Threshold", "CFG", "Decision"].map((t) =>
+            h("th", { scope: "col" }, t),
+          ),
+        ),
+      ),
+      view.table,
+    ),
+  );
+  view.enlarged = h("dialog", { class: "enlarged", "aria-label": "The image, large" });
   main.append(
     h("nav", { class: "crumbs" }, h("a", { href: "#/" }, "← All runs")),
     h(
       "header",
       { class: "run-head" },
       h("div", {}, view.title, view.meta),
-      h("div", { class: "run-head-side" }, view.state, copy),
+      h("div", { class: "run-head-side" }, view.state, view.notify, copy),
     ),
+    h("div", { class: "run-actions" }, view.rerun, view.copySeed, view.copyParameters),
     h("div", { class: "progress-row" }, view.progress, view.progressText),
     view.failure,
     h(
@@ -148,27 +263,8 @@ function buildLayout(main, runId) {
         h("h2", { id: "chart-title" }, "Quality"),
         view.chartBox,
         view.chartKey,
-        h(
-          "details",
-          { class: "checks-table" },
-          view.tableSummary,
-          h(
-            "table",
-            {},
-            h(
-              "thead",
-              {},
-              h(
-                "tr",
-                {},
-                ["Step", "Score", "Threshold", "CFG", "Decision"].map((t) =>
-                  h("th", { scope: "col" }, t),
-                ),
-              ),
-            ),
-            view.table,
-          ),
-        ),
+        view.latestReason,
+        view.tableBox,
       ),
       h("section", { class: "card image-card", "aria-label": "Image" }, view.image),
     ),
@@ -189,39 +285,39 @@ function buildLayout(main, runId) {
         view.log,
       ),
     ),
+    view.enlarged,
   );
   return view;
 }
 
+function copyButton(label, done, text) {
+  const button = h("button", { type: "button", class: "secondary small" }, label);
+  button.onclick = async () => {
+    try {
+      await navigator.clipboard.writeText(text());
+      button.textContent = done;
+    } catch {
+      button.textContent = "Copy failed";
+    }
+    setTimeout(() => (button.textContent = label), 2000);
+  };
+  return button;
+}
+
 function drawHeader(view, run) {
   const p = run.parameters;
-  view.title.textContent = p ? p.prompt || "(empty prompt)" : `Run ${run.runId}`;
-  document.title = `${view.title.textContent} · stepwatch`;
-  view.meta.textContent = p
-    ? [
-        p.model,
-        `${p.width}×${p.height}`,
-        `seed ${p.seed}`,
-        `${p.sampler}/${p.scheduler}`,
-        `verifier ${p.verifier}`,
-        `check every ${p.check_interval} steps`,
-      ].join(" · ")
-    : run.runId;
+  view.title.textContent = runTitle(run);
+  document.title = tabTitle(run);
+  view.meta.textContent = runMeta(run);
+  for (const action of [view.rerun, view.copySeed, view.copyParameters]) action.hidden = !p;
   const label = stateLabel(run);
   view.state.textContent = label;
   view.state.dataset.state = run.state;
   view.state.dataset.reason = run.finished?.reason ?? "";
-  const total = run.total ?? p?.steps ?? 1;
-  view.progress.max = total;
-  view.progress.value = Math.min(run.step, total);
-  const parts = [`Step ${run.step} of ${total}`];
-  if (run.state === "running" && run.eta !== null) parts.push(`about ${seconds(run.eta)} left`);
-  parts.push(`${seconds(run.elapsed)} elapsed`);
-  if (run.cfg !== null) parts.push(`CFG ${fmt(run.cfg)}`);
-  if (run.threshold !== null) parts.push(`threshold ${fmt(run.threshold)}`);
-  if (run.state === "queued" && run.queuePosition)
-    parts.unshift(`Queued: ${run.queuePosition} ahead`);
-  view.progressText.textContent = parts.join(" · ");
+  const progress = progressFacts(run, fmt);
+  view.progress.max = progress.max;
+  view.progress.value = progress.value;
+  view.progressText.textContent = progress.text;
   const error = run.finished?.error;
   view.failure.hidden = !error;
   if (error) {
@@ -267,132 +363,35 @@ function describeChart(view, run) {
       : h("span", { class: "muted" }, "no check yet"),
   );
   view.tableSummary.textContent = `Checks as a table (${run.checks.length})`;
-  if (view.table.children.length === run.checks.length) return;
-  fill(
-    view.table,
-    run.checks.map((c) =>
-      h(
-        "tr",
-        {},
-        h("td", {}, c.step),
-        h("td", {}, score(c.score)),
-        h("td", {}, fmt(c.threshold)),
-        h("td", {}, fmt(c.cfg)),
-        h("td", {}, decisionText(c.decision)),
-      ),
-    ),
-  );
+  // Why the latest check decided what it did (an early stop that waits for `min_steps` says so).
+  view.latestReason.textContent = last?.reason
+    ? `Latest check (step ${last.step}): ${decisionText(last.decision)}. ${last.reason}`
+    : "";
 }
 
-function drawImage(view, run, strip) {
-  const selected =
-    strip.selected !== null ? run.checks.find((c) => c.step === strip.selected && c.preview) : null;
-  let image;
-  let caption;
-  let id;
-  let alt;
-  if (selected) {
-    image = selected.preview;
-    caption = [
-      `Preview at step ${selected.step} · score ${score(selected.score)} `,
-      h(
-        "button",
-        {
-          type: "button",
-          class: "link",
-          onclick: () => {
-            strip.selected = null;
-            view.image.dataset.shown = "";
-            drawImage(view, run, strip);
-          },
-        },
-        "Back to the latest",
+// The table is drawn only while it is open, and grows by the new checks' rows.
+function drawTable(view, run) {
+  if (!view.tableBox.open) return;
+  const rows = view.table.children;
+  const prefix =
+    rows.length <= run.checks.length &&
+    [...rows].every((row, i) => Number(row.dataset.step) === run.checks[i].step);
+  if (!prefix) fill(view.table);
+  view.table.append(
+    ...run.checks
+      .slice(view.table.children.length)
+      .map((c) =>
+        h(
+          "tr",
+          { dataset: { step: c.step } },
+          h("td", {}, c.step),
+          h("td", {}, score(c.score)),
+          h("td", {}, fmt(c.threshold)),
+          h("td", {}, fmt(c.cfg)),
+          h("td", {}, decisionText(c.decision)),
+        ),
       ),
-    ];
-    id = `preview-${selected.step}`;
-    alt = `the model's estimate of the final image at step ${selected.step}`;
-  } else if (run.image) {
-    image = run.image;
-    const at = run.finished ? ` after ${run.finished.stepsRun} steps` : "";
-    caption = [
-      `Final image${at} · score ${score(run.finished?.finalScore)} · `,
-      h("a", { href: run.image.url, download: `stepwatch-${run.runId}.png` }, "Download PNG"),
-    ];
-    id = "final";
-    alt = "the run's final image";
-  } else if (run.latestPreview) {
-    const latest = run.latestPreview;
-    image = latest.preview;
-    const ended =
-      run.state === "finished"
-        ? "No final image: the run ended without one. Last preview"
-        : "Latest preview";
-    caption = [`${ended} · step ${latest.step} · score ${score(latest.score)}`];
-    id = `preview-${latest.step}${run.state === "finished" ? "-ended" : ""}`;
-    alt = `the model's estimate of the final image at step ${latest.step}`;
-  } else {
-    const waiting =
-      run.state === "finished"
-        ? "No final image: the run ended without one."
-        : `The first preview comes at step ${run.parameters?.check_interval ?? "…"}.`;
-    if (view.image.dataset.shown !== "none") {
-      view.image.dataset.shown = "none";
-      fill(view.image, h("div", { class: "image-placeholder" }, waiting));
-    }
-    return;
-  }
-  if (view.image.dataset.shown === id) return;
-  view.image.dataset.shown = id;
-  const pixelated = image.width <= 128 ? "pixelated" : "";
-  fill(
-    view.image,
-    h("img", {
-      src: image.url,
-      width: image.width,
-      height: image.height,
-      class: pixelated,
-      id: id === "final" ? "final-image" : "latest-preview",
-      alt,
-    }),
-    h("figcaption", {}, caption),
   );
-}
-
-function drawFilmstrip(view, run, strip, redraw) {
-  const frames = run.checks.filter((c) => c.preview);
-  if (frames.length === 0 && view.filmstrip.children.length === 0) {
-    fill(view.filmstrip, h("li", { class: "muted" }, "Previews appear here at every check."));
-    return;
-  }
-  if (strip.shown === 0) fill(view.filmstrip);
-  for (const check of frames.slice(strip.shown)) {
-    const button = h(
-      "button",
-      {
-        type: "button",
-        class: "frame",
-        "aria-label": `Show the preview of step ${check.step}, score ${score(check.score)}`,
-      },
-      h("img", {
-        src: check.preview.url,
-        alt: "",
-        class: check.preview.width <= 128 ? "pixelated" : "",
-      }),
-      h("span", {}, `step ${check.step}`),
-      h(
-        "span",
-        { class: "frame-score", dataset: { decision: check.decision } },
-        score(check.score),
-      ),
-    );
-    button.onclick = () => {
-      strip.selected = check.step;
-      redraw();
-    };
-    view.filmstrip.append(h("li", {}, button));
-  }
-  if (frames.length > strip.shown) view.filmstrip.scrollLeft = view.filmstrip.scrollWidth;
-  strip.shown = frames.length;
 }
 
 // Entries in the order things happened: by `seq` where the events were seen, else by step
@@ -433,7 +432,7 @@ function drawLog(view, run) {
       view.log,
       h(
         "li",
-        { class: "muted" },
+        { class: "muted log-empty" },
         "Nothing yet: CFG changes, settings the owner changes and the end of the run appear here.",
       ),
     );

@@ -4,19 +4,29 @@
 
 import { fill, h } from "./dom.js";
 import { describeError } from "./protocol.js";
+import { startFieldsOf } from "./runfacts.js";
 
 const MAX_CHIPS = 200;
 
-/** Render the form into `box`; returns a function that removes its listeners. */
-export function renderStartForm(box, app) {
+/**
+ * Render the form into `box`; returns a function that removes its listeners. `rerun`: the id
+ * of a run whose settings fill the form.
+ */
+export function renderStartForm(box, app, { rerun = null } = {}) {
   const form = h("form", { class: "card start-form", "aria-labelledby": "start-title" });
   box.append(form);
   let builtFor = null;
+  const settings = rerun ? app.api.run(rerun) : null;
   const rebuild = () => {
     const welcome = app.welcome;
     if (welcome && welcome !== builtFor) {
       builtFor = welcome;
       buildForm(form, app, welcome);
+      if (settings)
+        settings.then(
+          (record) => fillForm(form, record),
+          () => {},
+        );
     } else if (!welcome && !builtFor) {
       fill(
         form,
@@ -212,6 +222,34 @@ function renderChips(chips, prompt, vocabulary) {
       ),
     ),
   );
+}
+
+/** Fill the form with a stored run's settings (seed included), to run them again. */
+function fillForm(form, record) {
+  if (!record.parameters) return;
+  const fields = startFieldsOf(record.parameters);
+  const model = form.elements.model;
+  if ([...model.options].some((o) => o.value === fields.model)) {
+    model.value = fields.model;
+    model.dispatchEvent(new Event("change"));
+  }
+  for (const [name, value] of Object.entries(fields)) {
+    const element = form.elements[name];
+    if (!element || name === "model") continue;
+    if (element.type === "checkbox") element.checked = Boolean(value);
+    else if (element.tagName === "SELECT") {
+      if ([...element.options].some((o) => o.value === String(value))) element.value = value;
+    } else element.value = String(value);
+  }
+  form.elements.verifier.dispatchEvent(new Event("change"));
+  const note = h(
+    "p",
+    { class: "help", id: "rerun-note", role: "status" },
+    `The settings of run ${record.run_id} (seed ${fields.seed}): change any of them and start.`,
+  );
+  form.querySelector("#rerun-note")?.remove();
+  form.querySelector("h2").after(note);
+  form.elements.prompt.focus();
 }
 
 /** The `start` fields the form holds; blank inputs are left out (the server's default). */

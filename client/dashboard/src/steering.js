@@ -5,12 +5,14 @@
 import { fmt, settingName } from "./chart.js";
 import { fill, h } from "./dom.js";
 import { describeError } from "./protocol.js";
+import { stoppedText } from "./runfacts.js";
 
 const SLIDER_SETTLE_MS = 200;
 
 /** Render into `section`; `getRun()` is the run shown. Returns `{update, dispose}`. */
 export function renderSteering(section, app, getRun) {
   const runId = getRun().runId;
+  let owned = false; // this browser held the run's token (forgotten once the run finished)
   const token = () => app.controlToken(runId);
   const ack = h("p", { id: "steer-ack", class: "ack", role: "status", "aria-live": "polite" });
   const slider = h("input", { id: "steer-threshold", type: "range", min: 0, max: 1, step: 0.01 });
@@ -25,10 +27,12 @@ export function renderSteering(section, app, getRun) {
     required: true,
   });
   const cfgButton = h("button", { type: "submit", class: "secondary" }, "Apply CFG");
-  const finishButton = h("button", { type: "button", class: "danger" }, "Stop and keep image");
-  const abortButton = h("button", { type: "button", class: "secondary" }, "Abort");
+  // Stopping and keeping the image is the ordinary way to end a run; aborting loses the image.
+  const finishButton = h("button", { type: "button", class: "secondary" }, "Stop and keep image");
+  const abortButton = h("button", { type: "button", class: "danger" }, "Abort (no image)");
   let pendingThreshold = null;
   let settle = null;
+  let stopApplied = null; // the step the owner's stop took effect, until the run has finished
 
   const say = (text, tone = "") => {
     ack.dataset.tone = tone;
@@ -94,25 +98,27 @@ export function renderSteering(section, app, getRun) {
     cfgButton,
   );
   const stop = (mode) => {
-    send("stop", { mode }, mode === "finish" ? "Stopping…" : "Aborting…", (reply) =>
-      reply.step === 0
-        ? "Stopped before the first step."
-        : `Stop applied at step ${reply.step}; the run is finishing.`,
-    );
+    send("stop", { mode }, mode === "finish" ? "Stopping…" : "Aborting…", (reply) => {
+      stopApplied = reply.step;
+      return stoppedText(reply.step, getRun());
+    });
   };
   finishButton.onclick = () => stop("finish");
   abortButton.onclick = () => stop("abort");
 
   const update = () => {
     const run = getRun();
-    if (!token()) {
+    owned ||= Boolean(token());
+    if (!owned) {
       fill(
         section,
         h("h2", { id: "steer-title" }, "Steer"),
         h(
           "p",
           { class: "muted", id: "steer-readonly" },
-          "You are watching this run. Only the browser tab that started it can steer it.",
+          run.state === "finished"
+            ? "The run has finished; there is nothing left to steer."
+            : "You are watching this run. Only the browser that started it can steer it.",
         ),
       );
       return;
@@ -134,9 +140,16 @@ export function renderSteering(section, app, getRun) {
       );
     }
     const over = run.state === "finished";
+    const known = run.threshold !== null;
     for (const control of [slider, cfgInput, cfgButton, finishButton, abortButton])
       control.disabled = over || !app.connection.isOpen;
-    if (over && !ack.textContent) say("The run has finished; there is nothing left to steer.");
+    slider.disabled ||= !known;
+    if (over && stopApplied !== null) {
+      say(stoppedText(stopApplied, run), "ok");
+      stopApplied = null;
+    } else if (over && !ack.textContent) {
+      say("The run has finished; there is nothing left to steer.");
+    }
     const editing =
       document.activeElement === slider || settle !== null || pendingThreshold !== null;
     if (!editing && run.threshold !== null) {
