@@ -56,6 +56,8 @@ MODES: dict[str, dict[str, Any]] = {
     "both": {},
 }
 STEPS = 20
+#: PSNR of a result identical to the full run (8-bit PNGs: no difference at all).
+PSNR_CAP = 60.0
 
 
 @dataclass(frozen=True)
@@ -120,15 +122,16 @@ def row(
     images = torch.cat([as_tensor(r) for r in results])
     reference = torch.cat([as_tensor(r) for r in full])
     same = mode == "none"
-    psnrs = [] if same else [float(v) for v in psnr(images, reference)]
+    # 8-bit results identical to the full run have an infinite PSNR: count them at the cap.
+    psnrs = [] if same else [min(PSNR_CAP, float(v)) for v in psnr(images, reference)]
     ssims = [] if same else [float(v) for v in ssim(images, reference)]
     steps = [r.steps_run for r in results]
     return Row(
         sampler=sampler, setting=setting, cfg=cfg, mode=mode, runs=len(results),
         joint=statistics.mean(judged(judge, results)),
         psnr_median=None if same else statistics.median(psnrs),
-        psnr_q1=None if same else percentile(psnrs, 0.25),
-        psnr_q3=None if same else percentile(psnrs, 0.75),
+        psnr_q1=None if same else percentile(psnrs, 25),
+        psnr_q3=None if same else percentile(psnrs, 75),
         ssim_median=None if same else statistics.median(ssims),
         noise_median=statistics.median(float(v) for v in noise_level(images)),
         noise_full_median=statistics.median(float(v) for v in noise_level(reference)),

@@ -25,8 +25,8 @@ from typing import Any
 
 #: Points of the run a learned curve is kept at: 5%, 10%, ..., 100% of the steps.
 BINS = 20
-#: The quantile the low band is drawn at.
-LOW_QUANTILE = 0.2
+#: The quantile the low band is drawn at: a run under it is clearly behind (1 run in 10 is).
+LOW_QUANTILE = 0.1
 #: Runs a curve learned from history needs before the policy trusts it.
 MIN_RUNS = 8
 

@@ -12,7 +12,7 @@ early x0 estimate is blurry and scores low however well the run goes:
   the finishing tail (:mod:`.finish`) only has to polish it. A verifier that reports no
   ``clean`` needs at least two holding checks in a row instead.
 - **raise CFG** (``cfg * scale_factor``, capped at ``cfg_max``) only when the run falls clearly
-  below the curve: its score is under the curve's low band (the 20th percentile of runs at this
+  below the curve: its score is under the curve's low band (the 10th percentile of runs at this
   point) *and* under the point a run that ends at the threshold would have reached
   (``threshold * median(p) / median(1)``). Without a curve (a model with no shipped curve and
   fewer than :data:`~.curves.MIN_RUNS` completed runs in the history) CFG is left alone.

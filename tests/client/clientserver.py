@@ -47,7 +47,8 @@ def _server_test_tools() -> ModuleType:
 
 def tiny_model(name: str = "tiny") -> LoadedModel:
     """A tiny SD model (32×32 images) the server can run in its worker threads."""
-    return describe_pipeline(name, _server_test_tools().make_sd_pipeline())
+    tools = _server_test_tools()
+    return tools.with_usual_curves(describe_pipeline(name, tools.make_sd_pipeline()))
 
 
 class ThreadedServer:

@@ -81,7 +81,8 @@ async def test_stop_is_acknowledged_and_the_run_keeps_that_steps_image(
     assert applied.stop == "finish" and applied.changes == ()
     assert applied in seen
     assert result.reason == "stopped"
-    assert 2 <= applied.step == result.steps_run < LONG["steps"]
+    # Mode finish: a short tail of at most 8 steps finishes the image cleanly.
+    assert 2 <= applied.step < result.steps_run <= applied.step + 8 < LONG["steps"]
     assert result.png is not None
 
 

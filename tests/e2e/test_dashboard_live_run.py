@@ -44,6 +44,15 @@ def test_start_watch_steer_and_stop_a_run(page: Page, server: DashboardServer) -
     page.locator("summary", has_text="Checks as a table").click()
     expect(page.locator(".checks-table td", has_text="0.90").first).to_be_attached()
 
+    # The owner's CFG holds: the dashboard says automatic CFG is paused from that step.
+    expect(page.locator("#steer-cfg-note")).to_contain_text("The policy may raise CFG")
+    page.get_by_label("CFG", exact=True).fill("2.5")
+    page.get_by_role("button", name="Apply CFG").click()
+    expect(ack).to_have_text(re.compile(r"CFG [\d.]+ → 2\.50?, applied from step \d+\."))
+    expect(page.locator("#steer-cfg-note")).to_have_text(
+        re.compile(r"Automatic CFG paused: you set CFG at step \d+; it holds for the rest")
+    )
+
     page.get_by_role("button", name="Stop and keep image").click()
     expect(page.locator("#run-state")).to_have_text("stopped")
     expect(ack).to_have_text(re.compile(r"Stop applied at step \d+"))

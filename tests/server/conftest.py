@@ -17,6 +17,7 @@ from tiny_models import (  # noqa: E402
     make_sd_pipeline,
     make_sdxl_pipeline,
     make_tiny_autoencoder,
+    with_usual_curves,
 )
 
 from stepwatch.server.engine.model import LoadedModel, describe_pipeline  # noqa: E402
@@ -70,7 +71,7 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="session")
 def served_model() -> LoadedModel:
     """The tiny SD model the service tests serve (its own pipeline: servers run it in threads)."""
-    return describe_pipeline("tiny", make_sd_pipeline())
+    return with_usual_curves(describe_pipeline("tiny", make_sd_pipeline()))
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ ones that work; file arguments are silently ignored and leave every prompt empty
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import string
 from collections.abc import Callable
@@ -40,12 +41,15 @@ from transformers import (  # noqa: E402
     CLIPTokenizer,
 )
 
+from stepwatch.server.engine.curves import ExpectedCurve, curve_key  # noqa: E402
 from stepwatch.server.engine.events import (  # noqa: E402
     Check,
     EngineEvent,
     Progress,
     QualityRecord,
 )
+from stepwatch.server.engine.model import LoadedModel  # noqa: E402
+from stepwatch.server.engine.verifiers import VerifierRegistry  # noqa: E402
 
 # Tiny models spend their time in per-operator overhead, which extra threads only add to on a
 # shared two-core machine.
@@ -211,6 +215,19 @@ def make_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
     )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+# What the service tests call "usual" for a tiny random-weight model: 0.9 at every point of a run,
+# with a low band at 0.8. The tiny models' noise previews score far below it, so their runs
+# raise CFG as a run that has fallen behind would (a real model's curve is learned or shipped).
+USUAL_CURVE = ExpectedCurve(progress=(1.0,), median=(0.9,), low=(0.8,), runs=10, source="test")
+
+
+def with_usual_curves(model: LoadedModel) -> LoadedModel:
+    """``model`` with :data:`USUAL_CURVE` for every built-in verifier and sampler it offers."""
+    verifiers = [info.id for info in VerifierRegistry().infos()]
+    curves = {curve_key(v, s): USUAL_CURVE for v in verifiers for s in model.samplers}
+    return dataclasses.replace(model, curves=curves)
 
 
 def make_tiny_autoencoder(seed: int = 0) -> AutoencoderTiny:

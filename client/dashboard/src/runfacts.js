@@ -115,3 +115,9 @@ export function stoppedText(step, run) {
   const steps = run.finished?.stepsRun ?? step;
   return `Stop applied at step ${step}; the run has finished after ${steps} steps.`;
 }
+
+/** What the CFG box means now: the policy may raise it, or the owner's value holds. */
+export function cfgNoteText(ownerCfgStep) {
+  if (ownerCfgStep === null) return "The policy may raise CFG when a run falls clearly behind.";
+  return `Automatic CFG paused: you set CFG at step ${ownerCfgStep}; it holds for the rest of the run.`;
+}

@@ -149,6 +149,12 @@ export class RunState {
     return this.valueAt("cfg", Infinity);
   }
 
+  /** The step at which the owner first set CFG (automatic CFG pauses from there), or null. */
+  get ownerCfgStep() {
+    const set = this.changes.find((c) => c.kind === "applied" && c.setting === "cfg");
+    return set ? set.step : null;
+  }
+
   /** Whether some check lacks a thumbnail that the server may have kept (ask for them then). */
   get wantsStoredPreviews() {
     if (this.parameters?.preview_size === 0) return false;

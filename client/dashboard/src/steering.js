@@ -5,7 +5,7 @@
 import { fmt, settingName } from "./chart.js";
 import { fill, h } from "./dom.js";
 import { describeError } from "./protocol.js";
-import { stoppedText } from "./runfacts.js";
+import { cfgNoteText, stoppedText } from "./runfacts.js";
 
 const SLIDER_SETTLE_MS = 200;
 
@@ -27,6 +27,7 @@ export function renderSteering(section, app, getRun) {
     required: true,
   });
   const cfgButton = h("button", { type: "submit", class: "secondary" }, "Apply CFG");
+  const cfgNote = h("p", { id: "steer-cfg-note", class: "muted" });
   // Stopping and keeping the image is the ordinary way to end a run; aborting loses the image.
   const finishButton = h("button", { type: "button", class: "secondary" }, "Stop and keep image");
   const abortButton = h("button", { type: "button", class: "danger" }, "Abort (no image)");
@@ -135,6 +136,7 @@ export function renderSteering(section, app, getRun) {
           sliderValue,
         ),
         cfgForm,
+        cfgNote,
         h("div", { class: "steer-row stop-row" }, finishButton, abortButton),
         ack,
       );
@@ -159,6 +161,7 @@ export function renderSteering(section, app, getRun) {
     // The CFG box follows the run (the policy raises CFG) until the owner starts typing in it.
     if (!cfgInput.dataset.edited && run.cfg !== null)
       cfgInput.value = String(Number(run.cfg.toFixed(2)));
+    fill(cfgNote, cfgNoteText(run.ownerCfgStep));
   };
   const stopStatus = app.onStatus(update);
   return {

@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { RunState } from "../src/runstate.js";
 import { filmstripFrames, focusStep, frameAfterKey } from "../src/filmstrip.js";
+import { cfgNoteText } from "../src/runfacts.js";
 
 function check(seq, step, preview = null) {
   return {
@@ -78,4 +79,31 @@ test("the filmstrip is one Tab stop that the arrow keys move along", () => {
   assert.equal(frameAfterKey(frames, 5, "End"), 15);
   assert.equal(frameAfterKey(frames, 5, "Enter"), null);
   run.dispose();
+});
+
+test("the owner's CFG change pauses automatic CFG from its step, and the note says so", () => {
+  const run = replayed();
+  assert.equal(run.ownerCfgStep, null);
+  assert.match(cfgNoteText(run.ownerCfgStep), /may raise CFG/);
+  run.apply({
+    type: "adjusted",
+    seq: 5,
+    step: 15,
+    setting: "cfg",
+    old: 3,
+    new: 3.75,
+    reason: "policy",
+  });
+  assert.equal(run.ownerCfgStep, null);
+  run.apply({
+    type: "applied",
+    seq: 6,
+    request_id: "q1",
+    step: 17,
+    stop: null,
+    changes: [{ setting: "cfg", old: 3.75, new: 2.5 }],
+  });
+  assert.equal(run.ownerCfgStep, 17);
+  assert.equal(run.cfg, 2.5);
+  assert.match(cfgNoteText(run.ownerCfgStep), /Automatic CFG paused: you set CFG at step 17/);
 });

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from stepwatch.protocol import Check, Finished, Progress, Started, Subscribe, Subscribed
 from stepwatch.server.config import ServerConfig
 from stepwatch.server.engine.curves import MIN_RUNS
-from stepwatch.server.engine.model import LoadedModel
+from stepwatch.server.engine.model import LoadedModel, describe_pipeline
 
 pytestmark = pytest.mark.anyio
 
@@ -184,8 +184,9 @@ async def closing_code(client: Client) -> int:
 
 
 async def test_a_model_without_a_shipped_curve_learns_one_from_its_completed_runs(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
 ) -> None:
+    served_model = describe_pipeline("tiny", make_sd_pipeline())
     config = ServerConfig(data_dir=tmp_path)
     settings: dict[str, Any] = {
         "steps": 6, "check_interval": 2, "early_stop": False, "quality_threshold": 1.0,
