@@ -101,6 +101,13 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"stepwatch serve: {exc}", file=sys.stderr)
         return 2
+    from stepwatch.server.store import StoreError, probe_writable
+
+    try:
+        probe_writable(config.data_dir)
+    except StoreError as exc:  # said plainly here, not as a traceback from the app's start-up
+        print(f"stepwatch serve: the data folder must be writable: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     import anyio
 
