@@ -37,8 +37,10 @@ from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
+from typing import Any
 
 import anyio
+import torch
 from anyio.abc import TaskGroup
 
 from stepwatch.protocol import (
@@ -67,6 +69,16 @@ from stepwatch.server.translate import RunTranslator
 __all__ = ["LiveRun", "RunManager"]
 
 logger = logging.getLogger(__name__)
+
+
+def _sample_with_threads(threads: int | None, *args: Any) -> None:
+    """Run the sampler (in its worker thread) on ``threads`` torch threads.
+
+    Set in the thread that samples: a worker thread keeps the count it first saw otherwise.
+    """
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    run_monitored(*args)
 
 
 @dataclass(frozen=True)
@@ -174,9 +186,16 @@ class RunManager:
     """
 
     def __init__(
-        self, catalog: Catalog, store: Store, limits: ServiceLimits, samplers_per_device: int = 1
+        self,
+        catalog: Catalog,
+        store: Store,
+        limits: ServiceLimits,
+        samplers_per_device: int = 1,
+        sampler_threads: int | None = None,
     ) -> None:
         self.catalog = catalog
+        #: torch's intra-op threads in each sampler thread (``None``: torch's default).
+        self.sampler_threads = sampler_threads
         self.store = store
         self.limits = limits
         self.accepting = True
@@ -430,7 +449,8 @@ class RunManager:
         run.state = "running"
         bridge = EventBridge()
         sample = partial(
-            run_monitored,
+            _sample_with_threads,
+            self.sampler_threads,
             run.resolved.model,
             run.resolved.params,
             self.catalog.verifiers,

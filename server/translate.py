@@ -34,6 +34,7 @@ from stepwatch.protocol import limits as wire
 from stepwatch.protocol.values import FinishReason, StopMode
 from stepwatch.server.engine import events as engine
 from stepwatch.server.engine.events import FailureCode
+from stepwatch.server.engine.params import SettingsChange
 
 __all__ = ["RunTranslator", "error_code"]
 
@@ -210,7 +211,7 @@ class RunTranslator:
         self,
         seq: int,
         request_id: str,
-        change: engine.SettingsChange,
+        change: SettingsChange,
         parameters: RunParameters,
     ) -> Applied | None:
         """The ``applied`` (step 0) of a ``set`` of a run that has not left the queue; the run
