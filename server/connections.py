@@ -29,6 +29,7 @@ import socket
 import struct
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn._types import ASGISendEvent
@@ -190,17 +191,20 @@ class OncePerInterval(logging.Filter):
     a second while the process is out of files; once a minute says the same.
     """
 
-    def __init__(self, message: str, interval: float = 60.0) -> None:
+    def __init__(
+        self, message: str, interval: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__()
         self.message = message
         self.interval = interval
+        self._clock = clock
         self._last: float | None = None
         self._suppressed = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.message not in record.getMessage():
             return True
-        now = time.monotonic()
+        now = self._clock()
         if self._last is not None and now - self._last < self.interval:
             self._suppressed += 1
             return False

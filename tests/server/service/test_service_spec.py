@@ -184,3 +184,23 @@ async def test_a_malformed_hello_gets_the_decoders_code_and_the_close(
             error = await client.expect(Error)
             assert (error.code, error.field) == (code, field)
             assert await closed_with(client) == (1008, code.value)
+
+
+async def test_the_documented_maximum_of_steps_runs_to_its_end(
+    tmp_path: Path, served_model: LoadedModel
+) -> None:
+    async with running_server(ServerConfig(data_dir=tmp_path), lambda c: [served_model]) as server:
+        async with connect(server.url) as client:
+            accepted = await client.start(
+                "max",
+                prompt="red circle",
+                steps=wire.MAX_STEPS,
+                sampler="dpmpp_2m",
+                scheduler="normal",
+                check_interval=wire.MAX_STEPS,
+                preview_size=0,
+                early_stop=False,
+            )
+            finished = (await client.run_events(accepted.run_id))[-1]
+    assert isinstance(finished, Finished)
+    assert (finished.reason, finished.error, finished.steps_run) == ("completed", None, 1000)
