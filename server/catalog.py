@@ -329,6 +329,7 @@ def describe_model(model: LoadedModel) -> ModelInfo:
         samplers=model.samplers[: wire.MAX_LISTED],
         schedulers=model.schedulers[: wire.MAX_LISTED],
         vocabulary=vocabulary,
+        fixed_size=model.fixed_size,
     )
 
 

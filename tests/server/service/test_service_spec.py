@@ -85,6 +85,7 @@ async def test_defaults_are_filled_in_before_the_rules_across_fields(
     async with running_server(ServerConfig(data_dir=tmp_path), lambda c: [served_model]) as server:
         async with connect(server.url) as client:
             assert client.welcome is not None
+            assert not client.welcome.models[0].fixed_size  # any multiple of size_multiple
             cap = client.welcome.models[0].default_cfg_max
             assert cap < wire.MAX_CFG
             await client.send(Start("over", "red circle", steps=2, cfg=cap + 1))
@@ -145,7 +146,7 @@ async def test_a_queued_run_answers_set_and_stop_at_once(
     assert isinstance(stopped_events[1], Finished) and stopped_events[1].reason == "stopped"
 
 
-async def test_welcome_announces_the_components_a_prompt_dependent_verifier_reports(
+async def test_welcome_announces_the_sizes_and_the_components_checks_report(
     tmp_path: Path, shapes_model: LoadedModel
 ) -> None:
     async with running_server(ServerConfig(data_dir=tmp_path), lambda c: [shapes_model]) as server:
@@ -154,6 +155,12 @@ async def test_welcome_announces_the_components_a_prompt_dependent_verifier_repo
             infos = {info.id: info for info in client.welcome.verifiers}
             announced = set(infos["adherence"].components)
             assert {"shape", "colour"} <= announced
+            # The built-in model makes one size only, and says so.
+            (model,) = client.welcome.models
+            assert model.fixed_size and (model.default_width, model.default_height) == (32, 32)
+            await client.send(Start("wide", "red circle", width=64, height=32))
+            refused = await client.reply_to("wide")
+            assert isinstance(refused, Error) and refused.code is ErrorCode.INVALID_VALUE
             accepted = await client.start(
                 "a", prompt="red circle", steps=4, check_interval=2, verifier="adherence"
             )
