@@ -58,7 +58,7 @@ lint: $(VENV)/.installed $(DASHBOARD)/node_modules/.package-lock.json
 
 # The service layer of server/ (not the engine and models, which torch's typing limits) is
 # checked strictly too; the modules it imports are read, not reported.
-SERVICE_MODULES := app bridge catalog cli config eventlog gate http outbox runs serving \
+SERVICE_MODULES := app bridge catalog cli config connections eventlog gate http outbox runs serving \
 	session store translate
 
 # mypy cannot follow setuptools' package-dir mapping, so it reads the packages through a tree of

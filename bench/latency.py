@@ -81,7 +81,8 @@ def main() -> None:
     paces: dict[int, list[float]] = {n: [] for n in counts}
     loop_cpu: dict[int, list[float]] = {n: [] for n in counts}
     ratios: dict[int, list[float]] = {n: [1.0] if n == 0 else [] for n in counts}
-    limits = ServiceLimits(max_runs_per_connection=64)
+    # Every watcher connects from loopback: one address, so its cap must hold them all.
+    limits = ServiceLimits(max_runs_per_connection=64, max_connections_per_client=512)
     with (
         tempfile.TemporaryDirectory() as data,
         ServerThread(model, Path(data), limits, None) as server,

@@ -24,6 +24,7 @@ from .codec import (
     decode_client,
     decode_server,
     encode,
+    peek,
 )
 from .errors import ErrorCode, FrameError, MessageError, ProtocolError, error_for
 from .messages import (
@@ -117,5 +118,6 @@ __all__ = [
     "decode_client",
     "decode_server",
     "encode",
+    "peek",
     "error_for",
 ]

@@ -33,6 +33,7 @@ __all__ = [
     "decode_client",
     "decode_server",
     "encode",
+    "peek",
 ]
 
 #: The version this module speaks, carried in every frame's ``v``.
@@ -108,6 +109,39 @@ def decode_client(data: bytes | str) -> ClientMessage:
 def decode_server(data: bytes | str) -> ServerMessage:
     """Read one frame the server sent. A text WebSocket message (``str``) is refused too."""
     return cast(ServerMessage, _decode(data, _FROM_SERVER))
+
+
+@dataclass(frozen=True, slots=True)
+class FrameIds:
+    """What a frame says about itself, read even from a frame that is no valid message:
+    its ``type`` and its ``request_id``, each ``None`` unless it is a string of a length the
+    protocol allows there."""
+
+    type: str | None = None
+    request_id: str | None = None
+
+
+def peek(data: bytes | str) -> FrameIds:
+    """Read a client frame's ``type`` and ``request_id`` without checking anything else.
+
+    Call it for a frame :func:`decode_client` refused, so that the ``error`` can name the
+    request that failed. It never raises: unreadable bytes give an empty :class:`FrameIds`.
+    """
+    if isinstance(data, str) or len(data) > _FROM_CLIENT.max_frame_bytes:
+        return FrameIds()
+    try:
+        frame = _unpack(data, _FROM_CLIENT)
+    except FrameError:
+        return FrameIds()
+    if not isinstance(frame, dict):
+        return FrameIds()
+    kind, request_id = frame.get(TYPE_KEY), frame.get("request_id")
+    return FrameIds(
+        kind if isinstance(kind, str) else None,
+        request_id
+        if isinstance(request_id, str) and 1 <= len(request_id) <= limits.MAX_ID_CHARS
+        else None,
+    )
 
 
 def _decode(data: bytes | str, direction: _Direction) -> object:

@@ -90,6 +90,9 @@ class ErrorCode(StrEnum):
     SHUTTING_DOWN = "shutting_down"
     #: An unexpected failure inside the server (a failed run reports it in ``finished``).
     INTERNAL = "internal"
+    #: The server cannot write its store: a run's result was not kept (a failed run reports
+    #: it in ``finished``), and ``start`` is refused until the store can write again.
+    STORE_FAILED = "store_failed"
 
     # Codes a failed run reports in ``finished.error``.
 

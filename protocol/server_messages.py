@@ -102,6 +102,8 @@ class ModelInfo:
     schedulers: Names
     #: The words a prompt may use, for models that know only these; ``None``: free text.
     vocabulary: Annotated[tuple[Name, ...], Length(1, limits.MAX_VOCABULARY_WORDS)] | None = None
+    #: Whether the model makes only ``default_width`` × ``default_height`` images.
+    fixed_size: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.routing import BaseRoute, Mount, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
@@ -126,7 +128,11 @@ class Service:
         store = await Store.open(config.data_dir)
         try:
             async with RunManager(
-                catalog, store, config.limits, config.samplers_per_device
+                catalog,
+                store,
+                config.limits,
+                config.samplers_per_device,
+                config.sampler_threads,
             ) as runs:
                 service = cls(config, catalog, store, runs)
                 try:
@@ -203,4 +209,9 @@ def create_app(config: ServerConfig, *, load_models: ModelLoader | None = None) 
     dashboard = dashboard_directory(config)
     if dashboard is not None:
         routes.append(Mount("/", app=StaticFiles(directory=dashboard, html=True), name="dashboard"))
-    return Starlette(routes=routes, lifespan=lifespan)
+    # Only the Hosts the server is served under: a page whose own name was pointed at this
+    # address (DNS rebinding) sends its own name, and is refused before any route.
+    hosts = Middleware(
+        TrustedHostMiddleware, allowed_hosts=list(config.served_hosts()), www_redirect=False
+    )
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[hosts])

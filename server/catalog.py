@@ -51,6 +51,19 @@ class ResolvedRun:
     params: RunParams
     parameters: RunParameters
 
+    def with_settings(self, change: SettingsChange) -> ResolvedRun:
+        """The run with ``change`` applied before it starts (a ``set`` of a queued run)."""
+        updates = {
+            name: getattr(change, name)
+            for name in ("quality_threshold", "scale_factor", "check_interval", "cfg")
+            if getattr(change, name) is not None
+        }
+        return ResolvedRun(
+            self.model,
+            dataclasses.replace(self.params, **updates),
+            dataclasses.replace(self.parameters, **updates),
+        )
+
     @property
     def previews(self) -> bool:
         """Whether the run's checks carry thumbnails (``preview_size`` 0 turns them off)."""
@@ -77,11 +90,25 @@ class Catalog:
             WireVerifierInfo(
                 id=info.id,
                 description=_clip(info.description, wire.MAX_DESCRIPTION_CHARS),
-                components=KNOWN_COMPONENTS.get(info.id, ()),
+                components=self._components(info.id),
                 default_threshold=DEFAULT_THRESHOLD,
             )
             for info in verifiers.infos()
         )
+
+    def _components(self, verifier_id: str) -> tuple[str, ...]:
+        """The components a verifier's checks may report, when they are known before it runs.
+
+        A model's own verifier (the built-in model's ``adherence``) reports the attributes of the
+        model's vocabulary that a prompt names; the ones it may report are all of them.
+        """
+        if verifier_id in KNOWN_COMPONENTS:
+            return KNOWN_COMPONENTS[verifier_id]
+        for model in self.models.values():
+            own = any(verifier.info.id == verifier_id for verifier in model.verifiers)
+            if own and model.vocabulary is not None:
+                return tuple(model.vocabulary.attributes)[: wire.MAX_COMPONENTS]
+        return ()
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -140,7 +167,9 @@ class Catalog:
             if len(getattr(start, name)) > limits.max_prompt_chars:
                 raise _invalid(name, f"longer than {limits.max_prompt_chars} characters")
         if not start.prompt.strip():
-            raise _invalid("prompt", "must not be empty")
+            raise ProtocolError(
+                ErrorCode.INVALID_PROMPT, "say what to draw: the prompt is empty", "prompt"
+            )
         for name in ("width", "height"):
             side = getattr(start, name)
             if side is not None and side > limits.max_image_side:
@@ -158,7 +187,14 @@ class Catalog:
         cfg = start.cfg if start.cfg is not None else default_cfg(model)
         cfg_max = start.cfg_max
         if cfg_max is None:
-            cfg_max = max(cfg, default_cfg_max(model))
+            # Defaults are filled in first, then the rule cfg <= cfg_max is checked.
+            cfg_max = default_cfg_max(model)
+            if cfg > cfg_max:
+                raise _invalid(
+                    "cfg",
+                    f"must not exceed cfg_max, which defaults to {cfg_max:g} for this model; "
+                    "name a cfg_max to go higher",
+                )
         try:
             return RunParams(
                 prompt=start.prompt,
@@ -293,6 +329,7 @@ def describe_model(model: LoadedModel) -> ModelInfo:
         samplers=model.samplers[: wire.MAX_LISTED],
         schedulers=model.schedulers[: wire.MAX_LISTED],
         vocabulary=vocabulary,
+        fixed_size=model.fixed_size,
     )
 
 

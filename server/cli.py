@@ -61,8 +61,22 @@ def serve(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="ORIGIN",
-        help="browser origin allowed besides this server's own and localhost, e.g. "
+        help="browser origin allowed besides this server's own, e.g. "
         "https://example.org (repeatable; * allows any)",
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name (or address) clients may reach this server under, besides the "
+        "loopback names and --host (repeatable; * allows any, which DNS rebinding can exploit)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per sampler (default: half the CPUs, at most 8)",
     )
     parser.add_argument(
         "--dashboard", type=Path, default=None, help="folder of static files to serve at /"
@@ -81,6 +95,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         device=args.device,
         token=args.token or None,
         allowed_origins=tuple(args.allow_origin),
+        allowed_hosts=tuple(args.allow_host),
+        **({"sampler_threads": args.threads} if args.threads is not None else {}),
         dashboard_dir=args.dashboard,
         limits=ServiceLimits(max_queue=args.max_queue),
     )
@@ -100,6 +116,13 @@ def _serve(args: argparse.Namespace) -> int:
         config = config_from(args)
     except ConfigError as exc:
         print(f"stepwatch serve: {exc}", file=sys.stderr)
+        return 2
+    from stepwatch.server.store import StoreError, probe_writable
+
+    try:
+        probe_writable(config.data_dir)
+    except StoreError as exc:  # said plainly here, not as a traceback from the app's start-up
+        print(f"stepwatch serve: the data folder must be writable: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     import anyio

@@ -12,6 +12,7 @@ announced in ``welcome.limits`` or documented with the error code it produces.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -36,6 +37,21 @@ ENGINE_MAX_PROMPT_CHARS = 2000
 #: The smallest preview thumbnail the engine makes; ``preview_size`` 0 turns previews off.
 MIN_PREVIEW_SIZE = 8
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: The ``Host`` names a server always answers to (DNS rebinding cannot produce them).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+#: Listening addresses that name no host a client could put in ``Host``.
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+
+def default_sampler_threads() -> int:
+    """torch's threads for sampling when none are configured: half the CPUs this process may
+    use, at most 8 and at least 1. torch's own default (every core) oversubscribes a machine
+    that does anything else, and a step then waits for its slowest thread."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus // 2))
 
 
 class ConfigError(ValueError):
@@ -70,6 +86,11 @@ class ServiceLimits:
     ``slow_consumer``). ``abandon_grace``: seconds a run goes on with nobody attached before it is
     stopped as ``abandoned``. ``finished_retention``: seconds a finished run stays in memory
     (the store keeps it after). ``shutdown_timeout``: seconds shutdown waits for runs to finish.
+
+    Sockets (see :mod:`~stepwatch.server.connections`): ``max_connections`` open at once
+    (uvicorn answers HTTP requests beyond it with 503), ``max_connections_per_client`` from one
+    address (one more is closed unanswered), ``request_timeout`` seconds for a connection to
+    send a whole request head (and for a finished WebSocket to close before it is aborted).
     """
 
     max_frame_bytes: int = wire.MAX_CLIENT_FRAME_BYTES
@@ -87,6 +108,9 @@ class ServiceLimits:
     abandon_grace: float = 30.0
     finished_retention: float = 300.0
     shutdown_timeout: float = 120.0
+    max_connections: int = 1000
+    max_connections_per_client: int = 64
+    request_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         _require(
@@ -117,12 +141,17 @@ class ServiceLimits:
             f"max_prompt_chars must be 1..{ENGINE_MAX_PROMPT_CHARS}",
         )
         _require(self.outbox_size >= 8, "outbox_size must be at least 8")
+        _require(self.max_connections >= 1, "max_connections must be at least 1")
+        _require(
+            self.max_connections_per_client >= 1, "max_connections_per_client must be at least 1"
+        )
         for name in (
             "hello_timeout",
             "send_timeout",
             "abandon_grace",
             "finished_retention",
             "shutdown_timeout",
+            "request_timeout",
         ):
             value = getattr(self, name)
             _require(value > 0 and math.isfinite(value), f"{name} must be a positive number")
@@ -165,8 +194,11 @@ class ServerConfig:
     texts; verifiers installed under the ``stepwatch.verifiers`` entry point group are loaded too
     when ``entry_point_verifiers`` is true. ``token``, when set, is the API token every
     connection must present. ``allowed_origins`` are browser origins allowed besides the
-    server's own and localhost (``*`` allows any). ``dashboard_dir`` is served at ``/`` when it
-    exists (``None``: the packaged dashboard, if installed).
+    server's own (``*`` allows any). ``allowed_hosts`` are ``Host`` names the server answers
+    besides the loopback names and the address it listens on (``*``: any; see
+    :meth:`served_hosts`). ``sampler_threads`` is torch's thread count for sampling.
+    ``dashboard_dir`` is served at ``/`` when it exists (``None``: the packaged dashboard, if
+    installed).
     """
 
     host: str = "127.0.0.1"
@@ -179,6 +211,8 @@ class ServerConfig:
     samplers_per_device: int = 1
     token: str | None = None
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
+    sampler_threads: int = field(default_factory=lambda: default_sampler_threads())
     dashboard_dir: Path | None = None
     limits: ServiceLimits = field(default_factory=ServiceLimits)
 
@@ -195,11 +229,28 @@ class ServerConfig:
                 1 <= len(self.token) <= wire.MAX_TOKEN_CHARS,
                 f"the API token must be 1..{wire.MAX_TOKEN_CHARS} characters",
             )
+        _require(self.sampler_threads >= 1, "sampler_threads must be at least 1")
+        for host in self.allowed_hosts:
+            _require(
+                bool(host) and "/" not in host and " " not in host,
+                f"an allowed host is a name or an address without a port, got {host!r}",
+            )
         for origin in self.allowed_origins:
             _require(
                 origin == "*" or "://" in origin,
                 f"an allowed origin is scheme://host[:port] or *, got {origin!r}",
             )
+
+    def served_hosts(self) -> tuple[str, ...]:
+        """The names a request's ``Host`` may carry (without the port): the loopback names, the
+        address the server listens on unless it is a wildcard, and ``allowed_hosts``."""
+        hosts = list(LOOPBACK_HOSTS)
+        if self.host not in WILDCARD_HOSTS:
+            hosts.append(f"[{self.host}]" if ":" in self.host else self.host)
+        hosts.extend(
+            f"[{host}]" if ":" in host and host != "*" else host for host in self.allowed_hosts
+        )
+        return tuple(dict.fromkeys(host.lower() for host in hosts))
 
     def model_texts(self) -> tuple[str, ...]:
         """The model texts with ``device`` applied to those that name none."""

@@ -5,8 +5,8 @@ HTTP error response, never a session):
 
 - the client must offer the ``stepwatch.v1`` subprotocol (else 400);
 - a browser (a request with an ``Origin`` header) must come from an allowed origin: the
-  server's own (the ``Host`` it was reached at), ``localhost``/``127.0.0.1``/``[::1]`` on any
-  port, or one the operator allowed (``*`` allows any); else 403;
+  server's own (the ``Host`` it was reached at, which the app's Host check has already held to
+  the names it is served under) or one the operator allowed (``*`` allows any); else 403;
 - when the server has an API token, an ``Authorization: Bearer`` header that carries a wrong
   token is refused (403); a right one authorises the session, and without the header the token
   must come in ``hello.token``.
@@ -26,8 +26,6 @@ from urllib.parse import urlsplit
 from stepwatch.protocol import SUBPROTOCOL
 
 __all__ = ["Gate", "HandshakeVerdict", "TokenBucket"]
-
-LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 @dataclass(frozen=True)
@@ -86,8 +84,8 @@ class Gate:
         parts = urlsplit(normal)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return False
-        if parts.hostname in LOCAL_HOSTS:
-            return True
+        # Only the page's own server: "localhost on any port" would let every local page (any
+        # app's dev server, anything served from this machine) read and start runs.
         return parts.netloc == host.strip().lower()
 
     def check_handshake(

@@ -39,8 +39,10 @@ from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
+from typing import Any
 
 import anyio
+import torch
 from anyio.abc import TaskGroup
 
 from stepwatch.protocol import (
@@ -70,6 +72,16 @@ from stepwatch.server.translate import RunTranslator
 __all__ = ["LiveRun", "RunManager"]
 
 logger = logging.getLogger(__name__)
+
+
+def _sample_with_threads(threads: int | None, *args: Any, **options: Any) -> None:
+    """Run the sampler (in its worker thread) on ``threads`` torch threads.
+
+    Set in the thread that samples: a worker thread keeps the count it first saw otherwise.
+    """
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    run_monitored(*args, **options)
 
 
 @dataclass(frozen=True)
@@ -179,9 +191,16 @@ class RunManager:
     """
 
     def __init__(
-        self, catalog: Catalog, store: Store, limits: ServiceLimits, samplers_per_device: int = 1
+        self,
+        catalog: Catalog,
+        store: Store,
+        limits: ServiceLimits,
+        samplers_per_device: int = 1,
+        sampler_threads: int | None = None,
     ) -> None:
         self.catalog = catalog
+        #: torch's intra-op threads in each sampler thread (``None``: torch's default).
+        self.sampler_threads = sampler_threads
         self.store = store
         self.limits = limits
         self.accepting = True
@@ -192,6 +211,8 @@ class RunManager:
             if device not in self._queues:
                 self._queues[device] = DeviceQueue(device, samplers_per_device, limits.max_queue)
         self._request_ids = itertools.count(1)
+        #: Why the store last failed to write, until it is seen to write again.
+        self.store_failure: str | None = None
         self._task_group: TaskGroup | None = None
 
     async def __aenter__(self) -> RunManager:
@@ -243,6 +264,8 @@ class RunManager:
         if not self.accepting:
             raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
         queue = self._queues[str(resolved.model.device)]
+        if self.store_failure is not None:
+            await self._check_store()
         queue.reserve()
         run = LiveRun(secrets.token_hex(8), resolved, owner)
         try:
@@ -253,7 +276,10 @@ class RunManager:
         except StoreError as exc:
             queue.reserved -= 1
             logger.error("cannot record a new run: %s", exc)
-            raise ProtocolError(ErrorCode.INTERNAL, "the server cannot record runs") from exc
+            self.store_failure = str(exc)
+            raise ProtocolError(
+                ErrorCode.STORE_FAILED, "the server cannot store runs now; try again later"
+            ) from exc
         self._runs[run.run_id] = run
         if queue.closed:  # the server began to shut down while the run was being recorded
             queue.reserved -= 1
@@ -264,6 +290,20 @@ class RunManager:
         position = queue.put(run)
         owner.reply(Accepted(request_id, run.run_id, run.token, position))
         return run
+
+    async def _check_store(self) -> None:
+        """Refuse ``start`` with ``store_failed`` while the store still cannot write."""
+        try:
+            with anyio.CancelScope(shield=True):
+                await self.store.check_writable()
+        except StoreError as exc:
+            self.store_failure = str(exc)
+            raise ProtocolError(
+                ErrorCode.STORE_FAILED,
+                "the server cannot store results now, so it starts no runs; try again later",
+            ) from exc
+        logger.info("the store can write again (it failed: %s)", self.store_failure)
+        self.store_failure = None
 
     async def stop(self, request: Stop, requester: Outbox) -> None:
         """Stop a run for the holder of its token; the engine acknowledges with ``applied``."""
@@ -282,6 +322,19 @@ class RunManager:
         run = await self._owned(request.run_id, request.token)
         change = self.catalog.settings_change(request, run.resolved.parameters)
         self._take_ownership(run, requester)
+        if run.state == "queued":
+            # Acknowledged at once (step 0), as a stop is: the run starts with the change.
+            run.resolved = run.resolved.with_settings(change)
+            applied = run.translator.queued_set(
+                run.log.next_seq, request.request_id, change, run.resolved.parameters
+            )
+            if applied is not None:
+                self._publish(
+                    run,
+                    run.log.append(applied),
+                    ControlRequest(requester, request.request_id),
+                )
+            return
         run.control.set(change, self._control_id(run, requester, request.request_id))
 
     async def subscribe(self, run_id: str, after_seq: int, outbox: Outbox) -> None:
@@ -406,7 +459,8 @@ class RunManager:
             self._keeping_failed(run, exc)
         bridge = EventBridge()
         sample = partial(
-            run_monitored,
+            _sample_with_threads,
+            self.sampler_threads,
             run.resolved.model,
             run.resolved.params,
             self.catalog.verifiers,
@@ -516,7 +570,14 @@ class RunManager:
             with anyio.CancelScope(shield=True):
                 await self.store.save_result(event.message, [*run.log.kept(), event])
         except StoreError as exc:
+            # A finished seen is a result kept: what was not kept is reported as failed, and
+            # no run starts until the store can write again.
             logger.error("run %s: its result was not stored: %s", run.run_id, exc)
+            self.store_failure = str(exc)
+            failed = run.translator.failed(
+                message.seq, f"the result was not stored: {exc}", ErrorCode.STORE_FAILED
+            )
+            event = run.log.prepare(failed, emitted_ns)
         run.log.add(event)
         run.state = "finished"
         self._publish(run, event)

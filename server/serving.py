@@ -28,6 +28,7 @@ from starlette.applications import Starlette
 
 from stepwatch.server.app import Service, create_app
 from stepwatch.server.config import ServerConfig
+from stepwatch.server.connections import install_log_filters, protocols
 
 __all__ = ["serve", "serve_until_signalled", "uvicorn_config"]
 
@@ -46,18 +47,24 @@ class _Server(uvicorn.Server):
 
 def uvicorn_config(app: Starlette, config: ServerConfig, log_level: str = "info") -> uvicorn.Config:
     """How uvicorn runs the app: the sans-I/O websockets protocol, our frame limit, no
-    compression (previews are compressed already and latency matters more)."""
+    compression (previews are compressed already and latency matters more), and the bounds on
+    sockets (uvicorn's own where it has them, :mod:`~stepwatch.server.connections` where not)."""
+    http, ws = protocols(config.limits)
     return uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
-        ws="websockets-sansio",
+        http=http,
+        ws=ws,
         ws_max_size=config.limits.transport_max_bytes,
         ws_per_message_deflate=False,
         lifespan="on",
         log_level=log_level,
         access_log=False,
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=5,
+        limit_concurrency=config.limits.max_connections,
+        h11_max_incomplete_event_size=16 * 1024,
     )
 
 
@@ -83,6 +90,7 @@ async def serve(
         # written right after another waits for the client's delayed ACK, about 40 ms. Accepted
         # connections inherit the option from the listening socket.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    install_log_filters()
     server = _Server(uvicorn_config(app, config, log_level))
     ended = anyio.Event()
     status = 0

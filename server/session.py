@@ -42,6 +42,7 @@ from stepwatch.protocol import (
     Welcome,
     decode_client,
     encode,
+    peek,
 )
 from stepwatch.server.gate import TokenBucket
 from stepwatch.server.outbox import Outbox, OutboxOverflow
@@ -145,9 +146,11 @@ class Session:
             self.close_code, self.close_reason = code, reason
         self.outbox.close()
 
-    def _refuse(self, exc: ProtocolError, request_id: str | None = None) -> None:
+    def _refuse(
+        self, exc: ProtocolError, request_id: str | None = None, *, closing: bool = False
+    ) -> None:
         self.outbox.reply(Error.from_exception(exc, request_id=request_id))
-        if exc.code in CLOSING_CODES:
+        if closing or exc.code in CLOSING_CODES:
             self.close(CLOSE_POLICY, exc.code.value)
 
     # -- receiving -----------------------------------------------------------------------------
@@ -181,11 +184,17 @@ class Session:
                 )
             request = decode_client(data)
         except ProtocolError as exc:
-            if self.phase is Phase.AWAITING_HELLO and exc.code is not ErrorCode.UNSUPPORTED_VERSION:
-                exc = ProtocolError(
-                    ErrorCode.HELLO_REQUIRED, f"the first frame must be hello ({exc})"
-                )
-            self._refuse(exc)
+            ids = peek(data)
+            if self.phase is Phase.AWAITING_HELLO:
+                # A malformed hello keeps the decoder's code and field; any other first
+                # frame is told that hello comes first. Either way the connection closes.
+                if ids.type != Hello.TYPE and exc.code is not ErrorCode.UNSUPPORTED_VERSION:
+                    exc = ProtocolError(
+                        ErrorCode.HELLO_REQUIRED, f"the first frame must be hello ({exc})"
+                    )
+                self._refuse(exc, closing=True)
+            else:
+                self._refuse(exc, ids.request_id)
             return
         if self.phase is Phase.AWAITING_HELLO:
             await self._on_first(request)
@@ -271,6 +280,7 @@ class Session:
                 stalled = exc
             except GONE:
                 gone = True  # the client went away; nothing more can be sent
+                self._send_started = None  # a failed send is no stalled one
             sending.cancel_scope.cancel()
         if self._send_started is not None:
             stalled = TimeoutError(f"a send took longer than {self.limits.send_timeout:g} s")

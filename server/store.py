@@ -51,7 +51,7 @@ from stepwatch.protocol import (
 )
 from stepwatch.server.eventlog import LoggedEvent
 
-__all__ = ["RunRecord", "RunSummary", "Store", "StoreError", "StoredPreview"]
+__all__ = ["RunRecord", "RunSummary", "Store", "StoreError", "StoredPreview", "probe_writable"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -208,6 +208,16 @@ class Store:
         return await anyio.to_thread.run_sync(locked, limiter=self._limiter)
 
     # -- writing -------------------------------------------------------------------------------
+
+    async def check_writable(self) -> None:
+        """Raise :class:`StoreError` unless both the database and the image folder take a write."""
+        await self._call(self._check_writable)
+
+    def _check_writable(self) -> None:
+        probe_writable(self.data_dir)
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     async def add_run(self, run_id: str, parameters: RunParameters) -> None:
         """Record an accepted run and its parameters."""
@@ -557,6 +567,22 @@ class Store:
             if decision == "raise_cfg":
                 raised.add(run_id)
         return list(runs.values())
+
+
+def probe_writable(data_dir: Path) -> None:
+    """Write, sync and remove a small file in ``data_dir``'s image folder (creating the folders
+    when needed), or raise :class:`StoreError` saying why that failed."""
+    images = data_dir / "images"
+    probe = images / ".write-probe"
+    try:
+        images.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as file:
+            file.write(b"stepwatch")
+            file.flush()
+            os.fsync(file.fileno())
+        probe.unlink()
+    except OSError as exc:
+        raise StoreError(f"cannot write under {data_dir}: {exc}") from exc
 
 
 _SUMMARY_COLUMNS = (

@@ -34,6 +34,7 @@ from stepwatch.protocol import limits as wire
 from stepwatch.protocol.values import FinishReason, StopMode
 from stepwatch.server.engine import events as engine
 from stepwatch.server.engine.events import FailureCode
+from stepwatch.server.engine.params import SettingsChange
 
 __all__ = ["RunTranslator", "error_code"]
 
@@ -206,6 +207,18 @@ class RunTranslator:
             elapsed=_seconds(record.elapsed),
         )
 
+    def queued_set(
+        self,
+        seq: int,
+        request_id: str,
+        change: SettingsChange,
+        parameters: RunParameters,
+    ) -> Applied | None:
+        """The ``applied`` (step 0) of a ``set`` of a run that has not left the queue; the run
+        will start with ``parameters``, which hold the change."""
+        self.parameters = parameters
+        return self._applied(engine.Applied(0, None, change=change), seq, request_id)
+
     def queued_stop(self, seq: int, request_id: str, mode: StopMode) -> Applied:
         """The ``applied`` of the owner's stop of a run that had not left the queue."""
         return Applied(self.run_id, seq, request_id, 0, (), mode)
@@ -214,7 +227,7 @@ class RunTranslator:
         """The ``finished`` of a run that ended before it left the queue."""
         return Finished(self.run_id, seq, reason, 0, 0.0, None, (), None, None)
 
-    def failed(self, seq: int, message: str) -> Finished:
+    def failed(self, seq: int, message: str, code: ErrorCode = ErrorCode.INTERNAL) -> Finished:
         """A ``finished`` for a run the server could not carry to its end."""
         return Finished(
             self.run_id,
@@ -225,5 +238,5 @@ class RunTranslator:
             None,
             (),
             None,
-            RunError(ErrorCode.INTERNAL, _text(message)),
+            RunError(code, _text(message)),
         )

@@ -176,7 +176,32 @@ def build_scheduler(
     options = {**row.options, **noise.required}
     options.update({k: v for k, v in noise.optional.items() if k in keys})
     config = {k: v for k, v in base_config.items() if k in keys}
-    return cls.from_config({**config, **options})
+    scheduler = cls.from_config({**config, **options})
+    if "timestep_spacing" in keys and not any(options.get(flag) for flag in _SIGMA_FLAGS):
+        _trailing_at_every_train_step(scheduler)
+    return scheduler
+
+
+def _trailing_at_every_train_step(scheduler: Any) -> None:
+    """Space the timesteps ``trailing`` when a run takes (nearly) as many steps as the model was
+    trained with.
+
+    There, ``linspace`` spacing rounds two steps onto one timestep (1000 of 1000: step 501
+    repeats step 500) and ``leading`` collapses them; a repeated timestep is a zero step size,
+    which multistep solvers (DPM-Solver++, UniPC, DEIS) divide by: NaN. ``trailing`` gives
+    every timestep once, which is what the other spacings mean at that count.
+    """
+    set_timesteps = scheduler.set_timesteps
+    train_steps = int(scheduler.config.get("num_train_timesteps", 0))
+
+    def set_timesteps_once_each(
+        num_inference_steps: int | None = None, *args: Any, **kwargs: Any
+    ) -> Any:
+        if num_inference_steps is not None and num_inference_steps >= train_steps - 1:
+            scheduler.register_to_config(timestep_spacing="trailing")
+        return set_timesteps(num_inference_steps, *args, **kwargs)
+
+    scheduler.set_timesteps = set_timesteps_once_each
 
 
 def sampler_of(scheduler: Any) -> str | None:

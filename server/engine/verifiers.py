@@ -258,9 +258,16 @@ def score_batch(verifier: Verifier, images: torch.Tensor, prompt: str) -> list[S
 
 
 def _checked(item: Score | float) -> Score:
-    score = item if isinstance(item, Score) else Score(float(item))
-    values = [("score", score.value), *score.components.items()]
+    # The boundary where a verifier's answer is received: whatever it is, a wrong one is the
+    # verifier's failure (verifier_failed), never the server's.
+    try:
+        score = item if isinstance(item, Score) else Score(float(item))
+        values = [("score", score.value), *score.components.items()]
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise VerifierError(f"a score must be a number or a Score, got {item!r:.100}") from exc
     for name, value in values:
+        if not isinstance(name, str):
+            raise VerifierError(f"a component name must be a string, got {name!r:.100}")
         if not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= 1:
             raise VerifierError(f"{name} must be a number in [0, 1], got {value!r}")
     return Score(float(score.value), {k: float(v) for k, v in score.components.items()})

@@ -217,3 +217,38 @@ class BrokenVerifier:
 
     def score(self, images: Any, prompt: str) -> list[float]:
         raise RuntimeError("the verifier's model is missing")
+
+
+class WordyVerifier:
+    """A custom verifier that answers with a word where a number belongs."""
+
+    def score(self, images: Any, prompt: str) -> list[object]:
+        return ["good"] * images.shape[0]
+
+
+class NoneVerifier:
+    """A custom verifier that answers ``None`` for every image."""
+
+    def score(self, images: Any, prompt: str) -> list[object]:
+        return [None] * images.shape[0]
+
+
+class NumberedComponentsVerifier:
+    """A custom verifier whose components are named by numbers, not strings."""
+
+    def score(self, images: Any, prompt: str) -> list[object]:
+        from stepwatch.server.engine.verifiers import Score
+
+        return [Score(0.5, {1: 0.5})] * images.shape[0]  # type: ignore[dict-item]
+
+
+class ThreadCountVerifier:
+    """A custom verifier that notes torch's thread count in the thread that samples."""
+
+    seen: list[int] = []
+
+    def score(self, images: Any, prompt: str) -> list[float]:
+        import torch
+
+        ThreadCountVerifier.seen.append(torch.get_num_threads())
+        return [0.5] * images.shape[0]

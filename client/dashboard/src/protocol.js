@@ -66,6 +66,7 @@ const ERROR_TEXT = {
   slow_consumer: "The connection fell behind and the server closed it; reconnecting.",
   shutting_down: "The server is shutting down and takes no new runs.",
   internal: "Something went wrong inside the server.",
+  store_failed: "The server cannot store results now; no run is started until it can.",
   nan_detected: "The model produced invalid numbers (NaN or infinity).",
   verifier_failed: "The verifier failed to score the image.",
   out_of_memory: "The server ran out of memory for this run.",

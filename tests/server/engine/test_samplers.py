@@ -75,3 +75,20 @@ def test_unknown_names_list_the_known_ones() -> None:
 def test_schedulers_outside_the_table_have_no_sampler_name() -> None:
     assert samplers.sampler_of(EulerAncestralDiscreteScheduler()) == "euler_a"
     assert samplers.sampler_of(DPMSolverMultistepScheduler(solver_order=3)) is None
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "dpmpp_2m_sde", "unipc", "deis", "euler"])
+@pytest.mark.parametrize("spacing", ["linspace", "leading"])
+def test_as_many_steps_as_the_model_was_trained_with_visit_every_timestep_once(
+    sampler: str, spacing: str
+) -> None:
+    config = {**SD_CONFIG, "timestep_spacing": spacing, "steps_offset": 0}
+    for steps in (999, 1000):
+        scheduler = samplers.build_scheduler(config, sampler, "normal", flow=False)
+        scheduler.set_timesteps(steps)
+        timesteps = scheduler.timesteps.tolist()
+        assert len(set(timesteps)) == len(timesteps) == steps, (steps, timesteps[495:505])
+    # Fewer steps keep the model's own spacing.
+    scheduler = samplers.build_scheduler(config, sampler, "normal", flow=False)
+    scheduler.set_timesteps(20)
+    assert scheduler.config.timestep_spacing == spacing

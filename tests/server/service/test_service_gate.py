@@ -20,9 +20,10 @@ HOST = "stepwatch.example:8765"
         ("http://stepwatch.example:8765", True),  # the server's own origin
         ("https://stepwatch.example:8765", True),
         ("http://stepwatch.example:9999", False),
-        ("http://localhost:3000", True),
-        ("http://127.0.0.1", True),
-        ("http://[::1]:8080", True),
+        # Other local pages are not the server's own: any app on this machine could be one.
+        ("http://localhost:3000", False),
+        ("http://127.0.0.1", False),
+        ("http://[::1]:8080", False),
         ("https://studio.example", True),  # allowed by the operator
         ("https://STUDIO.example/", True),
         ("https://evil.example", False),

@@ -80,7 +80,7 @@ async def test_bad_frames_get_coded_errors_and_the_connections_runs_go_on(
                 (Start("f", "red circle", sampler="magic"), ErrorCode.UNKNOWN_SAMPLER, "sampler"),
                 (Start("g", "red", scheduler="lunar"), ErrorCode.UNKNOWN_SCHEDULER, "scheduler"),
                 (Start("h", "red circle", width=36), ErrorCode.INVALID_VALUE, "width"),
-                (Start("i", "   "), ErrorCode.INVALID_VALUE, "prompt"),
+                (Start("i", "   "), ErrorCode.INVALID_PROMPT, "prompt"),
                 (Start("j", "red", steps=10, min_steps=20), ErrorCode.INVALID_VALUE, "min_steps"),
                 (Hello(client="again"), ErrorCode.UNEXPECTED_MESSAGE, None),
             ]
@@ -121,10 +121,15 @@ async def test_browsers_must_come_from_an_allowed_origin(
     config = ServerConfig(data_dir=tmp_path, allowed_origins=("https://studio.example",))
     async with running_server(config, lambda c: [served_model]) as server:
         own = f"http://127.0.0.1:{server.port}"
-        for origin in (own, "http://localhost:5173", "https://studio.example"):
+        for origin in (own, "https://studio.example"):
             async with connect(server.url, origin=origin) as client:
                 assert client.welcome is not None
-        for origin in ("https://evil.example", "null", "http://studio.example"):
+        for origin in (
+            "https://evil.example",
+            "null",
+            "http://studio.example",
+            "http://localhost:5173",
+        ):
             with pytest.raises(InvalidStatus) as refused:
                 async with connect(server.url, origin=origin):
                     pass
