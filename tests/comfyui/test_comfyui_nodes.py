@@ -15,9 +15,10 @@ from workflows import HISTORY_NODE, SAVE_NODE, SCALING_NODE, scaling_workflow
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-def history_of(comfyui: ComfyUI, execution: Execution) -> dict[str, Any]:
-    outputs = comfyui.get(f"/history/{execution.prompt_id}")[execution.prompt_id]["outputs"]
-    history: dict[str, Any] = json.loads(outputs[HISTORY_NODE]["text"][0])
+def history_of(execution: Execution) -> dict[str, Any]:
+    """The quality history as the PreviewAny node showed it (its ``executed`` message)."""
+    (shown,) = [e["output"] for e in execution.of("executed") if e["node"] == HISTORY_NODE]
+    history: dict[str, Any] = json.loads(shown["text"][0])
     return history
 
 
@@ -59,7 +60,7 @@ def test_workflow_runs_to_the_end_with_progress_and_previews(comfyui: ComfyUI) -
     assert len(execution.of("preview")) == 3  # one per check: steps 2, 4 and 6
     texts = [t.decode(errors="replace") for t in execution.of("text")]
     assert any("step 2/6" in text for text in texts)
-    history = history_of(comfyui, execution)
+    history = history_of(execution)
     assert history["finish"] == "completed"
     assert [check["step"] for check in history["checks"]] == [2, 4, 6]
 
@@ -75,7 +76,7 @@ def test_cfg_the_model_sees_changes_from_the_step_after_a_raise(
     workflow = scaling_workflow(probe=str(record), verifier={"quality_threshold": 1.0})
     execution = comfyui.run(workflow)
     assert execution.outcome == "execution_success", execution.messages[-1]
-    history = history_of(comfyui, execution)
+    history = history_of(execution)
     assert [(c["step"], c["decision"], c["cfg"]) for c in history["checks"]] == [
         (2, "raise_cfg", 4.0),
         (4, "raise_cfg", 6.0),
@@ -103,7 +104,7 @@ def test_early_stop_ends_before_the_last_step_with_a_clean_latent(
     workflow[SAVE_NODE]["inputs"]["filename_prefix"] = prefix
     execution = comfyui.run(workflow)
     assert execution.outcome == "execution_success", execution.messages[-1]
-    history = history_of(comfyui, execution)
+    history = history_of(execution)
     assert (history["finish"], history["steps_run"]) == ("early_stop", 4)
     assert history["checks"][-1]["decision"] == "early_stop"
     calls = probe_records(record)
@@ -127,7 +128,7 @@ def test_interrupt_stops_the_node(comfyui: ComfyUI) -> None:
         watch(ws, execution, timeout=120)
     assert execution.outcome == "execution_interrupted"
     assert max(p["value"] for p in execution.of("progress")) < 1000
-    assert comfyui.get("/queue") == {"queue_running": [], "queue_pending": []}
+    assert comfyui.run(scaling_workflow(steps=2)).outcome == "execution_success"
 
 
 @pytest.mark.parametrize(
