@@ -84,10 +84,11 @@ lint: $(VENV)/.installed $(DASHBOARD)/node_modules/.package-lock.json
 	$(VENV)/bin/ruff format --check .
 	cd $(DASHBOARD) && npm run --silent check
 
-# The service layer of server/ (not the engine and models, which torch's typing limits) is
-# checked strictly too; the modules it imports are read, not reported.
+# The service layer of server/ (not the engine and models, which torch's typing limits) and the
+# ComfyUI modules that do not import ComfyUI are checked strictly too; the modules they import
+# are read, not reported.
 SERVICE_MODULES := app bridge catalog cli config eventlog gate http outbox runs serving \
-	session store translate
+	session store translate comfyui.adapter comfyui.chart comfyui.install
 
 # mypy cannot follow setuptools' package-dir mapping, so it reads the packages through a tree of
 # links that spells their import names (stepwatch/protocol -> protocol/, ...).

@@ -68,16 +68,16 @@ def quality_chart(
     spans.append((start, steps, final_cfg))
     cfg_high = max(cfg for _, _, cfg in spans) or 1.0
     draw.text((right + 4, top), f"{cfg_high:g}", fill=_CFG)
-    cfg_line = []
+    cfg_line: list[tuple[float, float]] = []
     for first, last, cfg in spans:
         cfg_line += [(x_of(first), y_of(cfg, cfg_high)), (x_of(last), y_of(cfg, cfg_high))]
     draw.line(cfg_line, fill=_CFG, width=2)
     points = [(x_of(record.step), y_of(record.score)) for record in history]
     if len(points) > 1:
         draw.line(points, fill=_SCORE, width=2)
-    for (x, y), record in zip(points, history, strict=True):
+    for (px, py), record in zip(points, history, strict=True):
         colour = _DECISION_COLOURS[record.decision]
-        draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=colour, outline=_SCORE)
+        draw.ellipse((px - 4, py - 4, px + 4, py + 4), fill=colour, outline=_SCORE)
     return _as_array(image)
 
 
