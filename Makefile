@@ -23,7 +23,8 @@ APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-re
 # ../shared/comfyui beside the repository (where CI lays shared/). ComfyUI imports torchvision,
 # whose wheels need the package index's own torch build, not the CPU build constraints.txt pins,
 # so ComfyUI runs in its own environment, built once and reused: the index's torch with
-# torchvision (run on the CPU), ComfyUI's requirements, and stepwatch installed editable.
+# torchvision (run on the CPU), ComfyUI's requirements, stepwatch installed editable, and coverage
+# (the tests measure the nodes inside ComfyUI's process too).
 COMFYUI_DIR ?= $(abspath ../shared/comfyui)
 COMFYUI_VENV ?= .venv-comfyui
 COMFYUI_TORCH := torch==2.14.1 torchvision==0.29.1
@@ -52,7 +53,7 @@ $(COMFYUI_VENV)/.installed: pyproject.toml | comfyui-dir
 	$(COMFYUI_VENV)/bin/python -m pip install --quiet --constraint $(COMFYUI_VENV)/constraints.txt \
 		--requirement $(COMFYUI_VENV)/comfyui-requirements.txt
 	$(COMFYUI_VENV)/bin/python -m pip install --quiet --constraint $(COMFYUI_VENV)/constraints.txt \
-		--editable .
+		--editable . 'coverage[toml]>=7.5'
 	touch $@
 
 npm:
@@ -102,6 +103,7 @@ typecheck: $(VENV)/.installed
 pytest: $(VENV)/.installed $(COMFYUI_VENV)/.installed dashboard chromium
 	$(VENV)/bin/coverage erase
 	$(VENV)/bin/coverage run -m pytest $(PYTEST_ARGS)
+	if ls .coverage.* >/dev/null 2>&1; then $(VENV)/bin/coverage combine --append --quiet; fi
 	$(VENV)/bin/coverage report --include='protocol/*' --fail-under=100
 	$(VENV)/bin/coverage report
 

@@ -46,6 +46,7 @@ from stepwatch.server.engine.verifiers import SIMPLE, Verifier, VerifierRegistry
 __all__ = [
     "CUSTOM",
     "DEFAULTS",
+    "Decision",
     "NodeError",
     "QualityWatch",
     "VerifierSelection",

@@ -147,6 +147,13 @@ class InferenceScalingNode(io.ComfyNode):
                     optional=True,
                     tooltip="steps of the clean finish after an early stop; 0: the x0 estimate",
                 ),
+                io.String.Input(
+                    "prompt",
+                    default="",
+                    multiline=True,
+                    optional=True,
+                    tooltip="the text prompt-aware verifiers score against (conditioning has none)",
+                ),
                 io.Float.Input(
                     "cfg_max",
                     default=0.0,
@@ -187,6 +194,7 @@ class InferenceScalingNode(io.ComfyNode):
         min_steps: int = 0,
         finish_steps: int = 2,
         cfg_max: float = 0.0,
+        prompt: str = "",
     ) -> io.NodeOutput:
         selection = VerifierSelection.parse(verifier_id)
         settings = WatchSettings(
@@ -200,7 +208,8 @@ class InferenceScalingNode(io.ComfyNode):
             patience=patience,
             min_steps=min_steps,
         )
-        watch = QualityWatch(selection.resolve(make_registry()), selection.verifier, settings)
+        verifier = selection.resolve(make_registry())
+        watch = QualityWatch(verifier, selection.verifier, settings, prompt=prompt)
         try:
             decode = make_decoder(model, vae)
         except ValueError as exc:

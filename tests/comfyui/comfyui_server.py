@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import coverage
 from websockets.sync.client import ClientConnection, connect
 
 from stepwatch.client.cli import main as stepwatch_main
@@ -188,9 +190,15 @@ def running_comfyui(base: Path) -> Iterator[ComfyUI]:
     comfyui, python = comfyui_dir(), comfyui_python()
     port = _free_port()
     log = base / "comfyui.log"
-    env = {**os.environ, "PYTHONPATH": str(HERE / "node_pack"), "PYTHONDONTWRITEBYTECODE": "1"}
+    interpreter, measuring = _python_command(python)
+    env = {
+        **os.environ,
+        **measuring,
+        "PYTHONPATH": str(HERE / "node_pack"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     command = [
-        str(python),
+        *interpreter,
         str(comfyui / "main.py"),
         "--cpu",
         "--listen",
@@ -212,12 +220,27 @@ def running_comfyui(base: Path) -> Iterator[ComfyUI]:
         _wait_until_serving(server)
         yield server
     finally:
-        process.terminate()
+        # Ctrl-C is ComfyUI's own way out: it returns from main, so coverage saves its data.
+        process.send_signal(signal.SIGINT)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _python_command(python: Path) -> tuple[list[str], dict[str, str]]:
+    """ComfyUI's Python and its environment: under coverage when the tests are.
+
+    ComfyUI's process then writes its own data file beside the tests' (``make test`` combines
+    them), so the nodes' coverage is measured where they run.
+    """
+    current = coverage.Coverage.current()
+    if current is None:
+        return [str(python)], {}
+    rcfile = REPO / "pyproject.toml"
+    command = [str(python), "-m", "coverage", "run", "--parallel-mode", f"--rcfile={rcfile}"]
+    return command, {"COVERAGE_FILE": os.path.abspath(current.config.data_file)}
 
 
 def _wait_until_serving(server: ComfyUI) -> None:
