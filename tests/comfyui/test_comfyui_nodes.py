@@ -69,12 +69,33 @@ def probe_records(path: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_cfg_the_model_sees_changes_from_the_step_after_a_raise(
+def test_cfg_the_model_sees_changes_from_the_step_after_a_raise_on_a_clone(
     comfyui: ComfyUI, tmp_path: Path
 ) -> None:
     record = tmp_path / "cfg.jsonl"
     workflow = scaling_workflow(probe=str(record), verifier={"quality_threshold": 1.0})
     del workflow[SCALING_NODE]["inputs"]["vae"]  # previews from the linear latent-to-RGB table
+    # Then a plain KSampler on the same model object, after the stepwatch node: the raises were
+    # made on the node's clone, so it samples at its own CFG.
+    workflow["11"] = {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": ["2", 0],
+            "seed": 1,
+            "steps": 2,
+            "cfg": 4.0,
+            "sampler_name": "euler",
+            "scheduler": "normal",
+            "positive": ["3", 0],
+            "negative": ["4", 0],
+            "latent_image": [SCALING_NODE, 0],
+            "denoise": 0.5,
+        },
+    }
+    workflow["12"] = {
+        "class_type": "SaveLatent",
+        "inputs": {"samples": ["11", 0], "filename_prefix": "after_stepwatch"},
+    }
     execution = comfyui.run(workflow)
     assert execution.outcome == "execution_success", execution.messages[-1]
     history = history_of(execution)
@@ -84,8 +105,9 @@ def test_cfg_the_model_sees_changes_from_the_step_after_a_raise(
         (6, "continue", 8.0),
     ]
     # euler calls the model once per step: steps 1-2 at the start CFG, 3-4 after the raise at
-    # step 2, 5-6 after the raise at step 4 (capped at twice the start).
-    assert [r["cond_scale"] for r in probe_records(record)] == [4.0, 4.0, 6.0, 6.0, 8.0, 8.0]
+    # step 2, 5-6 after the raise at step 4 (capped at twice the start); then the KSampler's two.
+    scales = [r["cond_scale"] for r in probe_records(record)]
+    assert scales == [4.0, 4.0, 6.0, 6.0, 8.0, 8.0, 4.0, 4.0]
 
 
 @pytest.mark.parametrize("finish_steps", [1, 2])
