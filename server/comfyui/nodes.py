@@ -173,7 +173,7 @@ class InferenceScalingNode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(  # noqa: PLR0913 - the node's inputs, as the design names them
+    def execute(
         cls,
         verifier_id: str,
         model: Any,

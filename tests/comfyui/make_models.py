@@ -6,9 +6,8 @@ writes ``MODELS_DIR/diffusion_models/tiny_sd15.safetensors``, an SD 1.x UNet tha
 model detection reads as SD 1.5 (``model_channels`` 320, ``context_dim`` 768, no linear
 projections, no ``adm``) with one level, one res block and one transformer block (about 26 M
 parameters), and ``MODELS_DIR/vae_approx/taesd_{encoder,decoder}.safetensors``, a TAESD that
-``VAELoader`` offers as ``taesd``. The weights are random but seeded, small enough that the
-model's noise prediction stays in a sane range. It runs in ComfyUI's environment because the
-layer names are ComfyUI's own.
+``VAELoader`` offers as ``taesd``. The weights are random but seeded (scaled by each layer's
+fan-in). It runs in ComfyUI's environment because the layer names are ComfyUI's own.
 """
 
 from __future__ import annotations
