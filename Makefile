@@ -17,7 +17,19 @@ CHROMIUM := /usr/bin/chromium
 # Root (as in CI containers) may install the system packages the build and the browser tests need.
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 
-.PHONY: serve test lint typecheck pytest clean dashboard npm chromium
+.PHONY: serve test lint typecheck pytest clean dashboard npm chromium comfyui-dir
+
+# The ComfyUI tests (tests/comfyui) start a real ComfyUI from a snapshot: $$COMFYUI_DIR, else
+# ../shared/comfyui beside the repository (where CI lays shared/). ComfyUI imports torchvision,
+# whose wheels need the package index's own torch build, not the CPU build constraints.txt pins,
+# so ComfyUI runs in its own environment, built once and reused: the index's torch with
+# torchvision (run on the CPU), ComfyUI's requirements, stepwatch installed editable, and coverage
+# (the tests measure the nodes inside ComfyUI's process too).
+COMFYUI_DIR ?= $(abspath ../shared/comfyui)
+COMFYUI_VENV ?= .venv-comfyui
+COMFYUI_TORCH := torch==2.14.1 torchvision==0.29.1
+export COMFYUI_DIR
+export STEPWATCH_COMFYUI_PYTHON := $(abspath $(COMFYUI_VENV))/bin/python
 
 # The dashboard is built before the Python install (order-only, so that a rebuilt dashboard does
 # not reinstall the venv; `serve` and `pytest` rebuild it when its sources change).
@@ -25,6 +37,23 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(DASHBOARD)/dist/index.htm
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) --editable '.[test]'
+	touch $@
+
+comfyui-dir:
+	@[ -f "$(COMFYUI_DIR)/main.py" ] || { echo "make: no ComfyUI at $(COMFYUI_DIR): set COMFYUI_DIR \
+		to a ComfyUI checkout (the tests use Comfy-Org/ComfyUI a125cd8)"; exit 1; }
+
+$(COMFYUI_VENV)/.installed: pyproject.toml | comfyui-dir
+	$(PYTHON) -m venv $(COMFYUI_VENV)
+	printf '%s\n' $(COMFYUI_TORCH) > $(COMFYUI_VENV)/constraints.txt
+	$(COMFYUI_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(COMFYUI_VENV)/bin/python -m pip install --quiet $(COMFYUI_TORCH)
+	grep -v -E '^(torch|torchvision|torchaudio)$$' "$(COMFYUI_DIR)/requirements.txt" \
+		> $(COMFYUI_VENV)/comfyui-requirements.txt
+	$(COMFYUI_VENV)/bin/python -m pip install --quiet --constraint $(COMFYUI_VENV)/constraints.txt \
+		--requirement $(COMFYUI_VENV)/comfyui-requirements.txt
+	$(COMFYUI_VENV)/bin/python -m pip install --quiet --constraint $(COMFYUI_VENV)/constraints.txt \
+		--editable . 'coverage[toml]>=7.5'
 	touch $@
 
 npm:
@@ -56,10 +85,11 @@ lint: $(VENV)/.installed $(DASHBOARD)/node_modules/.package-lock.json
 	$(VENV)/bin/ruff format --check .
 	cd $(DASHBOARD) && npm run --silent check
 
-# The service layer of server/ (not the engine and models, which torch's typing limits) is
-# checked strictly too; the modules it imports are read, not reported.
+# The service layer of server/ (not the engine and models, which torch's typing limits) and the
+# ComfyUI modules that do not import ComfyUI are checked strictly too; the modules they import
+# are read, not reported.
 SERVICE_MODULES := app bridge catalog cli config connections eventlog gate http outbox runs serving \
-	session store translate
+	session store translate comfyui.adapter comfyui.chart comfyui.install
 
 # mypy cannot follow setuptools' package-dir mapping, so it reads the packages through a tree of
 # links that spells their import names (stepwatch/protocol -> protocol/, ...).
@@ -70,14 +100,15 @@ typecheck: $(VENV)/.installed
 	MYPYPATH=.typing $(VENV)/bin/mypy --follow-imports=silent \
 		$(foreach module,$(SERVICE_MODULES),-m stepwatch.server.$(module))
 
-pytest: $(VENV)/.installed dashboard chromium
+pytest: $(VENV)/.installed $(COMFYUI_VENV)/.installed dashboard chromium
 	$(VENV)/bin/coverage erase
 	$(VENV)/bin/coverage run -m pytest $(PYTEST_ARGS)
+	if ls .coverage.* >/dev/null 2>&1; then $(VENV)/bin/coverage combine --append --quiet; fi
 	$(VENV)/bin/coverage report --include='protocol/*' --fail-under=100
 	$(VENV)/bin/coverage report
 
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) .coverage .mypy_cache .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(COMFYUI_VENV) .coverage .mypy_cache .pytest_cache .ruff_cache build *.egg-info
 	rm -rf $(DASHBOARD)/node_modules $(DASHBOARD)/dist

@@ -1,0 +1,85 @@
+"""The quality history as a picture: :func:`quality_chart`, the InferenceScalingNode's IMAGE.
+
+Scores (0 to 1, left axis) are a line with a dot per check, coloured by decision (grey
+continue, orange raise CFG, green early stop); the threshold is a dashed line; CFG (right axis,
+0 to its highest value in the run) is a blue step line. Steps run along the bottom axis, from 0
+to the run's planned steps. It imports neither torch nor ComfyUI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from stepwatch.server.engine.events import Decision, QualityRecord
+
+WIDTH, HEIGHT = 512, 256
+_MARGIN = 36
+_BACKGROUND = (255, 255, 255)
+_AXES = (60, 60, 60)
+_SCORE = (30, 30, 30)
+_THRESHOLD = (200, 40, 40)
+_CFG = (40, 90, 200)
+_DECISION_COLOURS = {
+    Decision.CONTINUE: (140, 140, 140),
+    Decision.RAISE_CFG: (240, 140, 20),
+    Decision.EARLY_STOP: (30, 160, 60),
+}
+
+
+def quality_chart(
+    history: Sequence[QualityRecord], steps: int, final_cfg: float
+) -> np.ndarray[Any, Any]:
+    """Draw ``history`` of a run planned for ``steps`` steps that ended at ``final_cfg``.
+
+    Returns an H×W×3 float32 array in [0, 1]. A record's CFG is the one the steps up to it ran
+    with, so each record draws the CFG span that ends at its step.
+    """
+    image = Image.new("RGB", (WIDTH, HEIGHT), _BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = _MARGIN, _MARGIN // 2, WIDTH - _MARGIN, HEIGHT - _MARGIN
+    draw.rectangle((left, top, right, bottom), outline=_AXES)
+    draw.text((4, top), "1.0", fill=_AXES)
+    draw.text((4, bottom - 10), "0.0", fill=_AXES)
+    draw.text((left, bottom + 6), "step 0", fill=_AXES)
+    draw.text((right - 40, bottom + 6), f"step {steps}", fill=_AXES)
+
+    def x_of(step: int) -> float:
+        return left + (right - left) * step / max(steps, 1)
+
+    def y_of(value: float, high: float = 1.0) -> float:
+        return bottom - (bottom - top) * min(max(value / high, 0.0), 1.0)
+
+    if not history:
+        draw.text((left + 8, top + 8), "no checks ran", fill=_AXES)
+        return _as_array(image)
+    for record, following in zip(history, [*history[1:], None], strict=True):
+        end = following.step if following is not None else steps
+        y = y_of(record.threshold)
+        for x in range(int(x_of(record.step)), int(x_of(end)), 8):
+            draw.line((x, y, min(x + 4, x_of(end)), y), fill=_THRESHOLD)
+    spans, start = [], 0
+    for record in history:
+        spans.append((start, record.step, record.cfg))
+        start = record.step
+    spans.append((start, steps, final_cfg))
+    cfg_high = max(cfg for _, _, cfg in spans) or 1.0
+    draw.text((right + 4, top), f"{cfg_high:g}", fill=_CFG)
+    cfg_line: list[tuple[float, float]] = []
+    for first, last, cfg in spans:
+        cfg_line += [(x_of(first), y_of(cfg, cfg_high)), (x_of(last), y_of(cfg, cfg_high))]
+    draw.line(cfg_line, fill=_CFG, width=2)
+    points = [(x_of(record.step), y_of(record.score)) for record in history]
+    if len(points) > 1:
+        draw.line(points, fill=_SCORE, width=2)
+    for (px, py), record in zip(points, history, strict=True):
+        colour = _DECISION_COLOURS[record.decision]
+        draw.ellipse((px - 4, py - 4, px + 4, py + 4), fill=colour, outline=_SCORE)
+    return _as_array(image)
+
+
+def _as_array(image: Image.Image) -> np.ndarray[Any, Any]:
+    return np.asarray(image, dtype=np.float32) / 255.0
