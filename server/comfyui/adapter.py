@@ -5,8 +5,9 @@ The nodes never score, decide or record on their own: they hand each x0 preview 
 
 - :mod:`stepwatch.server.engine.verifiers`: ``VerifierRegistry`` (``load_entry_points``,
   ``register_spec``, ``infos``, ``get``, ``in``), ``score_batch``, ``SIMPLE``;
-- :mod:`stepwatch.server.engine.policy`: ``decide`` with ``PolicySettings`` and a history of
-  ``Scored`` checks, returning a ``PolicyDecision``; ``CFG_OFF_AT``;
+- :mod:`stepwatch.server.engine.policy`: ``decide`` with ``PolicySettings`` (and the
+  expected-score curve the nodes learn, :mod:`.history`) and a history of ``Scored`` checks,
+  returning a ``PolicyDecision``; ``CFG_OFF_AT``;
 - :mod:`stepwatch.server.engine.events`: ``Decision``, ``QualityRecord``;
 - :mod:`stepwatch.server.engine.params`: ``RunParams``' defaults (threshold, scale factor,
   patience) and ``MAX_CFG``;
@@ -25,11 +26,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from stepwatch.server.engine.curves import ExpectedCurve
 from stepwatch.server.engine.errors import VerifierError
 from stepwatch.server.engine.events import Decision, QualityRecord
 from stepwatch.server.engine.params import MAX_CFG, RunParams
@@ -155,6 +157,8 @@ class WatchSettings:
     early_stop: bool = False
     patience: int = DEFAULTS.patience
     min_steps: int = 0
+    #: What this model usually scores with this verifier and sampler (see :mod:`.history`).
+    curve: ExpectedCurve | None = None
 
     def policy(self) -> PolicySettings:
         """The engine's settings; ``cfg_max`` 0 means twice the starting CFG."""
@@ -167,6 +171,7 @@ class WatchSettings:
             min_steps=self.min_steps if self.min_steps > 0 else self.steps // 2,
             early_stop=self.early_stop,
             guidance_on=self.cfg > CFG_OFF_AT,
+            curve=self.curve,
         )
 
 
@@ -203,7 +208,7 @@ class QualityWatch:
             score = score_batch(self.verifier, images[:1], self.prompt)[0]
         except VerifierError as exc:
             raise NodeError(f"stepwatch: verifier {self.verifier_name} failed: {exc}") from exc
-        history: Sequence[Scored] = [*self.history, _Scored(step, score.value)]
+        history: Sequence[Scored] = [*self.history, _Scored(step, score.value, score.components)]
         decision = decide(history, self._policy, cfg=self.cfg, total_steps=self.settings.steps)
         self.history.append(
             QualityRecord(
@@ -252,6 +257,7 @@ class QualityWatch:
 class _Scored:
     step: int
     score: float
+    components: Mapping[str, float]
 
 
 def linear_preview(

@@ -16,9 +16,11 @@ imports this module.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import comfy.samplers
+import folder_paths
 import torch
 from comfy_api.v0_0_2 import ComfyExtension, io
 from typing_extensions import override
@@ -36,6 +38,7 @@ from .adapter import (
     verifier_choices,
 )
 from .chart import quality_chart
+from .history import HISTORY_FILE, QualityHistory
 from .sampling import SamplingRequest, make_decoder, sample_monitored
 
 __all__ = [
@@ -197,6 +200,7 @@ class InferenceScalingNode(io.ComfyNode):
         prompt: str = "",
     ) -> io.NodeOutput:
         selection = VerifierSelection.parse(verifier_id)
+        history_book = QualityHistory(Path(folder_paths.get_user_directory()) / HISTORY_FILE)
         settings = WatchSettings(
             steps=steps,
             cfg=cfg,
@@ -207,6 +211,7 @@ class InferenceScalingNode(io.ComfyNode):
             early_stop=early_stop,
             patience=patience,
             min_steps=min_steps,
+            curve=history_book.curve(selection.verifier, sampler_name),
         )
         verifier = selection.resolve(make_registry())
         watch = QualityWatch(verifier, selection.verifier, settings, prompt=prompt)
@@ -232,6 +237,7 @@ class InferenceScalingNode(io.ComfyNode):
                 server.send_progress_text(text, node_id)
 
         result = sample_monitored(request, watch, decode, report)
+        history_book.record(selection.verifier, sampler_name, steps, watch.history)
         history = watch.history_json(result.finish, result.steps_run)
         chart = torch.from_numpy(quality_chart(watch.history, steps, watch.cfg))[None]
         return io.NodeOutput(result.latent, history, chart)

@@ -12,6 +12,10 @@ from comfyui_server import REPO, ComfyUI, Execution, watch
 from safetensors.torch import load_file
 from workflows import HISTORY_NODE, SAVE_NODE, SCALING_NODE, scaling_workflow
 
+from stepwatch.server.comfyui.history import HISTORY_FILE, QualityHistory
+from stepwatch.server.engine.curves import MIN_RUNS
+from stepwatch.server.engine.events import Decision, QualityRecord
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
@@ -73,7 +77,15 @@ def test_cfg_the_model_sees_changes_from_the_step_after_a_raise_on_a_clone(
     comfyui: ComfyUI, tmp_path: Path
 ) -> None:
     record = tmp_path / "cfg.jsonl"
-    workflow = scaling_workflow(probe=str(record), verifier={"quality_threshold": 1.0})
+    # The policy raises CFG only when a score is clearly below what this verifier and sampler
+    # usually score; the nodes learn that from their quality history in ComfyUI's user folder.
+    # Eight earlier runs (of a verifier no other test uses) that scored 0.99 at every check:
+    book = QualityHistory(comfyui.base / "user" / HISTORY_FILE)
+    usual = [QualityRecord(s, 0.99, {}, 1.0, Decision.CONTINUE, "", 4.0, 0.0) for s in (2, 4, 6)]
+    for _ in range(MIN_RUNS):
+        book.record("variance_edges", "euler", 6, usual)
+    verifier = {"verifier_type": "variance_edges", "quality_threshold": 1.0}
+    workflow = scaling_workflow(probe=str(record), verifier=verifier)
     del workflow[SCALING_NODE]["inputs"]["vae"]  # previews from the linear latent-to-RGB table
     # Then a plain KSampler on the same model object, after the stepwatch node: the raises were
     # made on the node's clone, so it samples at its own CFG.
@@ -108,6 +120,9 @@ def test_cfg_the_model_sees_changes_from_the_step_after_a_raise_on_a_clone(
     # step 2, 5-6 after the raise at step 4 (capped at twice the start); then the KSampler's two.
     scales = [r["cond_scale"] for r in probe_records(record)]
     assert scales == [4.0, 4.0, 6.0, 6.0, 8.0, 8.0, 4.0, 4.0]
+    assert f"history curve of {MIN_RUNS} runs" in history["checks"][0]["reason"]
+    # The run itself joined the history it was judged by.
+    assert book.curve("variance_edges", "euler").runs == MIN_RUNS + 1  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("finish_steps", [0, 1, 2])
@@ -128,14 +143,16 @@ def test_early_stop_ends_before_the_last_step_with_a_clean_latent(
     execution = comfyui.run(workflow)
     assert execution.outcome == "execution_success", execution.messages[-1]
     history = history_of(execution)
-    assert (history["finish"], history["steps_run"]) == ("early_stop", 4)
+    # `simple` reports no clean component, so the policy waits for a second holding check at or
+    # after min_steps: the checks at steps 4 and 6.
+    assert (history["finish"], history["steps_run"]) == ("early_stop", 6)
     assert history["checks"][-1]["decision"] == "early_stop"
     calls = probe_records(record)
-    # four steps, then the tail: from the stop step's sigma down to zero in finish_steps steps
+    # six steps, then the tail: from the stop step's sigma down to zero in finish_steps steps
     # (none: the stop step's own x0 estimate)
-    assert len(calls) == 4 + finish_steps < 10
-    tail = [call["sigma"] for call in calls[4:]]
-    expected_start = [calls[3]["sigma"]] if finish_steps else []
+    assert len(calls) == 6 + finish_steps < 10
+    tail = [call["sigma"] for call in calls[6:]]
+    expected_start = [calls[5]["sigma"]] if finish_steps else []
     assert tail[:1] == pytest.approx(expected_start)
     assert all(a > b for a, b in zip(tail, tail[1:], strict=False))
     # The latent is the model's denoised estimate at the last call (the tail's last step goes to

@@ -17,6 +17,7 @@ from stepwatch.server.comfyui.adapter import (
     make_registry,
     verifier_choices,
 )
+from stepwatch.server.engine.curves import ExpectedCurve
 from stepwatch.server.engine.events import Decision
 from stepwatch.server.engine.verifiers import Score, VerifierRegistry
 
@@ -39,8 +40,18 @@ class Failing:
 IMAGE = torch.zeros(1, 3, 8, 8)
 
 
+# What these checks are judged against: a model that usually scores 0.9 (low band 0.8).
+USUAL = ExpectedCurve(progress=(1.0,), median=(0.9,), low=(0.8,), runs=10)
+
+
 def watch(verifier: object, **settings: object) -> QualityWatch:
-    chosen = {"steps": 10, "cfg": 4.0, "check_interval": 2, "quality_threshold": 0.5}
+    chosen = {
+        "steps": 10,
+        "cfg": 4.0,
+        "check_interval": 2,
+        "quality_threshold": 0.5,
+        "curve": USUAL,
+    }
     chosen.update(settings)
     return QualityWatch(verifier, "fixed", WatchSettings(**chosen))  # type: ignore[arg-type]
 
@@ -48,7 +59,9 @@ def watch(verifier: object, **settings: object) -> QualityWatch:
 def test_the_choices_are_the_registry_with_simple_first_and_custom_last() -> None:
     registry = VerifierRegistry()
     registry.register("aesthetic", FixedScores)
-    assert verifier_choices(registry) == ["simple", "aesthetic", "custom"]
+    assert verifier_choices(registry) == [
+        "simple", "aesthetic", "structure", "variance_edges", "custom",
+    ]  # fmt: skip
     assert verifier_choices(make_registry())[0] == "simple"
 
 
@@ -85,8 +98,8 @@ def test_a_threshold_outside_zero_to_one_is_refused() -> None:
 def test_resolving_finds_registered_and_custom_verifiers_and_names_unknown_ones() -> None:
     registry = VerifierRegistry()
     assert VerifierSelection("simple", 0.5).resolve(registry) is registry.get("simple")
-    custom = VerifierSelection("stepwatch.server.engine.verifiers:SimpleVerifier", 0.5)
-    assert type(custom.resolve(registry)).__name__ == "SimpleVerifier"
+    custom = VerifierSelection("stepwatch.server.engine.verifiers:VarianceEdgeVerifier", 0.5)
+    assert type(custom.resolve(registry)).__name__ == "VarianceEdgeVerifier"
     with pytest.raises(NodeError, match="unknown verifier 'sharp'"):
         VerifierSelection("sharp", 0.5).resolve(registry)
     with pytest.raises(NodeError, match="cannot load verifier 'nope:X'"):
@@ -106,9 +119,17 @@ def test_a_low_score_raises_cfg_from_the_next_check_on_up_to_the_cap() -> None:
 
 def test_a_high_score_stops_early_only_when_asked_and_after_min_steps() -> None:
     assert watch(FixedScores(0.9)).check(6, IMAGE).decision is Decision.CONTINUE
-    stopping = watch(FixedScores(0.9, 0.9), early_stop=True, patience=1)
+    stopping = watch(FixedScores(0.9, 0.9, 0.9), early_stop=True, patience=1)
     assert stopping.check(2, IMAGE).decision is Decision.CONTINUE  # before half the steps
-    assert stopping.check(6, IMAGE).decision is Decision.EARLY_STOP
+    # A verifier without a clean component needs a second holding check to show it settled.
+    assert stopping.check(6, IMAGE).decision is Decision.CONTINUE
+    assert stopping.check(8, IMAGE).decision is Decision.EARLY_STOP
+
+
+def test_without_a_learned_curve_a_low_score_raises_nothing() -> None:
+    quality = watch(FixedScores(0.1), curve=None)
+    assert quality.check(2, IMAGE).decision is Decision.CONTINUE
+    assert "no expected-score curve" in quality.history[0].reason
 
 
 def test_cfg_off_is_never_raised() -> None:
