@@ -105,6 +105,10 @@ class Catalog:
         if verifier_id in KNOWN_COMPONENTS:
             return KNOWN_COMPONENTS[verifier_id]
         for model in self.models.values():
+            for verifier in model.verifiers:
+                if verifier.info.id == verifier_id and verifier.info.components:
+                    return verifier.info.components[: wire.MAX_COMPONENTS]
+        for model in self.models.values():
             own = any(verifier.info.id == verifier_id for verifier in model.verifiers)
             if own and model.vocabulary is not None:
                 return tuple(model.vocabulary.attributes)[: wire.MAX_COMPONENTS]

@@ -70,6 +70,8 @@ class VerifierInfo:
     id: str
     description: str
     source: str
+    #: The components its checks may report, where they are known before it runs.
+    components: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,12 @@ class VerifierRegistry:
         self.register(SIMPLE, VarianceEdgeVerifier, SIMPLE_DESCRIPTION, "builtin")
 
     def register(
-        self, verifier_id: str, factory: VerifierFactory, description: str = "", source: str = ""
+        self,
+        verifier_id: str,
+        factory: VerifierFactory,
+        description: str = "",
+        source: str = "",
+        components: tuple[str, ...] = (),
     ) -> None:
         """Register ``factory`` under ``verifier_id``; an id can be registered once."""
         if not verifier_id or not verifier_id.replace("_", "").replace("-", "").isalnum():
@@ -177,7 +184,7 @@ class VerifierRegistry:
         with self._lock:
             if verifier_id in self._factories:
                 raise VerifierError(f"verifier {verifier_id!r} is already registered")
-            info = VerifierInfo(verifier_id, description or _summary(factory), source)
+            info = VerifierInfo(verifier_id, description or _summary(factory), source, components)
             self._factories[verifier_id] = (info, factory)
 
     def register_model_verifiers(self, verifiers: Iterable[ModelVerifier]) -> None:
@@ -185,7 +192,9 @@ class VerifierRegistry:
         for verifier in verifiers:
             if verifier.info.id not in self:
                 info = verifier.info
-                self.register(info.id, verifier.factory, info.description, info.source)
+                self.register(
+                    info.id, verifier.factory, info.description, info.source, info.components
+                )
 
     def register_spec(self, spec: str) -> str:
         """Register ``module:callable`` or ``id=module:callable`` and return the id.

@@ -28,6 +28,7 @@ import torch
 
 from stepwatch.server.engine.errors import ModelError
 from stepwatch.server.engine.model import LoadedModel, PromptVocabulary, describe_pipeline
+from stepwatch.server.engine.policy import CLEAN
 from stepwatch.server.engine.verifiers import ModelVerifier, Score, VerifierInfo
 
 BUILTIN_SHAPES = "builtin:shapes"
@@ -165,7 +166,12 @@ def load_builtin_model(name: str, device: torch.device) -> LoadedModel:
         return AdherenceVerifier(AdherenceScorer.load(device))
 
     adherence = ModelVerifier(
-        VerifierInfo(ADHERENCE, "P(prompted attributes | image), built-in model only", name),
+        VerifierInfo(
+            ADHERENCE,
+            "P(prompted attributes | image), built-in model only; clean: how finished it looks",
+            name,
+            components=(*(a.name for a in words.attributes), CLEAN),
+        ),
         adherence_factory,
     )
     return describe_pipeline(

@@ -154,7 +154,7 @@ async def test_welcome_announces_the_sizes_and_the_components_checks_report(
             assert client.welcome is not None
             infos = {info.id: info for info in client.welcome.verifiers}
             announced = set(infos["adherence"].components)
-            assert {"shape", "colour"} <= announced
+            assert {"shape", "colour", "clean"} <= announced
             # The built-in model makes one size only, and says so.
             (model,) = client.welcome.models
             assert model.fixed_size and (model.default_width, model.default_height) == (32, 32)
@@ -167,7 +167,8 @@ async def test_welcome_announces_the_sizes_and_the_components_checks_report(
             events = await client.run_events(accepted.run_id)
     checks = [event for event in events if isinstance(event, Check)]
     assert checks and all(set(check.components) <= announced for check in checks)
-    assert set(checks[0].components) == {"shape", "colour"}
+    # The attributes the prompt names, and how finished the image looks.
+    assert set(checks[0].components) == {"shape", "colour", "clean"}
 
 
 @pytest.mark.parametrize(
