@@ -40,6 +40,10 @@ class ExpectedCurve:
     low: tuple[float, ...]
     runs: int
     source: str = "history"
+    #: The mean change of the final score when runs under the low band at the middle of the run
+    #: had CFG raised there, and how many runs that rests on (``None``: never measured).
+    raise_gain: float | None = None
+    raise_runs: int = 0
 
     def __post_init__(self) -> None:
         if not self.progress or not len(self.progress) == len(self.median) == len(self.low):
@@ -95,14 +99,23 @@ class ExpectedCurve:
             source=source,
         )
 
+    @property
+    def raising_hurts(self) -> bool:
+        """Whether raising CFG was measured to leave runs that fell behind worse off."""
+        return self.raise_gain is not None and self.raise_gain <= 0
+
     def to_json(self) -> dict[str, Any]:
         """The curve as a JSON object (see :meth:`from_json`)."""
-        return {
+        data: dict[str, Any] = {
             "progress": list(self.progress),
             "median": [round(v, 4) for v in self.median],
             "low": [round(v, 4) for v in self.low],
             "runs": self.runs,
         }
+        if self.raise_gain is not None:
+            data["raise_gain"] = round(self.raise_gain, 4)
+            data["raise_runs"] = self.raise_runs
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], source: str = "shipped") -> ExpectedCurve:
@@ -113,6 +126,8 @@ class ExpectedCurve:
             low=tuple(float(v) for v in data["low"]),
             runs=int(data["runs"]),
             source=source,
+            raise_gain=None if data.get("raise_gain") is None else float(data["raise_gain"]),
+            raise_runs=int(data.get("raise_runs", 0)),
         )
 
 

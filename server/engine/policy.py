@@ -14,8 +14,11 @@ early x0 estimate is blurry and scores low however well the run goes:
 - **raise CFG** (``cfg * scale_factor``, capped at ``cfg_max``) only when the run falls clearly
   below the curve: its score is under the curve's low band (the 10th percentile of runs at this
   point) *and* under the point a run that ends at the threshold would have reached
-  (``threshold * median(p) / median(1)``). Without a curve (a model with no shipped curve and
-  fewer than :data:`~.curves.MIN_RUNS` completed runs in the history) CFG is left alone.
+  (``threshold * median(p) / median(1)``), and unless the curve says that raising CFG left
+  such runs worse off on this model and sampler (measured for the shipped curves: raising is
+  not always the cure; DDIM on the built-in model breaks at higher CFG). Without a curve (a
+  model with no shipped curve and fewer than :data:`~.curves.MIN_RUNS` completed runs in the
+  history) CFG is left alone.
   A run that started with CFG off (``cfg <= 1``) never gets a raise: its pipeline computed no
   unconditional prediction, and switching guidance on mid-run would feed the denoiser a batch
   its conditioning does not match (see :func:`cfg_refusal`).
@@ -132,7 +135,13 @@ def _below_threshold(
     where = f"at {progress:.0%} of the run ({curve.describe()}: median {median:.3f}, low {low:.3f})"
     if score >= low or score >= on_track:
         return _keep(cfg, f"{why}, as usual {where}")
-    return _raise_cfg(f"{why}, clearly below the usual {where}", settings, cfg)
+    behind = f"{why}, clearly below the usual {where}"
+    if curve.raising_hurts:
+        return _keep(
+            cfg, f"{behind}, but raising CFG has left such runs worse here "
+            f"(final score {curve.raise_gain:+.3f} over {curve.raise_runs} runs)",
+        )  # fmt: skip
+    return _raise_cfg(behind, settings, cfg)
 
 
 def _raise_cfg(why: str, settings: PolicySettings, cfg: float) -> PolicyDecision:

@@ -5,7 +5,8 @@ settings (20 steps, CFG 3, the ``normal`` schedule) over half the full four-attr
 every shape+colour prompt (72 runs per sampler), scores the x0 estimate of every step with the
 model's own verifier and the weight-free ``structure``, and keeps each (verifier, sampler)'s
 median and low band by fraction of the run (an
-:class:`~stepwatch.server.engine.curves.ExpectedCurve`). The result ships as
+:class:`~stepwatch.server.engine.curves.ExpectedCurve`), then what raising CFG at the middle of
+the run did to the runs that were behind there (:func:`with_raise_gains`). The result ships as
 ``weights/curves.json``; :func:`load_curves` reads it. Deterministic for a given torch build:
 
     python -m stepwatch.server.models.builtin.curves          # rewrites weights/curves.json
@@ -14,8 +15,10 @@ median and low band by fraction of the run (an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,11 @@ SEEDS = 1
 VERIFIERS = ("adherence", "structure")
 #: Samplers computed first (the benchmarks' and the default).
 FIRST = ("dpmpp_2m", "ddim", "euler")
+#: Where the raise gain is measured: the check at the middle of a run, with the run defaults'
+#: scale factor and threshold.
+MIDDLE = 0.5
+SCALE_FACTOR = 1.25
+THRESHOLD = 0.7
 
 
 def curves_path(folder: Path | None = None) -> Path:
@@ -66,8 +74,11 @@ def sampler_scores(
     sampler: str,
     prompts: list[str],
     verifiers: tuple[str, ...],
+    raise_at: float | None = None,
 ) -> dict[str, list[list[tuple[float, float]]]]:
-    """Per verifier, per image: ``(progress, score)`` at every step of one batched run."""
+    """Per verifier, per image: ``(progress, score)`` at every step of one batched run; with
+    ``raise_at``, CFG is raised by the default ``scale_factor`` after the first step at or past
+    that fraction of the run, as the policy would raise it there."""
     pipeline = model.pipeline
     scheduler = model.build_scheduler(sampler, "normal")
     texts = [p for p in prompts for _ in range(SEEDS)]
@@ -92,6 +103,8 @@ def sampler_scores(
                 batch = images[first : first + SEEDS]
                 for row, score in enumerate(score_batch(verifier, batch, texts[first]), first):
                     scores[verifier_id][row].append(((index + 1) / total, score.value))
+        if raise_at is not None and index + 1 == math.ceil(raise_at * total):
+            pipe._guidance_scale = model.defaults.cfg * SCALE_FACTOR
         return {}
 
     try:
@@ -130,6 +143,42 @@ def compute_curves(
     return curves
 
 
+def with_raise_gains(
+    model: LoadedModel,
+    registry: VerifierRegistry,
+    curves: Mapping[str, ExpectedCurve],
+    verifiers: tuple[str, ...] = VERIFIERS,
+    folder: Path | None = None,
+) -> dict[str, ExpectedCurve]:
+    """``curves`` with each one's :attr:`~ExpectedCurve.raise_gain`: the runs under the low band
+    (and under the default threshold's track) at the middle of the run, sampled again with CFG
+    raised there, change their final score by this much on average. Written to ``folder``
+    after each sampler when one is given."""
+    prompts = curve_prompts()
+    measured = dict(curves)
+    for sampler in sorted(model.samplers, key=lambda s: (s not in FIRST, s)):
+        plain = sampler_scores(model, registry, sampler, prompts, verifiers)
+        raised = sampler_scores(model, registry, sampler, prompts, verifiers, raise_at=MIDDLE)
+        for verifier_id in verifiers:
+            key = curve_key(verifier_id, sampler)
+            if key not in measured:
+                continue
+            curve = measured[key]
+            median, low = curve.at(MIDDLE)
+            on_track = THRESHOLD * median / curve.final if curve.final > 0 else 0.0
+            gains = []
+            for before, after in zip(plain[verifier_id], raised[verifier_id], strict=True):
+                score = min(before, key=lambda check: abs(check[0] - MIDDLE))[1]
+                if score < low and score < on_track:
+                    gains.append(after[-1][1] - before[-1][1])
+            if gains:
+                gain = sum(gains) / len(gains)
+                measured[key] = dataclasses.replace(curve, raise_gain=gain, raise_runs=len(gains))
+        if folder is not None:
+            print(f"{sampler}: raise gains -> {write_curves(measured, folder)}", flush=True)
+    return measured
+
+
 def write_curves(curves: Mapping[str, ExpectedCurve], folder: Path | None = None) -> Path:
     """Write ``curves`` as the shipped file; return its path."""
     path = curves_path(folder)
@@ -144,13 +193,18 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="folder (default: the package's)")
+    parser.add_argument(
+        "--gains-only", action="store_true", help="only measure raise gains of the shipped curves"
+    )
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = load_builtin_model("shapes", torch.device("cpu"))
     registry = VerifierRegistry()
     registry.register_model_verifiers(model.verifiers)
-    compute_curves(model, registry, folder=args.out or weights_dir())
+    folder = args.out or weights_dir()
+    curves = load_curves(folder) if args.gains_only else compute_curves(model, registry)
+    with_raise_gains(model, registry, curves, folder=folder)
 
 
 if __name__ == "__main__":

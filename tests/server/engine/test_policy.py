@@ -189,3 +189,15 @@ def test_with_patience_one_a_clean_component_stops_at_once_and_its_absence_asks_
     assert clean.decision is Decision.EARLY_STOP and "for 1 check, clean 0.60" in clean.reason
     unknown = decide(history(0.2, 0.9), settings, cfg=3.0, total_steps=30)
     assert unknown.decision is Decision.CONTINUE and "1 of 2 checks" in unknown.reason
+
+
+def test_no_raise_where_raising_was_measured_to_leave_such_runs_worse() -> None:
+    hurts = replace(CURVE, raise_gain=-0.12, raise_runs=7)
+    decision = decide(history(0.1), replace(SETTINGS, curve=hurts), cfg=4.0, total_steps=20)
+    assert decision.decision is Decision.CONTINUE
+    assert "raising CFG has left such runs worse here (final score -0.120 over 7 runs)" in (
+        decision.reason
+    )
+    helps = replace(CURVE, raise_gain=0.05, raise_runs=7)
+    raised = decide(history(0.1), replace(SETTINGS, curve=helps), cfg=4.0, total_steps=20)
+    assert raised.decision is Decision.RAISE_CFG
