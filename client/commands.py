@@ -189,6 +189,15 @@ def generate(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--scale-factor", type=float, help="multiply CFG by this when low")
     group.add_argument("--patience", type=int, help="checks above the threshold before a stop")
+    group.add_argument("--cfg-max", type=float, help="the cap on CFG raises")
+    group.add_argument("--min-steps", type=int, help="no early stop before this step")
+    group.add_argument(
+        "--no-early-stop",
+        dest="early_stop",
+        action="store_const",
+        const=False,
+        help="run every step, however good the image is early",
+    )
     parser.add_argument("--out", type=Path, help="where to write the PNG (default: RUN_ID.png)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per event")
     parser.set_defaults(handler=_handler("generate", _generate))
@@ -210,6 +219,9 @@ _RUN_OPTIONS: Final = (
     "quality_threshold",
     "scale_factor",
     "patience",
+    "cfg_max",
+    "min_steps",
+    "early_stop",
 )
 
 

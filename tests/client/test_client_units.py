@@ -318,12 +318,16 @@ def test_options_name_the_flags_a_user_typed() -> None:
         quality_threshold=0.5,
         scale_factor=None,
         patience=None,
+        cfg_max=None,
+        min_steps=None,
+        early_stop=False,
     )
     assert run_options(given) == {
         "steps": 4,
         "seed": 1,
         "verifier": "simple",
         "quality_threshold": 0.5,
+        "early_stop": False,
     }
 
 
