@@ -40,21 +40,11 @@ def test_start_watch_steer_and_stop_a_run(page: Page, server: DashboardServer) -
     expect(page.locator(".chart-key")).to_contain_text("threshold 0.90")
     owner_changed = re.compile(r"Threshold 0\.\d+ → 0\.90 set by the owner")
     expect(page.locator("#run-log")).to_contain_text(owner_changed)
+    page.get_by_role("button", name="Stop and keep image").click()
+    expect(page.locator("#run-state")).to_have_text("stopped")
     # Checks after the change report the new threshold (in the table, drawn once it is opened).
     page.locator("summary", has_text="Checks as a table").click()
     expect(page.locator(".checks-table td", has_text="0.90").first).to_be_attached()
-
-    # The owner's CFG holds: the dashboard says automatic CFG is paused from that step.
-    expect(page.locator("#steer-cfg-note")).to_contain_text("The policy may raise CFG")
-    page.get_by_label("CFG", exact=True).fill("2.5")
-    page.get_by_role("button", name="Apply CFG").click()
-    expect(ack).to_have_text(re.compile(r"CFG [\d.]+ → 2\.50?, applied from step \d+\."))
-    expect(page.locator("#steer-cfg-note")).to_have_text(
-        re.compile(r"Automatic CFG paused: you set CFG at step \d+; it holds for the rest")
-    )
-
-    page.get_by_role("button", name="Stop and keep image").click()
-    expect(page.locator("#run-state")).to_have_text("stopped")
     expect(ack).to_have_text(re.compile(r"Stop applied at step \d+"))
     expect(page.locator("#final-image")).to_be_visible()
     wait_for_image(page, "#final-image")
@@ -67,6 +57,24 @@ def test_start_watch_steer_and_stop_a_run(page: Page, server: DashboardServer) -
 
     OUTPUT.mkdir(exist_ok=True)
     page.screenshot(path=OUTPUT / "dashboard-finished-run.png", full_page=True)
+
+
+def test_the_owners_cfg_holds_and_the_dashboard_says_automatic_cfg_is_paused(
+    page: Page, server: DashboardServer
+) -> None:
+    start_run(page, server.url, steps=1000, check_interval=5)
+    wait_for_checks(page, 1)
+    note = page.locator("#steer-cfg-note")
+    expect(note).to_contain_text("The policy may raise CFG")
+    page.get_by_label("CFG", exact=True).fill("2.5")
+    page.get_by_role("button", name="Apply CFG").click()
+    ack = page.locator("#steer-ack")
+    expect(ack).to_have_text(re.compile(r"CFG [\d.]+ → 2\.50?, applied from step \d+\."))
+    expect(note).to_have_text(
+        re.compile(r"Automatic CFG paused: you set CFG at step \d+; it holds for the rest")
+    )
+    page.get_by_role("button", name="Abort (no image)").click()
+    expect(page.locator("#run-state")).to_have_attribute("data-state", "finished")
 
 
 def test_a_refused_start_is_explained_at_its_field(page: Page, server: DashboardServer) -> None:

@@ -426,7 +426,9 @@ function drawLog(view, run) {
     );
   }
   entries.sort((a, b) => a.order - b.order);
-  if (view.log.children.length === entries.length && entries.length > 0) return;
+  // Redraw only when an entry came or went (the placeholder is one child with no entry).
+  if (view.log.dataset.count === String(entries.length)) return;
+  view.log.dataset.count = String(entries.length);
   if (entries.length === 0) {
     fill(
       view.log,
