@@ -454,7 +454,7 @@ class RunManager:
     async def _execute(self, run: LiveRun) -> None:
         run.state = "running"
         try:
-            await self.store.mark_running(run.run_id)
+            await self.store.mark_running(run.run_id, run.resolved.parameters)
         except StoreError as exc:
             self._keeping_failed(run, exc)
         bridge = EventBridge()

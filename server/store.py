@@ -332,10 +332,13 @@ class Store:
 
     # -- a running run, kept as it goes ----------------------------------------------------------
 
-    async def mark_running(self, run_id: str) -> None:
-        """Record that run ``run_id`` left the queue."""
+    async def mark_running(self, run_id: str, parameters: RunParameters) -> None:
+        """Record that run ``run_id`` left the queue with ``parameters`` (a ``set`` while it
+        was queued changes them)."""
         await self._call(
-            self._db.execute, "UPDATE runs SET state='running' WHERE run_id=?", (run_id,)
+            self._db.execute,
+            "UPDATE runs SET state='running', parameters=? WHERE run_id=?",
+            (_json(parameters), run_id),
         )
 
     async def keep_event(

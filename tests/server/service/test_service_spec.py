@@ -4,9 +4,12 @@ steering at once, welcome announces what checks report, a malformed hello keeps 
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgpack  # type: ignore[import-untyped]
 import pytest
 from servertools import Client, connect, running_server
@@ -112,6 +115,11 @@ async def test_an_empty_prompt_gets_invalid_prompt(
                 assert (refused.code, refused.field) == (ErrorCode.INVALID_PROMPT, "prompt")
 
 
+def read_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
 async def test_a_queued_run_answers_set_and_stop_at_once(
     tmp_path: Path, served_model: LoadedModel
 ) -> None:
@@ -132,6 +140,11 @@ async def test_a_queued_run_answers_set_and_stop_at_once(
             await client.send(Stop("stop-a", running.run_id, running.control_token, "abort"))
             changed_events = await client.run_events(changed.run_id)
             stopped_events = await client.run_events(stopped.run_id)
+            stored = await anyio.to_thread.run_sync(
+                read_json, f"{server.http}/api/runs/{changed.run_id}"
+            )
+    # The store keeps the parameters the run ran with, the change included.
+    assert stored["parameters"]["quality_threshold"] == 0.25
     assert isinstance(applied, Applied) and (applied.seq, applied.step) == (1, 0)
     (change,) = applied.changes
     assert (change.setting, change.new) == ("quality_threshold", 0.25)
