@@ -266,17 +266,7 @@ class Store:
             self._db.executemany(
                 "INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (
-                        finished.run_id,
-                        position,
-                        entry.step,
-                        entry.score,
-                        json.dumps(dict(entry.components)),
-                        entry.decision,
-                        entry.cfg,
-                        entry.threshold,
-                        entry.elapsed,
-                    )
+                    _check_row(finished.run_id, position, entry)
                     for position, entry in enumerate(finished.history)
                 ],
             )

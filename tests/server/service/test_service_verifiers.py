@@ -5,6 +5,7 @@ the sampler runs on the number of torch threads the server is told."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -63,4 +64,4 @@ async def test_the_sampler_uses_the_configured_number_of_threads(
 def test_the_default_thread_count_leaves_room_for_other_work() -> None:
     threads = ServerConfig().sampler_threads
     assert 1 <= threads <= 8
-    assert threads <= max(1, (len(__import__("os").sched_getaffinity(0)) + 1) // 2)
+    assert threads <= max(1, (len(os.sched_getaffinity(0)) + 1) // 2)
