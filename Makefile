@@ -85,11 +85,14 @@ lint: $(VENV)/.installed $(DASHBOARD)/node_modules/.package-lock.json
 	$(VENV)/bin/ruff format --check .
 	cd $(DASHBOARD) && npm run --silent check
 
-# The service layer of server/ (not the engine and models, which torch's typing limits) and the
-# ComfyUI modules that do not import ComfyUI are checked strictly too; the modules they import
+# The service layer of server/, the engine's run path (its parameters, events, control, policy,
+# model and monitor) and the ComfyUI modules that do not import ComfyUI are checked strictly too;
+# the modules they import (the rest of the engine and the models, which torch's typing limits)
 # are read, not reported.
-SERVICE_MODULES := app bridge catalog cli config connections eventlog gate http outbox runs serving \
-	session store translate comfyui.adapter comfyui.chart comfyui.install
+SERVICE_MODULES := app bridge catalog cli config connections devicequeue eventlog execution gate http \
+	liverun outbox runs serving \
+	session store comfyui.adapter comfyui.chart comfyui.install engine.control engine.events \
+	engine.model engine.monitor engine.params engine.policy
 
 # mypy cannot follow setuptools' package-dir mapping, so it reads the packages through a tree of
 # links that spells their import names (stepwatch/protocol -> protocol/, ...).

@@ -37,7 +37,7 @@ from stepwatch.server.engine.control import RunControl
 from stepwatch.server.engine.events import EngineEvent
 from stepwatch.server.engine.model import LoadedModel
 from stepwatch.server.engine.monitor import run_monitored
-from stepwatch.server.engine.params import RunParams
+from stepwatch.server.engine.params import RequestedParams, ResolvedParams
 from stepwatch.server.engine.previews import encode_png, to_uint8
 from stepwatch.server.engine.verifiers import SIMPLE, VerifierRegistry
 from stepwatch.server.models.loading import ModelSpec, load_model
@@ -61,9 +61,9 @@ def _discard(event: EngineEvent) -> None:
     """A sink as cheap as a server's non-blocking hand-off."""
 
 
-def bare_run(model: LoadedModel, params: RunParams) -> None:
+def bare_run(model: LoadedModel, resolved: ResolvedParams) -> None:
     """The pipeline alone, as a user of diffusers would call it, PNG-encoded like a result."""
-    assert params.sampler and params.scheduler and params.seed is not None
+    params = resolved.parameters
     pipeline = model.pipeline
     pipeline.scheduler = model.build_scheduler(params.sampler, params.scheduler)
     images = pipeline(
@@ -90,9 +90,7 @@ def timed(action: Callable[[], object]) -> tuple[float, float]:
 def measure_overhead(
     model: LoadedModel, registry: VerifierRegistry, repeats: int
 ) -> dict[str, Any]:
-    base = model.resolve(
-        RunParams(OVERHEAD_PROMPT, seed=0, quality_threshold=0.0, early_stop=False)
-    )
+    base = RequestedParams(OVERHEAD_PROMPT, seed=0, quality_threshold=0.0, early_stop=False)
     configs = [Config("bare")]
     for interval in INTERVALS:
         for decoder in model.decoders:
@@ -102,12 +100,15 @@ def measure_overhead(
 
     def action(config: Config) -> Callable[[], object]:
         if config.interval is None:
-            return lambda: bare_run(model, base)
-        params = replace(
-            base,
-            check_interval=config.interval,
-            preview_decoder=config.decoder,
-            verifier=config.verifier,
+            bare = model.resolve(base)
+            return lambda: bare_run(model, bare)
+        params = model.resolve(
+            replace(
+                base,
+                check_interval=config.interval,
+                preview_decoder=config.decoder,
+                verifier=config.verifier,
+            )
         )
         return lambda: run_monitored(model, params, registry, RunControl(), _discard)
 

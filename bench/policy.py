@@ -37,11 +37,11 @@ import torch
 from _service import Machine, percentile, print_table, write_results
 from PIL import Image
 
+from stepwatch.protocol import Finished
 from stepwatch.server.engine.control import RunControl
-from stepwatch.server.engine.events import FinishReason, RunResult
 from stepwatch.server.engine.fidelity import noise_level, psnr, ssim
 from stepwatch.server.engine.monitor import run_monitored
-from stepwatch.server.engine.params import RunParams
+from stepwatch.server.engine.params import RequestedParams
 from stepwatch.server.engine.verifiers import VerifierRegistry
 from stepwatch.server.models.builtin import Judge
 from stepwatch.server.models.builtin.vocabulary import ATTRIBUTES, ParsedPrompt
@@ -90,34 +90,44 @@ def prompts(count: int) -> list[str]:
     return every[::stride][:count]
 
 
-def as_tensor(result: RunResult) -> torch.Tensor:
+def as_tensor(result: Finished) -> torch.Tensor:
     assert result.image is not None
-    pixels = np.asarray(Image.open(io.BytesIO(result.image.png)).convert("RGB"))
+    pixels = np.asarray(Image.open(io.BytesIO(result.image.data)).convert("RGB"))
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float()[None] / 255
 
 
 def sweep(
     model: Any, registry: VerifierRegistry, judge: Judge, sampler: str, cfg: float, mode: str,
     texts: list[str], seeds: int,
-) -> tuple[list[RunResult], float]:  # fmt: skip
+) -> tuple[list[Finished], float]:  # fmt: skip
     results = []
     started = time.perf_counter()
     for text, seed in itertools.product(texts, range(seeds)):
-        params = RunParams(text, seed=seed, sampler=sampler, steps=STEPS, cfg=cfg, **MODES[mode])
+        requested = RequestedParams(
+            text, seed=seed, sampler=sampler, steps=STEPS, cfg=cfg, **MODES[mode]
+        )
+        params = model.resolve(requested)
         result = run_monitored(model, params, registry, RunControl(), lambda event: None)
-        if result.reason is FinishReason.FAILED:
+        if result.reason == "failed":
             raise RuntimeError(f"{text!r} seed {seed} failed: {result.error}")
         results.append(result)
     return results, time.perf_counter() - started
 
 
-def judged(judge: Judge, results: list[RunResult]) -> list[bool]:
-    return [all(judge.matches(as_tensor(r), r.params.prompt)[0].values()) for r in results]
+def judged(judge: Judge, results: list[Finished], texts: list[str]) -> list[bool]:
+    """Whether the judge sees every attribute asked for; ``results`` are :func:`sweep`'s, in the
+    order of its prompts and seeds."""
+    seeds = len(results) // len(texts)
+    asked = [text for text in texts for _ in range(seeds)]
+    return [
+        all(judge.matches(as_tensor(r), text)[0].values())
+        for r, text in zip(results, asked, strict=True)
+    ]
 
 
 def row(
-    sampler: str, setting: str, cfg: float, mode: str, results: list[RunResult],
-    full: list[RunResult], judge: Judge, seconds: float,
+    sampler: str, setting: str, cfg: float, mode: str, results: list[Finished],
+    full: list[Finished], judge: Judge, texts: list[str], seconds: float,
 ) -> Row:  # fmt: skip
     images = torch.cat([as_tensor(r) for r in results])
     reference = torch.cat([as_tensor(r) for r in full])
@@ -128,7 +138,7 @@ def row(
     steps = [r.steps_run for r in results]
     return Row(
         sampler=sampler, setting=setting, cfg=cfg, mode=mode, runs=len(results),
-        joint=statistics.mean(judged(judge, results)),
+        joint=statistics.mean(judged(judge, results, texts)),
         psnr_median=None if same else statistics.median(psnrs),
         psnr_q1=None if same else percentile(psnrs, 25),
         psnr_q3=None if same else percentile(psnrs, 75),
@@ -137,8 +147,8 @@ def row(
         noise_full_median=statistics.median(float(v) for v in noise_level(reference)),
         steps_mean=statistics.mean(steps),
         steps_saved=1 - statistics.mean(steps) / statistics.mean(r.steps_run for r in full),
-        early_stops=sum(r.reason is FinishReason.EARLY_STOP for r in results),
-        raised=sum(any(h.decision.value == "raise_cfg" for h in r.history) for r in results),
+        early_stops=sum(r.reason == "early_stop" for r in results),
+        raised=sum(any(h.decision == "raise_cfg" for h in r.history) for r in results),
         seconds=seconds,
     )  # fmt: skip
 
@@ -166,7 +176,7 @@ def main() -> None:
                     (full, seconds) if mode == "none"
                     else sweep(model, registry, judge, sampler, cfg, mode, texts, args.seeds)
                 )  # fmt: skip
-                rows.append(row(sampler, setting, cfg, mode, results, full, judge, took))
+                rows.append(row(sampler, setting, cfg, mode, results, full, judge, texts, took))
                 print(rows[-1], flush=True)
         default_none = next(
             r for r in rows if (r.sampler, r.setting, r.mode) == (sampler, "default", "none")

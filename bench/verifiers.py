@@ -48,7 +48,7 @@ from tiny_models import (  # noqa: E402
 from stepwatch.server.engine.control import RunControl  # noqa: E402
 from stepwatch.server.engine.model import LoadedModel, describe_pipeline  # noqa: E402
 from stepwatch.server.engine.monitor import run_monitored  # noqa: E402
-from stepwatch.server.engine.params import RunParams  # noqa: E402
+from stepwatch.server.engine.params import RequestedParams  # noqa: E402
 from stepwatch.server.engine.structure import gaussian_blur  # noqa: E402
 from stepwatch.server.engine.verifiers import (  # noqa: E402
     STRUCTURE,
@@ -118,11 +118,11 @@ def measure_builtin(model: LoadedModel, registry: VerifierRegistry, seeds: int) 
         for prompt in prompt_set():
             for seed in range(seeds):
                 recorder = Recorder()
-                params = RunParams(
+                params = RequestedParams(
                     prompt, seed=seed, steps=20, check_interval=5, verifier=STRUCTURE,
                     sampler=sampler, **NO_ACTIONS,
                 )  # fmt: skip
-                run_monitored(model, params, registry, RunControl(), recorder)
+                run_monitored(model, model.resolve(params), registry, RunControl(), recorder)
                 for check in recorder.checks:
                     values = {"score": check.score, **check.components}
                     for name, value in values.items():
@@ -143,11 +143,11 @@ def measure_tiny(registry: VerifierRegistry) -> dict[str, Any]:
     for model in models:
         for decoder in model.decoders:
             recorder = Recorder()
-            params = RunParams(
+            params = RequestedParams(
                 "red circle", seed=3, steps=10, cfg=3.0, check_interval=1, preview_decoder=decoder,
                 **NO_ACTIONS,
             )  # fmt: skip
-            run_monitored(model, params, registry, RunControl(), recorder)
+            run_monitored(model, model.resolve(params), registry, RunControl(), recorder)
             report[f"{model.name} {decoder}"] = {
                 "max_score": max(c.score for c in recorder.checks),
                 "max_clean": max(c.components["clean"] for c in recorder.checks),

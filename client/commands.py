@@ -22,11 +22,11 @@ from typing import Final, cast
 
 from rich.console import Console
 
-from stepwatch.protocol import ErrorCode, Welcome
+from stepwatch.protocol import ErrorCode, Welcome, to_json
 
 from .errors import Refused, RunFailed, StepwatchError
 from .history import MAX_PAGE, list_runs
-from .render import JsonView, LiveView, RunView, runs_table, to_json
+from .render import JsonView, LiveView, RunView, runs_table
 from .runs import Result, Run, RunHandle, RunOptions
 from .session import Session, connect
 from .transport import DEFAULT_URL

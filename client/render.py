@@ -9,10 +9,8 @@ standard output and its notes to standard error.
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import IO, Protocol, Self, assert_never
@@ -29,6 +27,7 @@ from stepwatch.protocol import (
     Finished,
     RunEvent,
     Started,
+    to_json,
 )
 from stepwatch.protocol import (
     Progress as StepProgress,
@@ -37,24 +36,7 @@ from stepwatch.protocol import (
 from .history import RunSummary
 from .runs import RunHandle
 
-__all__ = ["JsonView", "LiveView", "RunView", "runs_table", "to_json"]
-
-
-def to_json(value: object) -> object:
-    """A protocol value as JSON data: messages become objects led by their ``type``, binary
-    data (previews, images) becomes base64 text, tuples become arrays."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        names = (item.name for item in dataclasses.fields(value))
-        fields = {name: to_json(getattr(value, name)) for name in names}
-        kind = getattr(type(value), "TYPE", None)
-        return fields if kind is None else {"type": kind, **fields}
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, Mapping):
-        return {str(key): to_json(item) for key, item in value.items()}
-    if isinstance(value, tuple | list):
-        return [to_json(item) for item in value]
-    return value
+__all__ = ["JsonView", "LiveView", "RunView", "runs_table"]
 
 
 class RunView(Protocol):

@@ -27,6 +27,7 @@ from .codec import (
     peek,
 )
 from .errors import ErrorCode, FrameError, MessageError, ProtocolError, error_for
+from .jsonform import to_json
 from .messages import (
     CLIENT_MESSAGE_TYPES,
     RUN_EVENT_TYPES,
@@ -56,6 +57,7 @@ from .server_messages import (
     Unsubscribed,
     VerifierInfo,
     Welcome,
+    stamp,
 )
 from .values import (
     Decision,
@@ -120,4 +122,6 @@ __all__ = [
     "encode",
     "peek",
     "error_for",
+    "stamp",
+    "to_json",
 ]

@@ -296,7 +296,10 @@ def compile_record(cls: type[Any]) -> RecordSpec:
     fields = []
     for field in dataclasses.fields(cls):
         no_default = field.default is dataclasses.MISSING
+        # A field with a default may still be required on the wire: the stamped fields of
+        # run events, which have an empty default only until the service stamps them.
         required = no_default and field.default_factory is dataclasses.MISSING
+        required = required or bool(field.metadata.get("wire_required"))
         try:
             spec = _compile(hints[field.name])
         except TypeError as exc:

@@ -8,9 +8,10 @@ and reaches every connection that watches the run. :data:`ServerMessage` is the 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Annotated, ClassVar, TypeAlias
+from dataclasses import dataclass, field
+from typing import Annotated, ClassVar, Final, TypeAlias, TypeVar
 
 from . import limits
 from .errors import ErrorCode, MessageError, ProtocolError, error_for
@@ -68,6 +69,7 @@ __all__ = [
     "Unsubscribed",
     "VerifierInfo",
     "Welcome",
+    "stamp",
 ]
 
 #: Named parts of a score, as the verifier reports them (any finite numbers).
@@ -297,6 +299,14 @@ class Pong:
 
 
 # Run events.
+#
+# A run event is made without its ``run_id`` and ``seq`` (the engine that emits it knows
+# neither) and stamped with both by the service that numbers the run's events (:func:`stamp`).
+# The two fields are keyword-only and empty until then; on the wire they are required all the
+# same, and an unstamped event (``run_id`` empty, ``seq`` 0) is refused by :func:`encode`.
+
+#: The metadata of the stamped fields: required on the wire although they have a default.
+STAMPED: Final[Mapping[str, bool]] = {"wire_required": True}
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,8 +315,8 @@ class Started:
 
     TYPE: ClassVar[str] = "started"
 
-    run_id: RunId
-    seq: Seq
+    run_id: RunId = field(default="", kw_only=True, metadata=STAMPED)
+    seq: Seq = field(default=0, kw_only=True, metadata=STAMPED)
     #: Every parameter, resolved; ``parameters.steps`` is the number of steps it will run.
     parameters: RunParameters
 
@@ -317,8 +327,8 @@ class Progress:
 
     TYPE: ClassVar[str] = "progress"
 
-    run_id: RunId
-    seq: Seq
+    run_id: RunId = field(default="", kw_only=True, metadata=STAMPED)
+    seq: Seq = field(default=0, kw_only=True, metadata=STAMPED)
     #: The step that finished, from 1.
     step: Steps
     #: The steps the run will take if it does not stop early.
@@ -335,8 +345,8 @@ class Check:
 
     TYPE: ClassVar[str] = "check"
 
-    run_id: RunId
-    seq: Seq
+    run_id: RunId = field(default="", kw_only=True, metadata=STAMPED)
+    seq: Seq = field(default=0, kw_only=True, metadata=STAMPED)
     step: Steps
     #: The verifier's score of the decoded x0 estimate.
     score: Score
@@ -351,6 +361,13 @@ class Check:
     #: The thumbnail; ``None`` when previews are off or were collapsed in a replay.
     preview: Preview | None
 
+    def entry(self, elapsed: float) -> HistoryEntry:
+        """The check as the run's quality history keeps it, made ``elapsed`` seconds into
+        the run."""
+        return HistoryEntry(
+            self.step, self.score, self.components, self.decision, self.cfg, self.threshold, elapsed
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Adjusted:
@@ -358,8 +375,8 @@ class Adjusted:
 
     TYPE: ClassVar[str] = "adjusted"
 
-    run_id: RunId
-    seq: Seq
+    run_id: RunId = field(default="", kw_only=True, metadata=STAMPED)
+    seq: Seq = field(default=0, kw_only=True, metadata=STAMPED)
     #: The steps done when the setting changed; the new value applies to the steps after it.
     step: Step
     setting: Setting
@@ -376,8 +393,8 @@ class Applied:
 
     TYPE: ClassVar[str] = "applied"
 
-    run_id: RunId
-    seq: Seq
+    run_id: RunId = field(default="", kw_only=True, metadata=STAMPED)
+    seq: Seq = field(default=0, kw_only=True, metadata=STAMPED)
     #: The ``set`` or ``stop`` this acknowledges.
     request_id: RequestId
     #: The steps done when it took effect; it applies to the steps after it (0: to every step).
@@ -399,8 +416,8 @@ class Finished:
 
     TYPE: ClassVar[str] = "finished"
 
-    run_id: RunId
-    seq: Seq
+    run_id: RunId = field(default="", kw_only=True, metadata=STAMPED)
+    seq: Seq = field(default=0, kw_only=True, metadata=STAMPED)
     reason: FinishReason
     #: Steps actually taken.
     steps_run: Step
@@ -423,5 +440,14 @@ class Finished:
 
 #: The events of a run, each with ``run_id`` and ``seq``.
 RunEvent: TypeAlias = Started | Progress | Check | Adjusted | Applied | Finished
+
+E = TypeVar("E", bound=RunEvent)
+
+
+def stamp(event: E, run_id: str, seq: int) -> E:
+    """``event`` as event ``seq`` of run ``run_id``."""
+    return dataclasses.replace(event, run_id=run_id, seq=seq)
+
+
 #: Every message a server may send.
 ServerMessage: TypeAlias = Welcome | Accepted | Subscribed | Unsubscribed | Error | Pong | RunEvent

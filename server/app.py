@@ -35,6 +35,7 @@ from starlette.staticfiles import StaticFiles
 from stepwatch.server import http
 from stepwatch.server.catalog import Catalog
 from stepwatch.server.config import ServerConfig
+from stepwatch.server.execution import Sampler, engine_sampler
 from stepwatch.server.gate import Gate
 from stepwatch.server.runs import RunManager
 from stepwatch.server.session import CLOSE_GOING_AWAY, Session, serve_connection
@@ -120,19 +121,22 @@ class Service:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, config: ServerConfig, load_models: ModelLoader) -> AsyncIterator[Service]:
-        """Load models and verifiers, open the store, run the manager; close all on exit."""
+    async def open(
+        cls, config: ServerConfig, load_models: ModelLoader, sampler: Sampler | None = None
+    ) -> AsyncIterator[Service]:
+        """Load models and verifiers, open the store, run the manager; close all on exit.
+
+        ``sampler`` is the engine runs are sampled by (by default the monitored engine with
+        the configured verifiers, :func:`~.execution.engine_sampler`)."""
         models = list(await anyio.to_thread.run_sync(load_models, config))
         verifiers = await anyio.to_thread.run_sync(build_verifiers, config, models)
         catalog = Catalog(models, verifiers, config.limits)
         store = await Store.open(config.data_dir)
         try:
-            async with RunManager(
-                catalog,
-                store,
-                config.limits,
-                config.samplers_per_device,
-                config.sampler_threads,
+            if sampler is None:
+                sampler = engine_sampler(verifiers, config.sampler_threads)
+            async with RunManager.open(
+                catalog, store, config.limits, sampler, config.samplers_per_device
             ) as runs:
                 service = cls(config, catalog, store, runs)
                 try:
@@ -186,17 +190,23 @@ def dashboard_directory(config: ServerConfig) -> Path | None:
     return None
 
 
-def create_app(config: ServerConfig, *, load_models: ModelLoader | None = None) -> Starlette:
+def create_app(
+    config: ServerConfig,
+    *,
+    load_models: ModelLoader | None = None,
+    sampler: Sampler | None = None,
+) -> Starlette:
     """The stepwatch app for ``config``.
 
     ``load_models`` replaces :func:`load_configured_models` (tests hand in tiny in-memory
-    pipelines this way); it runs in a worker thread during start-up.
+    pipelines this way); it runs in a worker thread during start-up. ``sampler`` replaces the
+    engine at its declared interface (tests hand in a scripted one).
     """
     loader = load_models or load_configured_models
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with Service.open(config, loader) as service:
+        async with Service.open(config, loader, sampler) as service:
             app.state.service = service
             logger.info(
                 "stepwatch ready: models %s, data under %s",

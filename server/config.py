@@ -21,8 +21,7 @@ from stepwatch.protocol import limits as wire
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_PORT",
-    "ENGINE_MAX_PROMPT_CHARS",
-    "MIN_PREVIEW_SIZE",
+    "DEFAULT_MAX_PROMPT_CHARS",
     "ConfigError",
     "ServerConfig",
     "ServiceLimits",
@@ -32,10 +31,9 @@ __all__ = [
 DEFAULT_MODEL = "shapes=builtin:shapes"
 #: The port the protocol README names.
 DEFAULT_PORT = 8765
-#: The longest prompt the engine accepts (tighter than the protocol's 4000 characters).
-ENGINE_MAX_PROMPT_CHARS = 2000
-#: The smallest preview thumbnail the engine makes; ``preview_size`` 0 turns previews off.
-MIN_PREVIEW_SIZE = 8
+#: The longest prompt a server accepts unless configured otherwise (the protocol allows
+#: ``MAX_PROMPT_CHARS``; no model's text encoder reads anywhere near 2000 characters).
+DEFAULT_MAX_PROMPT_CHARS = 2000
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: The ``Host`` names a server always answers to (DNS rebinding cannot produce them).
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -102,7 +100,7 @@ class ServiceLimits:
     max_steps: int = wire.MAX_STEPS
     max_image_side: int = wire.MAX_SIZE
     max_preview_size: int = wire.MAX_PREVIEW_SIZE
-    max_prompt_chars: int = ENGINE_MAX_PROMPT_CHARS
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
     outbox_size: int = 4096
     send_timeout: float = 10.0
     abandon_grace: float = 30.0
@@ -137,8 +135,8 @@ class ServiceLimits:
             f"max_preview_size must be 0..{wire.MAX_PREVIEW_SIZE}",
         )
         _require(
-            1 <= self.max_prompt_chars <= ENGINE_MAX_PROMPT_CHARS,
-            f"max_prompt_chars must be 1..{ENGINE_MAX_PROMPT_CHARS}",
+            1 <= self.max_prompt_chars <= wire.MAX_PROMPT_CHARS,
+            f"max_prompt_chars must be 1..{wire.MAX_PROMPT_CHARS}",
         )
         _require(self.outbox_size >= 8, "outbox_size must be at least 8")
         _require(self.max_connections >= 1, "max_connections must be at least 1")

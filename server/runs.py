@@ -1,28 +1,13 @@
-"""The run manager: queues runs, drives the sampler, logs and fans out events, takes control.
+"""Every run of the service and the requests clients make about them: :class:`RunManager`.
 
-::
+The manager accepts runs into the queue of their model's device (one queue per device in front
+of ``samplers_per_device`` workers, which hand each run to the :class:`~.execution.RunExecutor`),
+steers them for the holders of their control tokens, subscribes connections to them and gives
+up the runs nobody watches.
 
-    start ──> DeviceQueue ──> worker ──> anyio.to_thread.run_sync(run_monitored)
-                 (bounded)                      │ engine events (sampler thread)
-                                                ▼
-                                EventBridge (bounded, never blocks the sampler)
-                                                │
-                                   pump: translate, number, log, fan out
-                                                │
-                                    ┌───────────┼───────────┐
-                                 Outbox      Outbox      Outbox     one per watching connection
-
-- One queue per device in front of ``samplers_per_device`` workers (one sampler at a time per
-  device by default). ``max_queue`` bounds the runs that wait; a full queue is ``queue_full``.
 - Each run keeps its event log (:class:`~.eventlog.EventLog`) while it is in memory; a
-  subscriber gets the log after its ``after_seq``, then the live events. Fan-out puts each
-  event into every watcher's outbox, which never waits, so neither a slow watcher nor many of
-  them slow the sampler or each other.
-- A running run is kept as it goes: its row says ``running`` once it leaves the queue, and each
-  event but progress (a check with its thumbnail) is stored before it is logged and sent, so a
-  crash loses none of what watchers saw. A finished run's result, history and log are stored
-  (image first) before its ``finished`` is logged and sent; it stays in memory for
-  ``finished_retention`` seconds, then replays come from the store.
+  subscriber gets the log after its ``after_seq``, then the live events. A run that has left
+  memory replays from the store.
 - A run goes on when its owner's connection goes away. When no connection watches or owns it
   for ``abandon_grace`` seconds, it is stopped with reason ``abandoned``.
 - Only the holder of a run's control token (checked with :func:`hmac.compare_digest`) may stop
@@ -31,160 +16,44 @@
 
 from __future__ import annotations
 
-import hmac
 import itertools
 import logging
-import secrets
-from collections import deque
-from dataclasses import dataclass
-from functools import partial
-from types import TracebackType
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
-import torch
 from anyio.abc import TaskGroup
 
 from stepwatch.protocol import (
     Accepted,
-    Error,
+    Applied,
     ErrorCode,
-    Finished,
-    HistoryEntry,
+    FinishReason,
     ProtocolError,
     Set,
+    SettingChange,
     Stop,
+    StopMode,
     Subscribed,
+    stamp,
 )
-from stepwatch.protocol.values import FinishReason, RunState, StopMode
-from stepwatch.server.bridge import EventBridge, StampedEvent
 from stepwatch.server.catalog import Catalog, ResolvedRun
 from stepwatch.server.config import ServiceLimits
-from stepwatch.server.engine import events as engine
-from stepwatch.server.engine.control import RunControl
-from stepwatch.server.engine.curves import MIN_RUNS, ExpectedCurve, curve_key
-from stepwatch.server.engine.monitor import run_monitored
-from stepwatch.server.eventlog import EventLog, LoggedEvent, logged_from_frame
+from stepwatch.server.devicequeue import DeviceQueue
+from stepwatch.server.eventlog import logged_from_frame
+from stepwatch.server.execution import RunExecutor, Sampler, unstarted
+from stepwatch.server.liverun import ControlRequest, LiveRun
 from stepwatch.server.outbox import Outbox
 from stepwatch.server.store import Store, StoreError
-from stepwatch.server.translate import RunTranslator
 
 __all__ = ["LiveRun", "RunManager"]
 
 logger = logging.getLogger(__name__)
 
 
-def _sample_with_threads(threads: int | None, *args: Any, **options: Any) -> None:
-    """Run the sampler (in its worker thread) on ``threads`` torch threads.
-
-    Set in the thread that samples: a worker thread keeps the count it first saw otherwise.
-    """
-    if threads is not None and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    run_monitored(*args, **options)
-
-
-@dataclass(frozen=True)
-class ControlRequest:
-    """A ``stop`` or ``set`` passed to the engine: who asked, under which request id."""
-
-    outbox: Outbox
-    request_id: str
-
-
-class LiveRun:
-    """A run the manager holds in memory: its parameters, control, event log and watchers."""
-
-    def __init__(self, run_id: str, resolved: ResolvedRun, owner: Outbox) -> None:
-        self.run_id = run_id
-        self.token = secrets.token_urlsafe(24)
-        self.resolved = resolved
-        self.control = RunControl()
-        self.translator = RunTranslator(run_id, resolved.parameters, previews=resolved.previews)
-        self.log = EventLog()
-        self.state: RunState = "queued"
-        #: The engine has reported the end; the result is being stored.
-        self.ending = False
-        self.watchers: set[Outbox] = {owner}
-        self.owner: Outbox | None = owner
-        self.starter = owner
-        self.requests: dict[str, ControlRequest] = {}
-        #: The quality history so far (the stored one once the run has finished).
-        self.history: list[HistoryEntry] = []
-        self.done = anyio.Event()
-        self.abandon_timer: anyio.CancelScope | None = None
-        #: Keeping the running run's events in the store failed once (logged once).
-        self.keep_failed = False
-
-    @property
-    def finished(self) -> bool:
-        return self.state == "finished"
-
-    @property
-    def attached(self) -> bool:
-        """Whether a connection watches or owns the run."""
-        return bool(self.watchers) or self.owner is not None
-
-    def token_matches(self, token: str) -> bool:
-        return hmac.compare_digest(token.encode(), self.token.encode())
-
-
-class DeviceQueue:
-    """The runs waiting for, and running on, one device's samplers."""
-
-    def __init__(self, device: str, samplers: int, max_queue: int) -> None:
-        self.device = device
-        self.samplers = samplers
-        self.max_queue = max_queue
-        self.waiting: deque[LiveRun] = deque()
-        self.running: set[LiveRun] = set()
-        self.reserved = 0
-        self.closed = False
-        self._wakeup = anyio.Event()
-
-    def reserve(self) -> None:
-        """Hold a place for a run about to be queued, or raise ``queue_full``."""
-        would_wait = len(self.waiting) + self.reserved + len(self.running) - self.samplers + 1
-        if would_wait > self.max_queue:
-            raise ProtocolError(
-                ErrorCode.QUEUE_FULL,
-                f"{len(self.waiting)} runs are waiting for {self.device}; try again later",
-            )
-        self.reserved += 1
-
-    def put(self, run: LiveRun) -> int:
-        """Queue a run whose place was reserved; return how many runs are ahead of it."""
-        self.reserved -= 1
-        ahead = len(self.waiting) + len(self.running)
-        position = ahead if ahead >= self.samplers else 0
-        self.waiting.append(run)
-        self._wakeup.set()
-        return position
-
-    def remove(self, run: LiveRun) -> bool:
-        if run in self.waiting:
-            self.waiting.remove(run)
-            return True
-        return False
-
-    async def take(self) -> LiveRun | None:
-        """The next run to sample; ``None`` once the queue is closed."""
-        while not self.waiting or self.closed:
-            if self.closed:
-                return None
-            self._wakeup = anyio.Event()
-            await self._wakeup.wait()
-        run = self.waiting.popleft()
-        self.running.add(run)
-        return run
-
-    def close(self) -> None:
-        self.closed = True
-        self._wakeup.set()
-
-
 class RunManager:
-    """Every run of the service. Use it as an async context manager (it runs the workers).
+    """Accepts, steers, subscribes to and gives up the service's runs. Open one with
+    :meth:`open`, which runs the device queues' workers until it closes.
 
     The methods that answer clients raise :class:`~stepwatch.protocol.ProtocolError` with the
     protocol's codes; the session turns them into ``error`` replies.
@@ -195,51 +64,55 @@ class RunManager:
         catalog: Catalog,
         store: Store,
         limits: ServiceLimits,
-        samplers_per_device: int = 1,
-        sampler_threads: int | None = None,
+        sampler: Sampler,
+        tasks: TaskGroup,
+        samplers_per_device: int,
     ) -> None:
         self.catalog = catalog
-        #: torch's intra-op threads in each sampler thread (``None``: torch's default).
-        self.sampler_threads = sampler_threads
         self.store = store
         self.limits = limits
+        self._tasks = tasks
         self.accepting = True
         self._runs: dict[str, LiveRun] = {}
-        self._queues: dict[str, DeviceQueue] = {}
+        self.executor = RunExecutor(sampler, store, limits, tasks, self._forget)
+        self._queues: dict[str, DeviceQueue[LiveRun]] = {}
         for model in catalog.models.values():
             device = str(model.device)
             if device not in self._queues:
                 self._queues[device] = DeviceQueue(device, samplers_per_device, limits.max_queue)
         self._request_ids = itertools.count(1)
-        #: Why the store last failed to write, until it is seen to write again.
-        self.store_failure: str | None = None
-        self._task_group: TaskGroup | None = None
 
-    async def __aenter__(self) -> RunManager:
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        for queue in self._queues.values():
-            for _ in range(queue.samplers):
-                self._task_group.start_soon(self._work, queue, name=f"sampler {queue.device}")
-        return self
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        catalog: Catalog,
+        store: Store,
+        limits: ServiceLimits,
+        sampler: Sampler,
+        samplers_per_device: int = 1,
+    ) -> AsyncIterator[RunManager]:
+        """Run the workers of every device queue; on exit, shut down (see :meth:`shutdown`)."""
+        async with anyio.create_task_group() as tasks:
+            manager = cls(catalog, store, limits, sampler, tasks, samplers_per_device)
+            for queue in manager._queues.values():
+                for _ in range(queue.samplers):
+                    tasks.start_soon(manager._work, queue, name=f"sampler {queue.device}")
+            try:
+                yield manager
+            finally:
+                if manager.accepting:
+                    with anyio.CancelScope(shield=True):
+                        await manager.shutdown()
+                tasks.cancel_scope.cancel()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool | None:
-        assert self._task_group is not None
-        if self.accepting:
-            with anyio.CancelScope(shield=True):
-                await self.shutdown()
-        self._task_group.cancel_scope.cancel()
-        return await self._task_group.__aexit__(exc_type, exc, traceback)
+    def _forget(self, run: LiveRun) -> None:
+        self._runs.pop(run.run_id, None)
 
     @property
-    def _tasks(self) -> TaskGroup:
-        assert self._task_group is not None, "use the RunManager as an async context manager"
-        return self._task_group
+    def store_failure(self) -> str | None:
+        """Why the store last failed to write, until it is seen to write again."""
+        return self.executor.store_failure
 
     # -- what the HTTP API and welcome show ---------------------------------------------------
 
@@ -266,29 +139,28 @@ class RunManager:
         queue = self._queues[str(resolved.model.device)]
         if self.store_failure is not None:
             await self._check_store()
-        queue.reserve()
-        run = LiveRun(secrets.token_hex(8), resolved, owner)
-        try:
-            # Shielded: once recorded, the run is queued even if its connection goes meanwhile
-            # (nobody is attached then, so it is abandoned after the grace period).
-            with anyio.CancelScope(shield=True):
-                await self.store.add_run(run.run_id, resolved.parameters)
-        except StoreError as exc:
-            queue.reserved -= 1
-            logger.error("cannot record a new run: %s", exc)
-            self.store_failure = str(exc)
-            raise ProtocolError(
-                ErrorCode.STORE_FAILED, "the server cannot store runs now; try again later"
-            ) from exc
-        self._runs[run.run_id] = run
-        if queue.closed:  # the server began to shut down while the run was being recorded
-            queue.reserved -= 1
-            owner.reply(Accepted(request_id, run.run_id, run.token, 0))
-            await self._finish(run, run.translator.unstarted(1, "shutdown"), 0)
-            return run
-        # Nothing awaits between queueing and replying, so ``accepted`` precedes every event.
-        position = queue.put(run)
-        owner.reply(Accepted(request_id, run.run_id, run.token, position))
+        with queue.admission() as admission:
+            run = LiveRun(resolved, owner)
+            try:
+                # Shielded: once recorded, the run is queued even if its connection goes
+                # meanwhile (nobody is attached then, so it is abandoned after the grace period).
+                with anyio.CancelScope(shield=True):
+                    await self.store.add_run(run.run_id, resolved.parameters)
+            except StoreError as exc:
+                logger.error("cannot record a new run: %s", exc)
+                self.executor.store_failure = str(exc)
+                raise ProtocolError(
+                    ErrorCode.STORE_FAILED, "the server cannot store runs now; try again later"
+                ) from exc
+            self._runs[run.run_id] = run
+            if not queue.closed:
+                # Nothing awaits between queueing and replying: ``accepted`` precedes every event.
+                position = admission.queue(run)
+                owner.reply(Accepted(request_id, run.run_id, run.token, position))
+                return run
+        # The server began to shut down while the run was being recorded.
+        owner.reply(Accepted(request_id, run.run_id, run.token, 0))
+        await self.executor.finish(run, unstarted("shutdown"))
         return run
 
     async def _check_store(self) -> None:
@@ -297,13 +169,13 @@ class RunManager:
             with anyio.CancelScope(shield=True):
                 await self.store.check_writable()
         except StoreError as exc:
-            self.store_failure = str(exc)
+            self.executor.store_failure = str(exc)
             raise ProtocolError(
                 ErrorCode.STORE_FAILED,
                 "the server cannot store results now, so it starts no runs; try again later",
             ) from exc
         logger.info("the store can write again (it failed: %s)", self.store_failure)
-        self.store_failure = None
+        self.executor.store_failure = None
 
     async def stop(self, request: Stop, requester: Outbox) -> None:
         """Stop a run for the holder of its token; the engine acknowledges with ``applied``."""
@@ -315,7 +187,7 @@ class RunManager:
             )
             return
         control_id = self._control_id(run, requester, request.request_id)
-        run.control.stop(engine.StopMode(request.mode), engine.FinishReason.STOPPED, control_id)
+        run.control.stop(request.mode, "stopped", control_id)
 
     async def set(self, request: Set, requester: Outbox) -> None:
         """Change a run's settings for the holder of its token (``applied`` follows)."""
@@ -324,16 +196,15 @@ class RunManager:
         self._take_ownership(run, requester)
         if run.state == "queued":
             # Acknowledged at once (step 0), as a stop is: the run starts with the change.
+            before = run.resolved.parameters
             run.resolved = run.resolved.with_settings(change)
-            applied = run.translator.queued_set(
-                run.log.next_seq, request.request_id, change, run.resolved.parameters
+            changes = tuple(
+                SettingChange(name, float(getattr(before, name)), float(new))
+                for name, new in change.items()
             )
-            if applied is not None:
-                self._publish(
-                    run,
-                    run.log.append(applied),
-                    ControlRequest(requester, request.request_id),
-                )
+            applied = Applied(request.request_id, 0, changes, None)
+            logged = run.log.append(stamp(applied, run.run_id, run.log.next_seq))
+            run.publish(logged, ControlRequest(requester, request.request_id))
             return
         run.control.set(change, self._control_id(run, requester, request.request_id))
 
@@ -423,7 +294,7 @@ class RunManager:
             await self._end_in_queue(run, reason, None, "finish")
         elif not run.finished:
             # The server's own stops keep the current estimate rather than spend a tail.
-            run.control.stop(engine.StopMode.ESTIMATE, engine.FinishReason(reason))
+            run.control.stop("estimate", reason)
 
     async def _end_in_queue(
         self, run: LiveRun, reason: FinishReason, request: ControlRequest | None, mode: StopMode
@@ -433,163 +304,18 @@ class RunManager:
             return
         run.ending = True
         if request is not None:
-            applied = run.translator.queued_stop(run.log.next_seq, request.request_id, mode)
-            self._publish(run, run.log.append(applied), request)
-        await self._finish(run, run.translator.unstarted(run.log.next_seq, reason), 0)
+            applied = Applied(request.request_id, 0, (), mode)
+            run.publish(run.log.append(stamp(applied, run.run_id, run.log.next_seq)), request)
+        await self.executor.finish(run, unstarted(reason))
 
     # -- running -------------------------------------------------------------------------------
 
-    async def _work(self, queue: DeviceQueue) -> None:
+    async def _work(self, queue: DeviceQueue[LiveRun]) -> None:
         while (run := await queue.take()) is not None:
             try:
-                await self._execute(run)
-            except Exception:  # a bug here must not stop the device's queue
-                logger.exception("run %s failed in the server", run.run_id)
-                if not run.finished:
-                    message = run.translator.failed(run.log.next_seq, "the server failed the run")
-                    await self._finish(run, message, 0)
+                await self.executor.execute(run)
             finally:
-                queue.running.discard(run)
-
-    async def _execute(self, run: LiveRun) -> None:
-        run.state = "running"
-        try:
-            await self.store.mark_running(run.run_id, run.resolved.parameters)
-        except StoreError as exc:
-            self._keeping_failed(run, exc)
-        bridge = EventBridge()
-        sample = partial(
-            _sample_with_threads,
-            self.sampler_threads,
-            run.resolved.model,
-            run.resolved.params,
-            self.catalog.verifiers,
-            run.control,
-            bridge.put,
-            curve=await self._expected_curve(run),
-        )
-        async with anyio.create_task_group() as pump:
-            pump.start_soon(self._pump, run, bridge)
-            try:
-                await anyio.to_thread.run_sync(sample, abandon_on_cancel=False)
-            finally:
-                bridge.close()
-        if not run.finished:
-            message = run.translator.failed(run.log.next_seq, "the sampler ended without a result")
-            await self._finish(run, message, 0)
-
-    async def _expected_curve(self, run: LiveRun) -> ExpectedCurve | None:
-        """The policy's yardstick: the model's shipped curve for the run's verifier and sampler,
-        else one learned from the store's completed runs once it rests on enough of them."""
-        model, params = run.resolved.model, run.resolved.params
-        assert params.verifier is not None and params.sampler is not None
-        shipped = model.curves.get(curve_key(params.verifier, params.sampler))
-        if shipped is not None:
-            return shipped
-        try:
-            runs = await self.store.quality_history(model.name, params.verifier, params.sampler)
-        except StoreError:
-            logger.warning("the store cannot be read; run %s has no expected curve", run.run_id)
-            return None
-        learned = ExpectedCurve.from_runs(runs)
-        return learned if learned is not None and learned.runs >= MIN_RUNS else None
-
-    async def _pump(self, run: LiveRun, bridge: EventBridge) -> None:
-        async for stamped in bridge:
-            if isinstance(stamped.event, engine.Finished):
-                run.ending = True
-                message = run.translator.finished(stamped.event.result, run.log.next_seq)
-                await self._finish(run, message, stamped.emitted_ns)
-            else:
-                await self._forward(run, stamped)
-
-    async def _forward(self, run: LiveRun, stamped: StampedEvent) -> None:
-        event = stamped.event
-        check: tuple[int, HistoryEntry] | None = None
-        if isinstance(event, engine.Check):
-            check = (len(run.history), run.translator.history_entry(event.quality))
-            run.history.append(check[1])
-        request = None
-        if isinstance(event, engine.Applied) and event.request_id is not None:
-            request = run.requests.pop(event.request_id, None)
-        client_id = request.request_id if request is not None else None
-        message = run.translator.translate(event, run.log.next_seq, client_id)
-        if message is not None:
-            try:
-                logged = run.log.prepare(message, stamped.emitted_ns)
-            except ProtocolError:
-                logger.exception("run %s: cannot encode %s", run.run_id, type(message).__name__)
-            else:
-                if not logged.coalescible:
-                    await self._keep(run, logged, check)
-                run.log.add(logged)
-                self._publish(run, logged, request)
-        if isinstance(event, engine.Applied) and event.refused and request is not None:
-            request.outbox.reply(
-                Error(ErrorCode.INVALID_VALUE, event.refused, None, client_id, run.run_id)
-            )
-
-    async def _keep(
-        self, run: LiveRun, event: LoggedEvent, check: tuple[int, HistoryEntry] | None
-    ) -> None:
-        """Store an event of the running run before anyone sees it (a crash keeps it)."""
-        try:
-            with anyio.CancelScope(shield=True):
-                await self.store.keep_event(event, check)
-        except StoreError as exc:
-            self._keeping_failed(run, exc)
-
-    def _keeping_failed(self, run: LiveRun, exc: StoreError) -> None:
-        if not run.keep_failed:
-            run.keep_failed = True
-            logger.error("run %s: its checks are not being stored: %s", run.run_id, exc)
-
-    def _publish(
-        self, run: LiveRun, event: LoggedEvent, request: ControlRequest | None = None
-    ) -> None:
-        """Send ``event`` to every watcher, and an acknowledgement to a steering non-watcher.
-
-        A connection may steer a run it does not watch (it holds the token from elsewhere); the
-        ``applied`` that answers it still reaches it.
-        """
-        for outbox in run.watchers:
-            outbox.event(run.run_id, event)
-        if request is not None and request.outbox not in run.watchers:
-            request.outbox.event(run.run_id, event)
-
-    async def _finish(self, run: LiveRun, message: Finished, emitted_ns: int) -> None:
-        """Store the result, then log and send ``finished``: the run is over."""
-        run.ending = True
-        try:
-            event = run.log.prepare(message, emitted_ns)
-        except ProtocolError as exc:
-            logger.error("run %s: cannot encode its result: %s", run.run_id, exc)
-            event = run.log.prepare(run.translator.failed(message.seq, f"the result: {exc}"))
-        assert isinstance(event.message, Finished)
-        try:
-            with anyio.CancelScope(shield=True):
-                await self.store.save_result(event.message, [*run.log.kept(), event])
-        except StoreError as exc:
-            # A finished seen is a result kept: what was not kept is reported as failed, and
-            # no run starts until the store can write again.
-            logger.error("run %s: its result was not stored: %s", run.run_id, exc)
-            self.store_failure = str(exc)
-            failed = run.translator.failed(
-                message.seq, f"the result was not stored: {exc}", ErrorCode.STORE_FAILED
-            )
-            event = run.log.prepare(failed, emitted_ns)
-        run.log.add(event)
-        run.state = "finished"
-        self._publish(run, event)
-        run.watchers.clear()
-        run.requests.clear()
-        self._cancel_abandon(run)
-        run.done.set()
-        self._tasks.start_soon(self._forget_later, run)
-
-    async def _forget_later(self, run: LiveRun) -> None:
-        await anyio.sleep(self.limits.finished_retention)
-        self._runs.pop(run.run_id, None)
+                queue.done(run)
 
     # -- shutting down -------------------------------------------------------------------------
 

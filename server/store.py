@@ -48,6 +48,7 @@ from stepwatch.protocol import (
     RunParameters,
     decode_server,
     encode,
+    stamp,
 )
 from stepwatch.server.eventlog import LoggedEvent
 
@@ -305,9 +306,8 @@ class Store:
             steps = history[-1].step if history else 0
             elapsed = history[-1].elapsed if history else 0.0
             error = RunError(ErrorCode.INTERNAL, INTERRUPTED)
-            finished = Finished(
-                run_id, last_seq + 1, "failed", steps, elapsed, None, history, None, error
-            )
+            finished = Finished("failed", steps, elapsed, None, history, None, error)
+            finished = stamp(finished, run_id, last_seq + 1)
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.execute(

@@ -8,13 +8,13 @@ The nodes never score, decide or record on their own: they hand each x0 preview 
 - :mod:`stepwatch.server.engine.policy`: ``decide`` with ``PolicySettings`` (and the
   expected-score curve the nodes learn, :mod:`.history`) and a history of ``Scored`` checks,
   returning a ``PolicyDecision``; ``CFG_OFF_AT``;
-- :mod:`stepwatch.server.engine.events`: ``Decision``, ``QualityRecord``;
-- :mod:`stepwatch.server.engine.params`: ``RunParams``' defaults (threshold, scale factor,
-  patience) and ``MAX_CFG``;
+- :mod:`stepwatch.server.engine.params`: ``DEFAULT_THRESHOLD`` and ``default_cfg_max``;
 - :mod:`stepwatch.server.engine.previews`: ``LinearPreview`` and ``to_uint8``;
 - :mod:`stepwatch.server.engine.errors`: ``VerifierError``.
 
-This module imports torch and the engine but not ComfyUI, so it is tested on its own.
+The checks are kept in the protocol's words (``Check``, ``Decision``), and the defaults of the
+settings the nodes expose are the protocol's (``start``'s). This module imports torch and the
+engine but not ComfyUI, so it is tested on its own.
 
 A **verifier id** is the string :class:`VerifierSelection` hands from one node to the other:
 ``ID@THRESHOLD``, where ``ID`` is a registered verifier's id (``simple``, the entry points
@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from stepwatch.protocol import Check, Decision, Start
 from stepwatch.server.engine.curves import ExpectedCurve
 from stepwatch.server.engine.errors import VerifierError
-from stepwatch.server.engine.events import Decision, QualityRecord
-from stepwatch.server.engine.params import MAX_CFG, RunParams
+from stepwatch.server.engine.events import fit_cfg, fit_components, fit_score, fit_text
+from stepwatch.server.engine.params import DEFAULT_THRESHOLD, default_cfg_max
 from stepwatch.server.engine.policy import (
     CFG_OFF_AT,
     PolicyDecision,
@@ -48,6 +49,7 @@ from stepwatch.server.engine.verifiers import SIMPLE, Verifier, VerifierRegistry
 __all__ = [
     "CUSTOM",
     "DEFAULTS",
+    "DEFAULT_THRESHOLD",
     "Decision",
     "NodeError",
     "QualityWatch",
@@ -61,8 +63,8 @@ __all__ = [
 
 #: The ``verifier_type`` that takes a ``module:callable`` from the node's ``custom_verifier``.
 CUSTOM = "custom"
-#: The engine's defaults for the settings the nodes expose.
-DEFAULTS = RunParams(prompt="-")
+#: The protocol's defaults for the settings the nodes expose (a ``start`` that names none).
+DEFAULTS = Start(request_id="comfyui", prompt="-")
 
 
 class NodeError(Exception):
@@ -151,7 +153,7 @@ class WatchSettings:
     steps: int
     cfg: float
     check_interval: int = DEFAULTS.check_interval
-    quality_threshold: float = DEFAULTS.quality_threshold
+    quality_threshold: float = DEFAULT_THRESHOLD
     scale_factor: float = DEFAULTS.scale_factor
     cfg_max: float = 0.0
     early_stop: bool = False
@@ -162,7 +164,7 @@ class WatchSettings:
 
     def policy(self) -> PolicySettings:
         """The engine's settings; ``cfg_max`` 0 means twice the starting CFG."""
-        cfg_max = self.cfg_max if self.cfg_max > 0 else min(2 * self.cfg, MAX_CFG)
+        cfg_max = self.cfg_max if self.cfg_max > 0 else default_cfg_max(self.cfg)
         return PolicySettings(
             quality_threshold=self.quality_threshold,
             scale_factor=self.scale_factor,
@@ -189,7 +191,10 @@ class QualityWatch:
     settings: WatchSettings
     prompt: str = ""
     clock: Callable[[], float] = time.monotonic
-    history: list[QualityRecord] = field(default_factory=list)
+    #: Every check so far, in the protocol's words (without previews).
+    history: list[Check] = field(default_factory=list)
+    #: Seconds from the start of the run to each check.
+    elapsed: list[float] = field(default_factory=list)
     cfg: float = 0.0
     started: float = 0.0
 
@@ -208,21 +213,23 @@ class QualityWatch:
             score = score_batch(self.verifier, images[:1], self.prompt)[0]
         except VerifierError as exc:
             raise NodeError(f"stepwatch: verifier {self.verifier_name} failed: {exc}") from exc
-        history: Sequence[Scored] = [*self.history, _Scored(step, score.value, score.components)]
+        components = fit_components(score.components)
+        history: Sequence[Scored] = [*self.history, _Scored(step, score.value, components)]
         decision = decide(history, self._policy, cfg=self.cfg, total_steps=self.settings.steps)
         self.history.append(
-            QualityRecord(
+            Check(
                 step=step,
-                score=score.value,
-                components=dict(score.components),
-                threshold=self._policy.quality_threshold,
+                score=fit_score(score.value),
+                components=components,
+                threshold=fit_score(self._policy.quality_threshold),
                 decision=decision.decision,
-                reason=decision.reason,
-                cfg=self.cfg,
-                elapsed=self.clock() - self.started,
+                reason=fit_text(decision.reason),
+                cfg=fit_cfg(self.cfg),
+                preview=None,
             )
         )
-        if decision.decision is Decision.RAISE_CFG:
+        self.elapsed.append(self.clock() - self.started)
+        if decision.decision == "raise_cfg":
             self.cfg = decision.cfg
         return decision
 
@@ -241,12 +248,12 @@ class QualityWatch:
                         "score": record.score,
                         "components": dict(record.components),
                         "threshold": record.threshold,
-                        "decision": record.decision.value,
+                        "decision": record.decision,
                         "reason": record.reason,
                         "cfg": record.cfg,
-                        "elapsed": round(record.elapsed, 4),
+                        "elapsed": round(elapsed, 4),
                     }
-                    for record in self.history
+                    for record, elapsed in zip(self.history, self.elapsed, strict=True)
                 ],
             },
             indent=2,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from stepwatch.server.engine.events import Decision, QualityRecord
+from stepwatch.protocol import Check
 
 WIDTH, HEIGHT = 512, 256
 _MARGIN = 36
@@ -24,15 +24,13 @@ _SCORE = (30, 30, 30)
 _THRESHOLD = (200, 40, 40)
 _CFG = (40, 90, 200)
 _DECISION_COLOURS = {
-    Decision.CONTINUE: (140, 140, 140),
-    Decision.RAISE_CFG: (240, 140, 20),
-    Decision.EARLY_STOP: (30, 160, 60),
+    "continue": (140, 140, 140),
+    "raise_cfg": (240, 140, 20),
+    "early_stop": (30, 160, 60),
 }
 
 
-def quality_chart(
-    history: Sequence[QualityRecord], steps: int, final_cfg: float
-) -> np.ndarray[Any, Any]:
+def quality_chart(history: Sequence[Check], steps: int, final_cfg: float) -> np.ndarray[Any, Any]:
     """Draw ``history`` of a run planned for ``steps`` steps that ended at ``final_cfg``.
 
     Returns an H×W×3 float32 array in [0, 1]. A record's CFG is the one the steps up to it ran

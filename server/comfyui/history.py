@@ -18,8 +18,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from stepwatch.protocol import Check
 from stepwatch.server.engine.curves import MIN_RUNS, ExpectedCurve
-from stepwatch.server.engine.events import Decision, QualityRecord
 
 __all__ = ["HISTORY_FILE", "QualityHistory"]
 
@@ -54,14 +54,12 @@ class QualityHistory:
         learned = ExpectedCurve.from_runs(runs[-HISTORY_RUNS:])
         return learned if learned is not None and learned.runs >= MIN_RUNS else None
 
-    def record(
-        self, verifier: str, sampler: str, steps: int, history: Sequence[QualityRecord]
-    ) -> None:
+    def record(self, verifier: str, sampler: str, steps: int, history: Sequence[Check]) -> None:
         """Append one finished run's checks (up to and including its first CFG raise)."""
         checks: list[tuple[float, float]] = []
         for record in history:
             checks.append((round(record.step / steps, 4), round(record.score, 4)))
-            if record.decision is Decision.RAISE_CFG:
+            if record.decision == "raise_cfg":
                 break
         if not checks:
             return

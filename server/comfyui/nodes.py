@@ -26,9 +26,11 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 from typing_extensions import override
 
 from server import PromptServer
+from stepwatch.protocol import limits as wire
 
 from .adapter import (
     CUSTOM,
+    DEFAULT_THRESHOLD,
     DEFAULTS,
     NodeError,
     QualityWatch,
@@ -69,7 +71,7 @@ class VerifierSelectionNode(io.ComfyNode):
                 ),
                 io.Float.Input(
                     "quality_threshold",
-                    default=DEFAULTS.quality_threshold,
+                    default=DEFAULT_THRESHOLD,
                     min=0.0,
                     max=1.0,
                     step=0.01,
@@ -116,11 +118,13 @@ class InferenceScalingNode(io.ComfyNode):
                 io.Int.Input(
                     "seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True
                 ),
-                io.Int.Input("steps", default=20, min=1, max=1000),
-                io.Float.Input("cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01),
+                io.Int.Input("steps", default=20, min=1, max=wire.MAX_STEPS),
+                io.Float.Input("cfg", default=7.0, min=0.0, max=wire.MAX_CFG, step=0.1, round=0.01),
                 io.Combo.Input("sampler_name", options=comfy.samplers.SAMPLER_NAMES),
                 io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES),
-                io.Int.Input("check_interval", default=DEFAULTS.check_interval, min=1, max=1000),
+                io.Int.Input(
+                    "check_interval", default=DEFAULTS.check_interval, min=1, max=wire.MAX_STEPS
+                ),
                 io.Float.Input(
                     "quality_threshold",
                     default=0.0,
@@ -130,15 +134,25 @@ class InferenceScalingNode(io.ComfyNode):
                     tooltip="0: the VerifierSelectionNode's threshold",
                 ),
                 io.Float.Input(
-                    "scale_factor", default=DEFAULTS.scale_factor, min=1.0, max=10.0, step=0.01
+                    "scale_factor",
+                    default=DEFAULTS.scale_factor,
+                    min=wire.MIN_SCALE_FACTOR,
+                    max=wire.MAX_SCALE_FACTOR,
+                    step=0.01,
                 ),
                 io.Boolean.Input("early_stop", default=False, optional=True),
-                io.Int.Input("patience", default=DEFAULTS.patience, min=1, max=100, optional=True),
+                io.Int.Input(
+                    "patience",
+                    default=DEFAULTS.patience,
+                    min=wire.MIN_PATIENCE,
+                    max=wire.MAX_PATIENCE,
+                    optional=True,
+                ),
                 io.Int.Input(
                     "min_steps",
                     default=0,
                     min=0,
-                    max=1000,
+                    max=wire.MAX_STEPS,
                     optional=True,
                     tooltip="earliest early stop; 0: half the steps",
                 ),
@@ -161,7 +175,7 @@ class InferenceScalingNode(io.ComfyNode):
                     "cfg_max",
                     default=0.0,
                     min=0.0,
-                    max=100.0,
+                    max=wire.MAX_CFG,
                     step=0.1,
                     optional=True,
                     tooltip="cap on CFG raises; 0: twice cfg",

@@ -36,7 +36,7 @@ import torch
 from comfy.k_diffusion.sampling import get_sigmas_karras
 from PIL import Image
 
-from .adapter import Decision, QualityWatch, linear_preview, to_uint8
+from .adapter import QualityWatch, linear_preview, to_uint8
 
 __all__ = ["LiveGuidance", "SamplingRequest", "SamplingResult", "sample_monitored"]
 
@@ -142,9 +142,9 @@ def sample_monitored(
             images = decode(x0)
             decision = watch.check(step, images)
             record = watch.history[-1]
-            report(f"step {step}/{total}: {record.decision.value}; {record.reason}")
+            report(f"step {step}/{total}: {record.decision}; {record.reason}")
             preview = ("JPEG", _preview_image(images), PREVIEW_SIZE)
-            if decision.decision is Decision.EARLY_STOP and step < total:
+            if decision.decision == "early_stop" and step < total:
                 progress.update_absolute(step, total, preview)
                 raise _EarlyStop(index, x, x0)
         progress.update_absolute(step, total, preview)

@@ -2,20 +2,25 @@
 
 The run's owner (through the server) calls :meth:`RunControl.stop` and :meth:`RunControl.set` from
 any thread; the sampler thread calls :meth:`RunControl.take` at every step boundary and applies
-what it gets before the next step. Each request is acknowledged by an
-:class:`~.events.Applied` event carrying the step at which it took effect.
+what it gets before the next step. Each request made with a request id is
+acknowledged by an ``applied`` event carrying the step at which it took effect.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Final, get_args
+
+from stepwatch.protocol import FinishReason, StopMode
 
 from .errors import ParamError
-from .events import FinishReason, StopMode
-from .params import SettingsChange
+from .params import SettingsChange, check_change
 
-STOP_REASONS = (FinishReason.STOPPED, FinishReason.ABANDONED, FinishReason.SHUTDOWN)
+#: The reasons a stop may give: the owner's, or the server's own (see
+#: :class:`~stepwatch.protocol.FinishReason`).
+STOP_REASONS: Final[tuple[FinishReason, ...]] = ("stopped", "abandoned", "shutdown")
+STOP_MODES: Final[tuple[StopMode, ...]] = get_args(StopMode)
 
 
 @dataclass(frozen=True)
@@ -66,33 +71,36 @@ class RunControl:
 
     def stop(
         self,
-        mode: StopMode = StopMode.FINISH,
-        reason: FinishReason = FinishReason.STOPPED,
+        mode: StopMode = "finish",
+        reason: FinishReason = "stopped",
         request_id: str | None = None,
     ) -> None:
         """Ask the run to end at the next step boundary.
 
-        ``finish`` keeps the decoded x0 estimate of that step as the result; ``abort`` returns no
-        image. A later ``abort`` upgrades a pending ``finish``; otherwise the first stop wins.
-        ``reason`` is one of ``stopped``, ``abandoned`` and ``shutdown``.
+        ``finish`` finishes the run with a short clean tail, ``estimate`` keeps the decoded x0
+        estimate of that step, ``abort`` returns no image. A later ``abort`` upgrades a pending
+        ``finish``; otherwise the first stop wins. ``reason`` is one of
+        ``stopped``, ``abandoned`` and ``shutdown``.
         """
-        mode = StopMode(mode)
+        if mode not in STOP_MODES:
+            raise ParamError("mode", f"a stop mode is one of {', '.join(STOP_MODES)}")
         if reason not in STOP_REASONS:
             raise ParamError("reason", f"a stop reason is one of {', '.join(STOP_REASONS)}")
         with self._lock:
             if self._stop_taken:
                 return
             current = self._stop
-            if current is None or (current.mode is StopMode.FINISH and mode is StopMode.ABORT):
-                self._stop = StopRequest(mode, FinishReason(reason), request_id)
+            if current is None or (current.mode == "finish" and mode == "abort"):
+                self._stop = StopRequest(mode, reason, request_id)
             self._pending = True
 
     def set(self, change: SettingsChange, request_id: str | None = None) -> None:
-        """Ask the run to change live settings at the next step boundary."""
-        if not isinstance(change, SettingsChange):
-            raise ParamError("change", "must be a SettingsChange")
+        """Ask the run to change live settings (by name, to new values) at the next step
+        boundary. Raises :class:`~.errors.ParamError` for a change the protocol's ``set``
+        would refuse."""
+        checked = check_change(change)
         with self._lock:
-            self._changes.append(SetRequest(change, request_id))
+            self._changes.append(SetRequest(checked, request_id))
             self._pending = True
 
     def take(self) -> PendingControls:

@@ -10,10 +10,12 @@
 
 Errors raised by torch, diffusers or a verifier's own code are translated at the boundary with
 ``raise ... from exc``. Inside a run none of them escapes: :func:`~.monitor.run_monitored`
-turns each into a ``failed`` result with a :class:`~.events.FailureCode`.
+turns each into a ``failed`` result with the protocol's :class:`~stepwatch.protocol.ErrorCode`.
 """
 
 from __future__ import annotations
+
+from stepwatch.protocol import ErrorCode
 
 
 class EngineError(Exception):
@@ -21,12 +23,15 @@ class EngineError(Exception):
 
 
 class ParamError(EngineError, ValueError):
-    """A run parameter or settings change is invalid; :attr:`field` names the offending field."""
+    """A run parameter or settings change is invalid; :attr:`field` names the offending field
+    and :attr:`code` is the protocol's code for the refusal (``invalid_value`` unless a more
+    precise one applies, such as ``invalid_prompt`` or ``unknown_sampler``)."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, code: ErrorCode = ErrorCode.INVALID_VALUE) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+        self.code = code
 
 
 class ModelError(EngineError):

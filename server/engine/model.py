@@ -24,10 +24,13 @@ from typing import Any
 
 import torch
 
+from stepwatch.protocol import ErrorCode, RunParameters
+from stepwatch.protocol import limits as wire
+
 from . import samplers
 from .curves import ExpectedCurve
 from .errors import ModelError, ParamError
-from .params import RunParams
+from .params import DEFAULT_THRESHOLD, RequestedParams, ResolvedParams, default_cfg_max
 from .previews import (
     FLUX_FACTORS,
     SD3_FACTORS,
@@ -127,52 +130,88 @@ class LoadedModel:
         device: torch.device = self.pipeline.device
         return device
 
-    def resolve(self, params: RunParams) -> RunParams:
-        """Fill in the model's defaults and check ``params`` against this model.
+    @property
+    def start_cfg(self) -> float:
+        """The CFG a run starts with when it names none: the model's, within the protocol's
+        range."""
+        return min(max(self.defaults.cfg, wire.MIN_CFG), wire.MAX_CFG)
+
+    def resolve(self, request: RequestedParams) -> ResolvedParams:
+        """Fill in the defaults of ``request`` and check it against this model: the one place a
+        run's parameters are resolved.
 
         Raises :class:`~.errors.ParamError` naming the field a run cannot use here.
         """
         d = self.defaults
-        if params.model is not None and params.model != self.name:
-            raise ParamError("model", f"this is model {self.name!r}, not {params.model!r}")
-        self._check_prompts(params)
-        steps = params.steps if params.steps is not None else d.steps
-        cfg = params.cfg if params.cfg is not None else d.cfg
-        cfg_max = params.cfg_max if params.cfg_max is not None else max(cfg, 2 * cfg)
-        if cfg_max < cfg:
+        if request.model is not None and request.model != self.name:
+            raise ParamError("model", f"this is model {self.name!r}, not {request.model!r}")
+        self._check_prompts(request)
+        steps = request.steps if request.steps is not None else d.steps
+        cfg = request.cfg if request.cfg is not None else self.start_cfg
+        cfg_max = request.cfg_max
+        if cfg_max is None:
+            # The model's cap, as ``welcome`` announces it; a higher CFG must name its own.
+            cfg_max = default_cfg_max(self.start_cfg)
+            if cfg > cfg_max:
+                raise ParamError(
+                    "cfg",
+                    f"must not exceed cfg_max, which defaults to {cfg_max:g} here; "
+                    "name a cfg_max to go higher",
+                )
+        elif cfg_max < cfg:
             raise ParamError("cfg_max", f"must be at least cfg ({cfg:g}), got {cfg_max:g}")
-        sampler = params.sampler or d.sampler
-        schedule = params.scheduler or d.scheduler
+        sampler = request.sampler or d.sampler
+        schedule = request.scheduler or d.scheduler
         self.check_sampler(sampler, schedule)
-        width, height = self._size(params)
-        decoder = params.preview_decoder or d.preview_decoder
+        width, height = self._size(request)
+        decoder = request.preview_decoder or d.preview_decoder
         if decoder not in self.decoders:
             raise ParamError(
                 "preview_decoder",
                 f"unknown preview decoder {decoder!r}; one of {', '.join(self.decoders)}",
             )
-        self._check_latent(params, width, height)
-        return dataclasses.replace(
-            params,
+        self._check_latent(request, width, height)
+        min_steps = request.min_steps if request.min_steps is not None else steps // 2
+        if min_steps > steps:
+            raise ParamError("min_steps", f"must not exceed steps ({steps})")
+        threshold = request.quality_threshold
+        parameters = RunParameters(
             model=self.name,
-            seed=params.seed if params.seed is not None else random.getrandbits(32),
+            prompt=request.prompt,
+            negative_prompt=request.wire_default("negative_prompt"),
+            seed=request.seed if request.seed is not None else random.getrandbits(32),
             steps=steps,
             cfg=cfg,
-            cfg_max=cfg_max,
             sampler=sampler,
             scheduler=schedule,
             width=width,
             height=height,
-            verifier=params.verifier or d.verifier,
-            min_steps=params.min_steps if params.min_steps is not None else steps // 2,
-            preview_decoder=decoder,
+            verifier=request.verifier or d.verifier,
+            check_interval=request.wire_default("check_interval"),
+            quality_threshold=DEFAULT_THRESHOLD if threshold is None else threshold,
+            scale_factor=request.wire_default("scale_factor"),
+            cfg_max=cfg_max,
+            early_stop=request.wire_default("early_stop"),
+            patience=request.wire_default("patience"),
+            min_steps=min_steps,
+            preview_size=request.wire_default("preview_size"),
+            preview_format=request.wire_default("preview_format"),
         )
+        return ResolvedParams(parameters, decoder, request.initial_latent)
 
     def check_sampler(self, sampler: str, schedule: str) -> None:
         """Raise :class:`~.errors.ParamError` unless this sampler/scheduler pair fits the model."""
         if sampler not in self.samplers:
             raise ParamError(
-                "sampler", f"unknown sampler {sampler!r}; one of {', '.join(self.samplers)}"
+                "sampler",
+                f"unknown sampler {sampler!r}; one of {', '.join(self.samplers)}",
+                ErrorCode.UNKNOWN_SAMPLER,
+            )
+        if schedule not in self.schedulers:
+            raise ParamError(
+                "scheduler",
+                f"unknown scheduler {schedule!r}; one of {', '.join(self.schedulers)}",
+                ErrorCode.UNKNOWN_SCHEDULER,
             )
         if (sampler, schedule) not in self._fitting_samplers:
             samplers.build_scheduler(self.base_scheduler_config, sampler, schedule, flow=self.flow)
@@ -193,7 +232,7 @@ class LoadedModel:
         spatial: torch.Tensor = unpack(latents, height, width, self.pipeline.vae_scale_factor)
         return spatial
 
-    def _check_prompts(self, params: RunParams) -> None:
+    def _check_prompts(self, params: RequestedParams) -> None:
         if self.prompt_check is None:
             return
         for name in ("prompt", "negative_prompt"):
@@ -202,9 +241,9 @@ class LoadedModel:
                 try:
                     self.prompt_check(text)
                 except ValueError as exc:
-                    raise ParamError(name, str(exc)) from exc
+                    raise ParamError(name, str(exc), ErrorCode.INVALID_PROMPT) from exc
 
-    def _size(self, params: RunParams) -> tuple[int, int]:
+    def _size(self, params: RequestedParams) -> tuple[int, int]:
         d = self.defaults
         width = params.width if params.width is not None else d.width
         height = params.height if params.height is not None else d.height
@@ -213,7 +252,7 @@ class LoadedModel:
             raise ParamError(field_name, f"this model makes {d.width}x{d.height} images only")
         return width, height
 
-    def _check_latent(self, params: RunParams, width: int, height: int) -> None:
+    def _check_latent(self, params: RequestedParams, width: int, height: int) -> None:
         if params.initial_latent is None:
             return
         expected = latent_shape(self.pipeline, width, height)

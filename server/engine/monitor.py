@@ -3,24 +3,26 @@
 :func:`run_monitored` runs one pipeline call with a ``callback_on_step_end`` that, after every
 denoising step:
 
-1. emits :class:`~.events.Progress`;
+1. emits ``progress``;
 2. takes the control's pending requests and applies them (``set`` changes, ``stop``);
 3. every ``check_interval`` steps (the current interval, which a ``set`` may change), takes the
    x0 estimate, decodes it once with the preview decoder, scores that image with the verifier,
-   asks the policy, applies its decision and emits :class:`~.events.Check` (and
-   :class:`~.events.Adjusted` when CFG was raised).
+   asks the policy, applies its decision and emits ``check`` (and ``adjusted`` when CFG was
+   raised).
+
+The events are the protocol's (see :mod:`.events`); the run's result is its ``finished``.
 
 Non-check steps do nothing else, so monitoring costs almost nothing between checks.
 
 A CFG raise sets the pipeline's ``_guidance_scale``, which the standard CFG pipelines read at every
-step, so it applies from the next step. An early stop or a ``finish`` stop sets the pipeline's
-``_interrupt`` flag and hands it the x0 estimate as its latents: the pipeline skips the remaining
-steps and decodes x0 with its own decoder, so the result is the finished-looking image of the stop
-step, never the noisy latent. An ``abort`` leaves the pipeline at once and returns no image.
+step, so it applies from the next step. An early stop or a ``finish`` stop re-plans the rest of
+the schedule into a short tail to zero noise (:mod:`.finish`); an ``estimate`` stop sets the
+pipeline's ``_interrupt`` flag and hands it the x0 estimate as its latents, which the pipeline
+decodes with its own decoder. An ``abort`` leaves the pipeline at once and returns no image.
 
 Everything that goes wrong inside a run (an exception anywhere, NaN in x0 or the image, a failing
-verifier, running out of memory, a failing sink) ends the run with reason ``failed`` and a
-:class:`~.events.FailureCode`; nothing escapes into the caller's thread.
+verifier, running out of memory, a failing sink) ends the run with reason ``failed`` and the
+protocol's :class:`~stepwatch.protocol.ErrorCode`; nothing escapes into the caller's thread.
 """
 
 from __future__ import annotations
@@ -34,30 +36,39 @@ from typing import Any
 import numpy as np
 import torch
 
-from .control import PendingControls, RunControl, SetRequest, StopRequest
-from .curves import ExpectedCurve, curve_key
-from .errors import ParamError, UnsupportedScheduler, VerifierError
-from .events import (
+from stepwatch import protocol
+from stepwatch.protocol import (
     Adjusted,
     Applied,
     Check,
-    Decision,
-    EngineEvent,
-    EventSink,
-    FailureCode,
+    Error,
+    ErrorCode,
     Finished,
     FinishReason,
+    HistoryEntry,
     Progress,
-    QualityRecord,
-    ResultImage,
-    RunFailure,
-    RunResult,
+    RunError,
+    RunParameters,
+    SettingChange,
     Started,
     StopMode,
 )
+
+from .control import PendingControls, RunControl, SetRequest, StopRequest
+from .curves import ExpectedCurve, curve_key
+from .errors import UnsupportedScheduler, VerifierError
+from .events import (
+    EngineEvent,
+    EventSink,
+    fit_cfg,
+    fit_components,
+    fit_score,
+    fit_seconds,
+    fit_text,
+)
 from .finish import Tail, plan_tail, schedule_position
 from .model import LoadedModel
-from .params import RunParams, SettingsChange
+from .params import ResolvedParams
 from .policy import CFG_OFF_AT, PolicyDecision, PolicySettings, Scored, cfg_refusal, decide
 from .previews import PreviewDecoder, encode_png, encode_thumbnail, to_uint8
 from .verifiers import Verifier, VerifierRegistry, score_batch
@@ -69,10 +80,10 @@ Clock = Callable[[], float]
 _ETA_SMOOTHING = 0.3
 
 
-class _RunFailed(Exception):
-    def __init__(self, code: FailureCode, message: str) -> None:
+class _Failed(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
-        self.failure = RunFailure(code, message)
+        self.error = RunError(code, fit_text(message))
 
 
 class _Aborted(Exception):
@@ -90,50 +101,48 @@ class _Scored:
 
 def run_monitored(
     model: LoadedModel,
-    params: RunParams,
+    params: ResolvedParams,
     verifiers: VerifierRegistry,
     control: RunControl,
     sink: EventSink,
     *,
     curve: ExpectedCurve | None = None,
     clock: Clock = time.perf_counter,
-) -> RunResult:
-    """Run ``params`` on ``model`` under monitoring; return how it ended. Never raises.
+) -> Finished:
+    """Run ``params`` (resolved against ``model`` by :meth:`~.model.LoadedModel.resolve`) under
+    monitoring; return its ``finished`` event (unstamped). Never raises.
 
     ``curve`` is what this model usually scores with the run's verifier and sampler (the
     policy's yardstick, see :mod:`.policy`); by default the model's shipped curve, if any.
 
     Call it from a worker thread: it blocks for the whole run, holding ``model.lock`` (a model
     runs one run at a time; a second call waits). ``sink`` receives every event, on this thread.
-    Invalid parameters end the run at once with ``failed``/``invalid_params`` (then the only
-    event is :class:`~.events.Finished`).
+    A verifier that cannot be had ends the run at once with ``failed`` (then the only event is
+    ``finished``).
     """
+    wanted = params.parameters.verifier
     try:
-        resolved = model.resolve(params)
-        assert resolved.verifier is not None and resolved.preview_decoder is not None
-        verifier = verifiers.get(resolved.verifier)
-        decoder = model.decoders[resolved.preview_decoder]
-    except (ParamError, VerifierError) as exc:
-        code = FailureCode.INVALID_PARAMS
-        if isinstance(exc, VerifierError) and params.verifier in verifiers:
-            code = FailureCode.VERIFIER_FAILED
-        failure = RunFailure(code, str(exc))
-        result = RunResult(FinishReason.FAILED, 0, 0, None, (), None, 0.0, params, failure)
+        if params.parameters.model != model.name:
+            raise VerifierError(f"the parameters were resolved for model {params.parameters.model}")
+        verifier = verifiers.get(wanted)
+    except VerifierError as exc:
+        code = ErrorCode.VERIFIER_FAILED if wanted in verifiers else ErrorCode.INVALID_VALUE
+        result = Finished("failed", 0, 0.0, None, (), None, RunError(code, fit_text(str(exc))))
         _emit_finished(sink, result)
         return result
     if curve is None:
-        assert resolved.sampler is not None
-        curve = model.curves.get(curve_key(resolved.verifier, resolved.sampler))
-    run = _MonitoredRun(model, resolved, verifier, decoder, control, sink, clock, curve)
+        curve = model.curves.get(curve_key(wanted, params.parameters.sampler))
+    decoder = model.decoders[params.preview_decoder]
+    run = _MonitoredRun(model, params, verifier, decoder, control, sink, clock, curve)
     with model.lock:
         return run.execute()
 
 
-def _emit_finished(sink: EventSink, result: RunResult) -> None:
+def _emit_finished(sink: EventSink, result: Finished) -> None:
     try:
-        sink(Finished(result))
+        sink(result)
     except Exception:  # the run is over; a broken sink cannot change its result
-        logger.exception("the event sink failed on the Finished event")
+        logger.exception("the event sink failed on the finished event")
 
 
 class _MonitoredRun:
@@ -142,7 +151,7 @@ class _MonitoredRun:
     def __init__(
         self,
         model: LoadedModel,
-        params: RunParams,
+        resolved: ResolvedParams,
         verifier: Verifier,
         decoder: PreviewDecoder,
         control: RunControl,
@@ -150,9 +159,10 @@ class _MonitoredRun:
         clock: Clock,
         curve: ExpectedCurve | None,
     ) -> None:
-        assert params.steps is not None and params.cfg is not None
-        assert params.cfg_max is not None and params.min_steps is not None
-        self.model, self.params, self.verifier, self.decoder = model, params, verifier, decoder
+        params = resolved.parameters
+        self.model, self.verifier, self.decoder = model, verifier, decoder
+        self.params: RunParameters = params
+        self.initial_latent = resolved.initial_latent
         self.control, self.sink, self.clock = control, sink, clock
         self.start_cfg = self.cfg = params.cfg
         self.settings = PolicySettings(
@@ -170,7 +180,7 @@ class _MonitoredRun:
         self.total = params.steps
         self.step = 0
         self.last_check = 0
-        self.history: list[QualityRecord] = []
+        self.history: list[HistoryEntry] = []
         self.started = 0.0
         self.last_step_at = 0.0
         self.step_seconds: float | None = None
@@ -181,28 +191,27 @@ class _MonitoredRun:
 
     # -- the run as a whole --------------------------------------------------------------------
 
-    def execute(self) -> RunResult:
+    def execute(self) -> Finished:
         self.started = self.last_step_at = self.clock()
         pipeline = self.model.pipeline
         own_scheduler = pipeline.scheduler
         try:
-            assert self.params.sampler is not None and self.params.scheduler is not None
             scheduler = self.model.build_scheduler(self.params.sampler, self.params.scheduler)
             # Read once: a pipeline's device walks every module of every component (~3 ms here).
             device = self.model.device
             self.total = _planned_steps(scheduler, self.total, device)
             self.capture = StepCapture(scheduler)
             pipeline.scheduler = scheduler
-            self._emit(Started(self.params, self.total))
+            self._emit(Started(self.params))
             self._apply_controls(self.control.take())  # a stop before the first step aborts
             output = pipeline(**self._call_arguments(device))
-            return self._finish_result(_first_image(output), self.ending or FinishReason.COMPLETED)
+            return self._finish_result(_first_image(output), self.ending or "completed")
         except _Aborted as abort:
             return self._end(abort.reason, None)
-        except _RunFailed as failed:
-            return self._end(FinishReason.FAILED, failed.failure)
+        except _Failed as failed:
+            return self._end("failed", failed.error)
         except Exception as exc:  # no error inside a run may escape into the caller's thread
-            return self._end(FinishReason.FAILED, _classify(exc))
+            return self._end("failed", _classify(exc))
         finally:
             if self.capture is not None:
                 self.capture.remove()
@@ -220,44 +229,42 @@ class _MonitoredRun:
             "height": params.height,
             "width": params.width,
             "num_images_per_prompt": 1,
-            "generator": torch.Generator("cpu").manual_seed(params.seed or 0),
+            "generator": torch.Generator("cpu").manual_seed(params.seed),
             "output_type": "pt",
             "return_dict": True,
             "callback_on_step_end": self._on_step,
             "callback_on_step_end_tensor_inputs": ["latents"],
         }
-        if params.initial_latent is not None:
+        if self.initial_latent is not None:
             dtype = getattr(self.model.pipeline, "dtype", torch.float32)
-            arguments["latents"] = torch.from_numpy(params.initial_latent).to(device, dtype)
+            arguments["latents"] = torch.from_numpy(self.initial_latent).to(device, dtype)
         accepted = self.model.call_parameters
         return {k: v for k, v in arguments.items() if k in accepted}
 
-    def _finish_result(self, images: Any, reason: FinishReason) -> RunResult:
+    def _finish_result(self, images: Any, reason: FinishReason) -> Finished:
         image = None
         if images is not None:
             pixels = _as_uint8(images)
             image = encode_png(pixels)
-        steps_run = self.total if reason is FinishReason.COMPLETED else self.step
+        steps_run = self.total if reason == "completed" else self.step
         return self._end(reason, None, image=image, steps_run=steps_run)
 
     def _end(
         self,
         reason: FinishReason,
-        failure: RunFailure | None,
+        error: RunError | None,
         *,
-        image: ResultImage | None = None,
+        image: protocol.Image | None = None,
         steps_run: int | None = None,
-    ) -> RunResult:
-        result = RunResult(
+    ) -> Finished:
+        result = Finished(
             reason=reason,
             steps_run=self.step if steps_run is None else steps_run,
-            total_steps=self.total,
+            elapsed=fit_seconds(self.clock() - self.started),
             final_score=self.history[-1].score if self.history else None,
             history=tuple(self.history),
             image=image,
-            elapsed=self.clock() - self.started,
-            params=self.params,
-            error=failure,
+            error=error,
         )
         _emit_finished(self.sink, result)
         return result
@@ -266,7 +273,7 @@ class _MonitoredRun:
         try:
             self.sink(event)
         except Exception as exc:
-            raise _RunFailed(FailureCode.SINK_FAILED, f"the event sink failed: {exc!r}") from exc
+            raise _Failed(ErrorCode.INTERNAL, f"the event sink failed: {exc!r}") from exc
 
     # -- every step ----------------------------------------------------------------------------
 
@@ -280,13 +287,13 @@ class _MonitoredRun:
             return self._on_tail_step(pipeline, tensors)
         self._emit(self._progress())
         stop = self._apply_controls(self.control.take())
-        if stop is StopMode.ESTIMATE:
+        if stop == "estimate":
             return self._stop_with_x0(pipeline, tensors, self._x0())
-        if stop is StopMode.FINISH:
+        if stop == "finish":
             return self._begin_tail(pipeline, tensors, timestep)
         if self.step - self.last_check >= self.interval:
-            if self._check().decision is Decision.EARLY_STOP:
-                self.ending = FinishReason.EARLY_STOP
+            if self._check().decision == "early_stop":
+                self.ending = "early_stop"
                 return self._begin_tail(pipeline, tensors, timestep)
         return {}
 
@@ -326,7 +333,7 @@ class _MonitoredRun:
         # While a tail finishes the run, the steps it will take are the re-planned count.
         total = self.finishing_total or self.total
         eta = self.step_seconds * max(total - self.step, 0)
-        return Progress(self.step, total, now - self.started, eta)
+        return Progress(self.step, total, fit_seconds(now - self.started), fit_seconds(eta))
 
     def _stop_with_x0(
         self, pipeline: Any, tensors: dict[str, Any], x0: torch.Tensor
@@ -341,13 +348,13 @@ class _MonitoredRun:
         try:
             x0 = self.capture.x0()
         except UnsupportedScheduler as exc:
-            raise _RunFailed(FailureCode.UNSUPPORTED_SCHEDULER, str(exc)) from exc
+            raise _Failed(ErrorCode.UNSUPPORTED_SCHEDULER, str(exc)) from exc
         return self._finite(x0)
 
     def _finite(self, x0: torch.Tensor) -> torch.Tensor:
         if not bool(torch.isfinite(x0).all()):
-            raise _RunFailed(
-                FailureCode.NAN_DETECTED, f"the x0 estimate at step {self.step} is not finite"
+            raise _Failed(
+                ErrorCode.NAN_DETECTED, f"the x0 estimate at step {self.step} is not finite"
             )
         return x0
 
@@ -362,8 +369,9 @@ class _MonitoredRun:
         return self._apply_stop(pending.stop)
 
     def _apply_stop(self, stop: StopRequest) -> StopMode | None:
-        self._emit(Applied(self.step, stop.request_id, stop=stop.mode))
-        if stop.mode is StopMode.ABORT or self.step == 0:
+        if stop.request_id is not None:
+            self._emit(Applied(stop.request_id, self.step, (), stop.mode))
+        if stop.mode == "abort" or self.step == 0:
             raise _Aborted(stop.reason)
         if self.tail is not None:
             return None  # already finishing
@@ -371,29 +379,37 @@ class _MonitoredRun:
         return stop.mode
 
     def _apply_change(self, request: SetRequest) -> None:
-        change = request.change
-        applied: dict[str, Any] = {}
+        applied: list[SettingChange] = []
         refused: list[str] = []
-        for name in ("quality_threshold", "scale_factor"):
-            value = getattr(change, name)
-            if value is not None:
-                self.settings = dataclasses.replace(self.settings, **{name: value})
-                applied[name] = value
-        if change.check_interval is not None:
-            self.interval = applied["check_interval"] = change.check_interval
-        if change.cfg is not None:
-            why = cfg_refusal(self.start_cfg, change.cfg)
-            if not why and not self.model.guidance_live and self.step > 0:
-                why = "this model reads its guidance only once per run"
-            if why:
-                refused.append(why)
-            else:
-                self._set_cfg(change.cfg)
-                applied["cfg"] = change.cfg
-                # The owner's CFG holds: automatic CFG pauses for the rest of the run.
-                self.settings = dataclasses.replace(self.settings, owner_cfg_step=self.step)
-        accepted = SettingsChange(**applied) if applied else None
-        self._emit(Applied(self.step, request.request_id, accepted, refused="; ".join(refused)))
+        for name, value in request.change.items():
+            match name:
+                case "quality_threshold":
+                    old = self.settings.quality_threshold
+                    self.settings = dataclasses.replace(self.settings, quality_threshold=value)
+                case "scale_factor":
+                    old = self.settings.scale_factor
+                    self.settings = dataclasses.replace(self.settings, scale_factor=value)
+                case "check_interval":
+                    old, self.interval = float(self.interval), int(value)
+                case "cfg":
+                    why = cfg_refusal(self.start_cfg, value)
+                    if not why and not self.model.guidance_live and self.step > 0:
+                        why = "this model reads its guidance only once per run"
+                    if why:
+                        refused.append(why)
+                        continue
+                    old = self.cfg
+                    self._set_cfg(value)
+                    # The owner's CFG holds: automatic CFG pauses for the rest of the run.
+                    self.settings = dataclasses.replace(self.settings, owner_cfg_step=self.step)
+            applied.append(SettingChange(name, old, float(value)))
+        if request.request_id is None:
+            return
+        if applied:
+            self._emit(Applied(request.request_id, self.step, tuple(applied), None))
+        if refused:
+            message = fit_text("; ".join(refused))
+            self._emit(Error(ErrorCode.INVALID_VALUE, message, request_id=request.request_id))
 
     def _set_cfg(self, cfg: float) -> None:
         self.cfg = cfg
@@ -406,36 +422,35 @@ class _MonitoredRun:
     def _check(self) -> PolicyDecision:
         self.last_check = self.step
         params = self.params
-        assert params.width is not None and params.height is not None
         x0 = self.model.to_spatial(self._x0(), params.width, params.height)
         images = self.decoder.decode(x0)
         try:
             score = score_batch(self.verifier, images, params.prompt)[0]
         except VerifierError as exc:
-            raise _RunFailed(
-                FailureCode.VERIFIER_FAILED, f"verifier {params.verifier}: {exc}"
-            ) from exc
-        scored: list[Scored] = [*self.history, _Scored(self.step, score.value, score.components)]
+            raise _Failed(ErrorCode.VERIFIER_FAILED, f"verifier {params.verifier}: {exc}") from exc
+        components = fit_components(score.components)
+        scored: list[Scored] = [*self.history, _Scored(self.step, score.value, components)]
         decision = decide(scored, self.settings, cfg=self.cfg, total_steps=self.total)
-        record = QualityRecord(
+        preview = None
+        if params.preview_size > 0:
+            pixels = to_uint8(images[:1])[0]
+            preview = encode_thumbnail(pixels, params.preview_size, params.preview_format)
+        check = Check(
             step=self.step,
-            score=score.value,
-            components=score.components,
-            threshold=self.settings.quality_threshold,
+            score=fit_score(score.value),
+            components=components,
+            threshold=fit_score(self.settings.quality_threshold),
             decision=decision.decision,
-            reason=decision.reason,
-            cfg=self.cfg,
-            elapsed=self.clock() - self.started,
+            reason=fit_text(decision.reason),
+            cfg=fit_cfg(self.cfg),
+            preview=preview,
         )
-        self.history.append(record)
-        preview = encode_thumbnail(
-            to_uint8(images[:1])[0], params.preview_size, params.preview_format
-        )
-        self._emit(Check(record, preview))
-        if decision.decision is Decision.RAISE_CFG:
+        self.history.append(check.entry(fit_seconds(self.clock() - self.started)))
+        self._emit(check)
+        if decision.decision == "raise_cfg":
             old = self.cfg
             self._set_cfg(decision.cfg)
-            self._emit(Adjusted(self.step, "cfg", old, decision.cfg, decision.reason))
+            self._emit(Adjusted(self.step, "cfg", old, decision.cfg, fit_text(decision.reason)))
         return decision
 
 
@@ -452,7 +467,7 @@ def _planned_steps(scheduler: Any, steps: int, device: torch.device) -> int:
 def _first_image(output: Any) -> Any:
     images = getattr(output, "images", None)
     if images is None:
-        raise _RunFailed(FailureCode.INTERNAL, "the pipeline returned no images")
+        raise _Failed(ErrorCode.INTERNAL, "the pipeline returned no images")
     return images
 
 
@@ -466,14 +481,14 @@ def _as_uint8(images: Any) -> np.ndarray[Any, np.dtype[np.uint8]]:
         first = np.asarray(images[0].convert("RGB"), dtype=np.float32) / 255.0
         tensor = torch.from_numpy(first).permute(2, 0, 1)[None]
     if not bool(torch.isfinite(tensor).all()):
-        raise _RunFailed(FailureCode.NAN_DETECTED, "the final image is not finite")
+        raise _Failed(ErrorCode.NAN_DETECTED, "the final image is not finite")
     return to_uint8(tensor)[0]
 
 
-def _classify(exc: Exception) -> RunFailure:
+def _classify(exc: Exception) -> RunError:
     """Turn an unexpected exception from inside a run into a coded failure."""
     text = str(exc)
     if isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in text.lower():
-        return RunFailure(FailureCode.OUT_OF_MEMORY, f"out of memory: {text}")
+        return RunError(ErrorCode.OUT_OF_MEMORY, fit_text(f"out of memory: {text}"))
     logger.exception("a run failed")
-    return RunFailure(FailureCode.INTERNAL, f"{type(exc).__name__}: {text}")
+    return RunError(ErrorCode.INTERNAL, fit_text(f"{type(exc).__name__}: {text}"))

@@ -1,48 +1,90 @@
-"""What a run is asked to do: :class:`RunParams`, and :class:`SettingsChange` for mid-run steering.
+"""What a run is asked to do, before and after it is resolved against a model.
 
-Every input of the original sampler-node design survives as a field of :class:`RunParams`. Fields
-left ``None`` take the model's defaults when the run is resolved against a model
-(:meth:`~.model.LoadedModel.resolve`); the resolved parameters are what a run's
-:class:`~.events.Started` event reports.
+- :class:`RequestedParams`: what a caller asks for. Every field but ``prompt`` may be ``None``,
+  "the default": the model's (steps, CFG, sampler, scheduler, size, verifier, preview decoder),
+  the protocol's (``check_interval``, ``scale_factor`` and the rest that ``start`` defaults) or
+  one computed from the others (``cfg_max``, ``min_steps``, a random ``seed``).
+- :class:`ResolvedParams`: what a run runs with, every default filled in and every rule checked,
+  made only by :meth:`~.model.LoadedModel.resolve`. Its ``parameters`` are the protocol's
+  :class:`~stepwatch.protocol.RunParameters`, exactly what the run's ``started`` reports; the
+  engine never sees anything else.
 
-Both classes validate themselves on construction and raise :class:`~.errors.ParamError` naming the
-offending field, so a server can turn a bad request into a coded error before anything runs.
-This module imports neither torch nor diffusers.
+The protocol is the one definition of every bound: a request's values are checked by the same
+schema that checks a ``start`` frame, so a value the wire refuses is refused in process too.
+Mid-run changes of the live settings are a mapping from the protocol's
+:data:`~stepwatch.protocol.Setting` names to new values (:data:`SettingsChange`), checked the
+same way against ``set``.
+
+Each check raises :class:`~.errors.ParamError` naming the offending field and the protocol's
+error code. This module imports neither torch nor diffusers.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
-from enum import StrEnum
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
+from stepwatch.protocol import ErrorCode, MessageError, RunParameters, Set, Setting, Start
+from stepwatch.protocol import limits as wire
+from stepwatch.protocol.schema import compile_record
+from stepwatch.protocol.values import SETTINGS, PreviewFormat
+
 from .errors import ParamError
 
-MAX_STEPS = 1000
-MAX_CFG = 100.0
-MAX_SCALE_FACTOR = 10.0
-MAX_SIDE = 4096
-MAX_PROMPT_CHARS = 2000
-MIN_PREVIEW_SIZE = 8
-MAX_PREVIEW_SIZE = 1024
-MAX_SEED = 2**64 - 1
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "MIN_PREVIEW_SIZE",
+    "PROMPT_FIELDS",
+    "SIZE_MULTIPLE",
+    "WIRE_FIELDS",
+    "LatentArray",
+    "RequestedParams",
+    "ResolvedParams",
+    "SettingsChange",
+    "check_change",
+    "default_cfg_max",
+    "describe_change",
+]
 
 LatentArray = npt.NDArray[np.float32]
+#: A change of some of a running run's live settings, by name.
+SettingsChange = Mapping[Setting, float]
+
+#: The parameters the wire carries, in the order ``started`` lists them.
+WIRE_FIELDS: Final = tuple(f.name for f in dataclasses.fields(RunParameters))
+#: The protocol's defaults for the parameters ``start`` gives a default value.
+_START_DEFAULTS: Final[Mapping[str, Any]] = {
+    f.name: f.default
+    for f in dataclasses.fields(Start)
+    if f.default is not dataclasses.MISSING and f.default is not None
+}
+#: The quality threshold of a run that names none (the protocol leaves it to the verifier).
+DEFAULT_THRESHOLD: Final = 0.7
+#: Width and height are multiples of this, for every model.
+SIZE_MULTIPLE: Final = 8
+#: The smallest thumbnail; ``preview_size`` 0 asks for none.
+MIN_PREVIEW_SIZE: Final = 8
+PROMPT_FIELDS: Final = ("prompt", "negative_prompt")
+INVALID_PROMPT: Final = ErrorCode.INVALID_PROMPT
+
+_START: Final = compile_record(Start)
+_SET: Final = compile_record(Set)
+# The fields a request check fills in so that the protocol's schema can read the rest.
+_START_PLACEHOLDERS: Final = {"request_id": "-"}
+_SET_PLACEHOLDERS: Final = {"request_id": "-", "run_id": "-", "token": "-" * 16}
 
 
-class PreviewFormat(StrEnum):
-    """Encoding of the thumbnail sent with every check.
-
-    JPEG is the default: at thumbnail sizes Pillow encodes it three to five times faster than
-    WebP, which matters when a check runs every step. WebP is smaller; PNG is lossless.
-    """
-
-    WEBP = "webp"
-    JPEG = "jpeg"
-    PNG = "png"
+def _wire_check(spec: Any, values: Mapping[str, object], placeholders: Mapping[str, str]) -> None:
+    """Check ``values`` with the protocol's schema of a message (its bounds and types)."""
+    try:
+        spec.read({**placeholders, **values}, "")
+    except MessageError as exc:
+        raise ParamError(exc.field or "parameters", exc.message, exc.code) from exc
 
 
 def _check(condition: bool, name: str, message: str) -> None:
@@ -50,35 +92,19 @@ def _check(condition: bool, name: str, message: str) -> None:
         raise ParamError(name, message)
 
 
-def _check_number(value: float, name: str, low: float, high: float) -> None:
-    _check(isinstance(value, int | float) and not isinstance(value, bool), name, "must be a number")
-    _check(math.isfinite(value), name, f"must be a finite number, got {value!r}")
-    _check(low <= value <= high, name, f"must be between {low:g} and {high:g}, got {value:g}")
-
-
-def _check_int(value: int, name: str, low: int, high: int) -> None:
-    _check(isinstance(value, int) and not isinstance(value, bool), name, "must be an integer")
-    _check(low <= value <= high, name, f"must be between {low} and {high}, got {value}")
-
-
 @dataclass(frozen=True)
-class RunParams:
-    """The parameters of one monitored run.
+class RequestedParams:
+    """What a caller asks a run to do; ``None`` is "the default" (see the module's docstring).
 
-    ``None`` means "the model's default" for ``model``, ``steps``, ``cfg``, ``sampler``,
-    ``scheduler``, ``width``, ``height``, ``verifier`` and ``preview_decoder``; ``seed=None``
-    picks a random seed when the run is resolved. ``cfg_max`` (the cap on CFG raises) defaults to
-    twice the starting CFG, and ``min_steps`` (the earliest step an early stop may happen at) to
-    half the steps.
-
-    ``initial_latent``, when given, replaces the seeded starting noise: an array of the model's
-    latent shape (batch 1) holding unit-variance noise; the scheduler scales it as it would scale
-    its own noise.
+    ``preview_decoder`` names one of the model's decoders (``linear``, ``tiny``, ``vae``,
+    ``identity``). ``initial_latent``, when given, replaces the seeded starting noise: an array
+    of the model's latent shape (batch 1) holding unit-variance noise, which the scheduler scales
+    as it would its own. Checked on construction.
     """
 
     prompt: str
     model: str | None = None
-    negative_prompt: str = ""
+    negative_prompt: str | None = None
     seed: int | None = None
     steps: int | None = None
     cfg: float | None = None
@@ -86,107 +112,96 @@ class RunParams:
     scheduler: str | None = None
     width: int | None = None
     height: int | None = None
-    initial_latent: LatentArray | None = field(default=None, compare=False, repr=False)
     verifier: str | None = None
-    check_interval: int = 5
-    quality_threshold: float = 0.7
-    scale_factor: float = 1.25
+    check_interval: int | None = None
+    quality_threshold: float | None = None
+    scale_factor: float | None = None
     cfg_max: float | None = None
-    patience: int = 1
+    early_stop: bool | None = None
+    patience: int | None = None
     min_steps: int | None = None
-    early_stop: bool = True
-    preview_size: int = 128
-    preview_format: PreviewFormat = PreviewFormat.JPEG
+    preview_size: int | None = None
+    preview_format: PreviewFormat | None = None
     preview_decoder: str | None = None
+    initial_latent: LatentArray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.prompt, str), "prompt", "must be a string")
-        _check(bool(self.prompt.strip()), "prompt", "must not be empty")
-        _check(len(self.prompt) <= MAX_PROMPT_CHARS, "prompt", f"longer than {MAX_PROMPT_CHARS}")
-        _check(
-            len(self.negative_prompt) <= MAX_PROMPT_CHARS,
-            "negative_prompt",
-            f"longer than {MAX_PROMPT_CHARS} characters",
-        )
-        if self.seed is not None:
-            _check_int(self.seed, "seed", 0, MAX_SEED)
-        if self.steps is not None:
-            _check_int(self.steps, "steps", 1, MAX_STEPS)
-        if self.cfg is not None:
-            _check_number(self.cfg, "cfg", 0.0, MAX_CFG)
+        given = {name: getattr(self, name) for name in WIRE_FIELDS}
+        _wire_check(_START, {k: v for k, v in given.items() if v is not None}, _START_PLACEHOLDERS)
+        if not self.prompt.strip():
+            raise ParamError("prompt", "say what to draw: the prompt is empty", INVALID_PROMPT)
         for name in ("width", "height"):
             side = getattr(self, name)
-            if side is not None:
-                _check_int(side, name, 8, MAX_SIDE)
-                _check(side % 8 == 0, name, f"must be a multiple of 8, got {side}")
+            _check(
+                side is None or side % SIZE_MULTIPLE == 0,
+                name,
+                f"must be a multiple of {SIZE_MULTIPLE}, got {side}",
+            )
+        _check(
+            self.preview_size is None or not 0 < self.preview_size < MIN_PREVIEW_SIZE,
+            "preview_size",
+            f"0 (none) or at least {MIN_PREVIEW_SIZE} pixels",
+        )
+        if self.preview_decoder is not None:
+            _check(isinstance(self.preview_decoder, str), "preview_decoder", "must be a name")
         if self.initial_latent is not None:
             latent = self.initial_latent
             _check(isinstance(latent, np.ndarray), "initial_latent", "must be a numpy array")
             _check(latent.ndim >= 3, "initial_latent", f"needs a batch axis, got {latent.shape}")
             _check(latent.shape[0] == 1, "initial_latent", "must hold exactly one latent")
             _check(bool(np.isfinite(latent).all()), "initial_latent", "holds NaN or infinity")
-        _check_policy_settings(self)
-        _check_int(self.preview_size, "preview_size", MIN_PREVIEW_SIZE, MAX_PREVIEW_SIZE)
-        _check(
-            self.preview_format in tuple(PreviewFormat),
-            "preview_format",
-            f"must be one of {', '.join(PreviewFormat)}",
-        )
-        # Accept the plain string a wire message carries; keep the enum from here on.
-        object.__setattr__(self, "preview_format", PreviewFormat(self.preview_format))
 
+    @classmethod
+    def from_start(cls, start: Start) -> RequestedParams:
+        """The parameters a ``start`` message asks for."""
+        return cls(**{name: getattr(start, name) for name in WIRE_FIELDS})
 
-def _check_policy_settings(params: RunParams) -> None:
-    _check_int(params.check_interval, "check_interval", 1, MAX_STEPS)
-    _check_number(params.quality_threshold, "quality_threshold", 0.0, 1.0)
-    _check_number(params.scale_factor, "scale_factor", 1.0, MAX_SCALE_FACTOR)
-    if params.cfg_max is not None:
-        _check_number(params.cfg_max, "cfg_max", 0.0, MAX_CFG)
-        if params.cfg is not None:
-            _check(
-                params.cfg_max >= params.cfg,
-                "cfg_max",
-                f"must be at least cfg ({params.cfg:g}), got {params.cfg_max:g}",
-            )
-    _check_int(params.patience, "patience", 1, MAX_STEPS)
-    if params.min_steps is not None:
-        _check_int(params.min_steps, "min_steps", 0, MAX_STEPS)
-    _check(isinstance(params.early_stop, bool), "early_stop", "must be true or false")
+    def wire_default(self, name: str) -> Any:
+        """The value of ``name``, or the protocol's default for it when left out."""
+        value = getattr(self, name)
+        return _START_DEFAULTS.get(name) if value is None else value
 
 
 @dataclass(frozen=True)
-class SettingsChange:
-    """A mid-run change of some of the run's live settings; ``None`` leaves a setting as it is.
+class ResolvedParams:
+    """A run's parameters resolved against its model (see :meth:`~.model.LoadedModel.resolve`).
 
-    A change is sent through :meth:`~.control.RunControl.set` and takes effect at the next step
-    boundary. A ``cfg`` that would cross the CFG-on/off boundary (1.0) of the running pipeline is
-    refused by the engine (see :func:`~.policy.cfg_refusal`).
+    ``parameters`` hold every protocol parameter, filled in and checked; ``preview_decoder`` is
+    the decoder checks use; ``initial_latent`` the caller's starting noise, if any.
     """
 
-    quality_threshold: float | None = None
-    scale_factor: float | None = None
-    check_interval: int | None = None
-    cfg: float | None = None
+    parameters: RunParameters
+    preview_decoder: str
+    initial_latent: LatentArray | None = field(default=None, compare=False, repr=False)
 
-    def __post_init__(self) -> None:
-        _check(
-            any(getattr(self, f.name) is not None for f in fields(self)),
-            "settings",
-            "a change must set at least one of " + ", ".join(f.name for f in fields(self)),
-        )
-        if self.quality_threshold is not None:
-            _check_number(self.quality_threshold, "quality_threshold", 0.0, 1.0)
-        if self.scale_factor is not None:
-            _check_number(self.scale_factor, "scale_factor", 1.0, MAX_SCALE_FACTOR)
-        if self.check_interval is not None:
-            _check_int(self.check_interval, "check_interval", 1, MAX_STEPS)
-        if self.cfg is not None:
-            _check_number(self.cfg, "cfg", 0.0, MAX_CFG)
+    def with_settings(self, change: SettingsChange) -> ResolvedParams:
+        """These parameters with ``change`` applied before the run starts."""
+        values: dict[str, Any] = {
+            name: int(v) if name == "check_interval" else v for name, v in change.items()
+        }
+        return dataclasses.replace(self, parameters=dataclasses.replace(self.parameters, **values))
 
-    def describe(self) -> str:
-        """Return the change as ``name=value`` pairs, for logs and reasons."""
-        return ", ".join(
-            f"{f.name}={getattr(self, f.name):g}"
-            for f in fields(self)
-            if getattr(self, f.name) is not None
-        )
+
+def default_cfg_max(cfg: float) -> float:
+    """The cap on CFG raises of a run that names none: twice its starting CFG, within the
+    protocol's range."""
+    return min(max(cfg, 2 * cfg), wire.MAX_CFG)
+
+
+def check_change(change: SettingsChange) -> dict[Setting, float]:
+    """``change`` checked against the protocol's bounds for ``set``; a plain dict of it."""
+    _check(bool(change), "settings", "a change must set at least one of " + ", ".join(SETTINGS))
+    unknown = [name for name in change if name not in SETTINGS]
+    _check(not unknown, ", ".join(map(str, unknown)), "is not a live setting")
+    # ``check_interval`` is a whole number of steps; the wire carries it as an integer.
+    wire_values: dict[str, object] = {
+        name: int(value) if name == "check_interval" and float(value).is_integer() else value
+        for name, value in change.items()
+    }
+    _wire_check(_SET, wire_values, _SET_PLACEHOLDERS)
+    return dict(change)
+
+
+def describe_change(change: SettingsChange) -> str:
+    """``change`` as ``name=value`` pairs, for logs and reasons."""
+    return ", ".join(f"{name}={value:g}" for name, value in change.items())

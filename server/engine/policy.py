@@ -37,8 +37,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from stepwatch.protocol import Decision
+
 from .curves import ExpectedCurve
-from .events import Decision
 
 CFG_OFF_AT = 1.0
 
@@ -115,7 +116,7 @@ def decide(
 
 
 def _keep(cfg: float, reason: str) -> PolicyDecision:
-    return PolicyDecision(Decision.CONTINUE, reason, cfg)
+    return PolicyDecision("continue", reason, cfg)
 
 
 def _below_threshold(
@@ -155,9 +156,7 @@ def _raise_cfg(why: str, settings: PolicySettings, cfg: float) -> PolicyDecision
     if raised <= cfg:
         return _keep(cfg, f"{why}, but scale_factor {settings.scale_factor:g} does not raise CFG")
     capped = " (capped)" if raised == settings.cfg_max else ""
-    return PolicyDecision(
-        Decision.RAISE_CFG, f"{why}: raise CFG {cfg:g} -> {raised:g}{capped}", raised
-    )
+    return PolicyDecision("raise_cfg", f"{why}: raise CFG {cfg:g} -> {raised:g}{capped}", raised)
 
 
 def _at_or_above_threshold(
@@ -182,9 +181,7 @@ def _at_or_above_threshold(
         )  # fmt: skip
     settled = "" if clean is None else f", clean {clean:.2f}"
     checks = "1 check" if streak == 1 else f"{streak} consecutive checks"
-    return PolicyDecision(
-        Decision.EARLY_STOP, f"{why} for {checks}{settled}: stop early and finish", cfg
-    )
+    return PolicyDecision("early_stop", f"{why} for {checks}{settled}: stop early and finish", cfg)
 
 
 def holding_streak(history: Sequence[Scored], settings: PolicySettings) -> int:

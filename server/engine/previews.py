@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .events import Preview, ResultImage
-from .params import PreviewFormat
+from stepwatch import protocol
+from stepwatch.protocol import Preview, PreviewFormat
 
 # Latent-to-RGB factors, rows = latent channels, columns = R, G, B, applied to the latents the
 # pipeline denoises (after scaling_factor / shift_factor). Source: ComfyUI comfy/latent_formats.py
@@ -204,21 +204,21 @@ def encode_thumbnail(pixels: np.ndarray[Any, Any], size: int, fmt: PreviewFormat
     if max(image.size) > size:
         image.thumbnail((size, size), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
-    if fmt is PreviewFormat.WEBP:
+    if fmt == "webp":
         image.save(buffer, format="WEBP", quality=_WEBP_QUALITY, method=0)
-    elif fmt is PreviewFormat.JPEG:
+    elif fmt == "jpeg":
         image.save(buffer, format="JPEG", quality=_JPEG_QUALITY)
     else:
         image.save(buffer, format="PNG", compress_level=1)
     return Preview(fmt, image.width, image.height, buffer.getvalue())
 
 
-def encode_png(pixels: np.ndarray[Any, Any]) -> ResultImage:
+def encode_png(pixels: np.ndarray[Any, Any]) -> protocol.Image:
     """Encode one H×W×3 uint8 image as the run's PNG result."""
     image = Image.fromarray(pixels)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return ResultImage(buffer.getvalue(), image.width, image.height)
+    return protocol.Image(image.width, image.height, buffer.getvalue())
 
 
 def describe(decoders: Sequence[PreviewDecoder]) -> str:

@@ -220,7 +220,7 @@ async def test_a_stop_lost_with_the_connection_is_sent_again_after_the_replay() 
         assert isinstance(start, Start)
         await peer.send(
             Accepted(start.request_id, "r-1", TOKEN, 0),
-            Started("r-1", 1, PARAMETERS),
+            Started(PARAMETERS, run_id="r-1", seq=1),
             progress(2),
         )
         stop = await peer.receive()
@@ -234,7 +234,7 @@ async def test_a_stop_lost_with_the_connection_is_sent_again_after_the_replay() 
         await peer.send(Subscribed("r-1", "running", 3), progress(2), progress(3))
         stop = await peer.receive()
         assert isinstance(stop, Stop) and stop.token == TOKEN
-        await peer.send(Applied("r-1", 4, stop.request_id, 2, (), "finish"), finished(5))
+        await peer.send(Applied(stop.request_id, 2, (), "finish", run_id="r-1", seq=4), finished(5))
         await peer.connection.wait_closed()
 
     async with scripted(first, second) as url:

@@ -29,7 +29,7 @@ from stepwatch.client import (
 )
 from stepwatch.client.commands import explain, option_name, run_options
 from stepwatch.client.history import RunSummary, http_base
-from stepwatch.client.render import JsonView, LiveView, runs_table, to_json
+from stepwatch.client.render import JsonView, LiveView, runs_table
 from stepwatch.client.runs import Result
 from stepwatch.protocol import (
     Adjusted,
@@ -237,27 +237,6 @@ def test_open_image_reads_previews_images_and_bytes() -> None:
 def test_run_options_are_the_fields_of_start_besides_request_and_prompt() -> None:
     start_fields = {item.name for item in dataclasses.fields(Start)}
     assert set(RunOptions.__annotations__) == start_fields - {"request_id", "prompt"}
-
-
-def test_events_become_json_with_type_first_and_binary_as_base64() -> None:
-    check = Check(
-        run_id="r-1",
-        seq=3,
-        step=5,
-        score=0.25,
-        components={"edges": 0.5},
-        threshold=0.7,
-        decision="raise_cfg",
-        reason="low",
-        cfg=3.0,
-        preview=Preview(format="png", width=4, height=2, data=b"\x89PNG"),
-    )
-    data = json.loads(json.dumps(to_json(check)))
-    assert list(data)[:2] == ["type", "run_id"]
-    assert data["type"] == "check"
-    assert data["preview"]["data"] == "iVBORw=="
-    assert data["components"] == {"edges": 0.5}
-    assert to_json(finished(4))["history"][0]["step"] == 5  # type: ignore[index]
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,9 @@ from comfyui_server import REPO, ComfyUI, Execution, watch
 from safetensors.torch import load_file
 from workflows import HISTORY_NODE, SAVE_NODE, SCALING_NODE, scaling_workflow
 
+from stepwatch.protocol import Check
 from stepwatch.server.comfyui.history import HISTORY_FILE, QualityHistory
 from stepwatch.server.engine.curves import MIN_RUNS
-from stepwatch.server.engine.events import Decision, QualityRecord
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -81,7 +81,7 @@ def test_cfg_the_model_sees_changes_from_the_step_after_a_raise_on_a_clone(
     # usually score; the nodes learn that from their quality history in ComfyUI's user folder.
     # Eight earlier runs (of a verifier no other test uses) that scored 0.99 at every check:
     book = QualityHistory(comfyui.base / "user" / HISTORY_FILE)
-    usual = [QualityRecord(s, 0.99, {}, 1.0, Decision.CONTINUE, "", 4.0, 0.0) for s in (2, 4, 6)]
+    usual = [Check(s, 0.99, {}, 1.0, "continue", "", 4.0, None) for s in (2, 4, 6)]
     for _ in range(MIN_RUNS):
         book.record("variance_edges", "euler", 6, usual)
     verifier = {"verifier_type": "variance_edges", "quality_threshold": 1.0}

@@ -17,14 +17,17 @@ from stepwatch.protocol import (
     SERVER_MESSAGE_TYPES,
     SUBPROTOCOL,
     ClientMessage,
+    ErrorCode,
     Hello,
     Message,
     Ping,
     Progress,
+    ProtocolError,
     ServerMessage,
     decode_client,
     decode_server,
     encode,
+    stamp,
 )
 
 
@@ -83,7 +86,7 @@ def test_integers_are_accepted_where_floats_go() -> None:
         | {"elapsed": 3, "eta": 0}
     )
     decoded = decode_server(frame)
-    assert decoded == Progress("r", 1, 1, 2, 3.0, 0.0)
+    assert decoded == Progress(1, 2, 3.0, 0.0, run_id="r", seq=1)
     assert isinstance(decoded, Progress) and isinstance(decoded.elapsed, float)
 
 
@@ -101,3 +104,21 @@ def test_any_client_message_round_trips(message: ClientMessage) -> None:
 @given(server_messages)
 def test_any_server_message_round_trips(message: ServerMessage) -> None:
     assert decode_server(encode(message)) == message
+
+
+def test_an_unstamped_run_event_never_reaches_the_wire() -> None:
+    progress = Progress(1, 2, 0.5, None)
+    with pytest.raises(ProtocolError) as refused:
+        encode(progress)
+    assert refused.value.code is ErrorCode.INVALID_VALUE and refused.value.field == "run_id"
+    stamped = stamp(progress, "r", 7)
+    assert decode_server(encode(stamped)) == stamped and (stamped.run_id, stamped.seq) == ("r", 7)
+
+
+def test_the_stamped_fields_are_required_on_the_wire() -> None:
+    frame = msgpack.packb(
+        {"type": "progress", "v": 1, "seq": 1, "step": 1, "total": 2, "elapsed": 0.0, "eta": None}
+    )
+    with pytest.raises(ProtocolError) as refused:
+        decode_server(frame)
+    assert refused.value.code is ErrorCode.MISSING_FIELD and refused.value.field == "run_id"

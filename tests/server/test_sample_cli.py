@@ -34,7 +34,7 @@ def stepwatch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_sample_module_imports_no_torch() -> None:
-    code = "import sys, stepwatch.server.sample; assert 'torch' not in sys.modules"
+    code = "import sys, stepwatch.server.engine.sample; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -47,21 +47,21 @@ def test_json_mode_prints_one_object_per_event_and_writes_the_image(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
-    kinds = [e["event"] for e in events]
+    # The protocol's own JSON form, as `stepwatch generate --json` prints a served run.
+    kinds = [e["type"] for e in events]
     assert kinds[0] == "started" and kinds[-1] == "finished"
     assert kinds.count("progress") == 6 and kinds.count("check") == 2
-    check = next(e for e in events if e["event"] == "check")
-    assert check["quality"]["step"] == 3 and check["quality"]["decision"] in {
-        "continue",
-        "raise_cfg",
-    }
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert len({e["run_id"] for e in events}) == 1
+    check = next(e for e in events if e["type"] == "check")
+    assert check["step"] == 3 and check["decision"] in {"continue", "raise_cfg"}
     thumbnail = Image.open(io.BytesIO(base64.b64decode(check["preview"]["data"])))
     # The default preview decoder for SD is the linear one, at the latent's 16×16.
     assert thumbnail.format == "JPEG" and thumbnail.size == (16, 16)
-    finished = events[-1]["result"]
+    finished = events[-1]
     assert finished["reason"] == "completed" and finished["steps_run"] == 6
     written = tmp_path / "stepwatch-7.png"
-    assert finished["image"]["path"] == "stepwatch-7.png" and written.exists()
+    assert base64.b64decode(finished["image"]["data"]) == written.read_bytes()
     with Image.open(written) as image:
         assert image.size == (32, 32)
 

@@ -41,13 +41,9 @@ from transformers import (  # noqa: E402
     CLIPTokenizer,
 )
 
+from stepwatch.protocol import Check, Progress  # noqa: E402
 from stepwatch.server.engine.curves import ExpectedCurve, curve_key  # noqa: E402
-from stepwatch.server.engine.events import (  # noqa: E402
-    Check,
-    EngineEvent,
-    Progress,
-    QualityRecord,
-)
+from stepwatch.server.engine.events import EngineEvent  # noqa: E402
 from stepwatch.server.engine.model import LoadedModel  # noqa: E402
 from stepwatch.server.engine.verifiers import VerifierRegistry  # noqa: E402
 
@@ -267,5 +263,5 @@ class Recorder:
         return [event for event in self.events if isinstance(event, kind)]
 
     @property
-    def checks(self) -> list[QualityRecord]:
-        return [check.quality for check in self.of(Check)]
+    def checks(self) -> list[Check]:
+        return self.of(Check)

@@ -18,7 +18,6 @@ from stepwatch.server.comfyui.adapter import (
     verifier_choices,
 )
 from stepwatch.server.engine.curves import ExpectedCurve
-from stepwatch.server.engine.events import Decision
 from stepwatch.server.engine.verifiers import Score, VerifierRegistry
 
 
@@ -109,32 +108,32 @@ def test_resolving_finds_registered_and_custom_verifiers_and_names_unknown_ones(
 def test_a_low_score_raises_cfg_from_the_next_check_on_up_to_the_cap() -> None:
     quality = watch(FixedScores(0.1, 0.1, 0.1), scale_factor=1.5)
     assert quality.due(2) and not quality.due(3)
-    assert quality.check(2, IMAGE).decision is Decision.RAISE_CFG
+    assert quality.check(2, IMAGE).decision == "raise_cfg"
     assert quality.cfg == 6.0
     quality.check(4, IMAGE)
     assert quality.cfg == 8.0  # twice the start CFG: the default cap
-    assert quality.check(6, IMAGE).decision is Decision.CONTINUE
+    assert quality.check(6, IMAGE).decision == "continue"
     assert [record.cfg for record in quality.history] == [4.0, 6.0, 8.0]
 
 
 def test_a_high_score_stops_early_only_when_asked_and_after_min_steps() -> None:
-    assert watch(FixedScores(0.9)).check(6, IMAGE).decision is Decision.CONTINUE
+    assert watch(FixedScores(0.9)).check(6, IMAGE).decision == "continue"
     stopping = watch(FixedScores(0.9, 0.9, 0.9), early_stop=True, patience=1)
-    assert stopping.check(2, IMAGE).decision is Decision.CONTINUE  # before half the steps
+    assert stopping.check(2, IMAGE).decision == "continue"  # before half the steps
     # A verifier without a clean component needs a second holding check to show it settled.
-    assert stopping.check(6, IMAGE).decision is Decision.CONTINUE
-    assert stopping.check(8, IMAGE).decision is Decision.EARLY_STOP
+    assert stopping.check(6, IMAGE).decision == "continue"
+    assert stopping.check(8, IMAGE).decision == "early_stop"
 
 
 def test_without_a_learned_curve_a_low_score_raises_nothing() -> None:
     quality = watch(FixedScores(0.1), curve=None)
-    assert quality.check(2, IMAGE).decision is Decision.CONTINUE
+    assert quality.check(2, IMAGE).decision == "continue"
     assert "no expected-score curve" in quality.history[0].reason
 
 
 def test_cfg_off_is_never_raised() -> None:
     quality = watch(FixedScores(0.1), cfg=1.0)
-    assert quality.check(2, IMAGE).decision is Decision.CONTINUE
+    assert quality.check(2, IMAGE).decision == "continue"
     assert "CFG is off" in quality.history[0].reason
 
 

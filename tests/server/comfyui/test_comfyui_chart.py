@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from stepwatch.protocol import Check, Decision
 from stepwatch.server.comfyui.chart import HEIGHT, WIDTH, quality_chart
-from stepwatch.server.engine.events import Decision, QualityRecord
 
 
-def record(step: int, score: float, decision: Decision, cfg: float) -> QualityRecord:
-    return QualityRecord(step, score, {}, 0.5, decision, "", cfg, 0.0)
+def record(step: int, score: float, decision: Decision, cfg: float) -> Check:
+    return Check(step, score, {}, 0.5, decision, "", cfg, None)
 
 
 def colour_count(image: np.ndarray, rgb: tuple[int, int, int]) -> int:
@@ -19,8 +19,8 @@ def colour_count(image: np.ndarray, rgb: tuple[int, int, int]) -> int:
 
 def test_the_chart_draws_scores_by_decision_threshold_and_cfg() -> None:
     history = [
-        record(5, 0.2, Decision.RAISE_CFG, 4.0),
-        record(10, 0.8, Decision.EARLY_STOP, 5.0),
+        record(5, 0.2, "raise_cfg", 4.0),
+        record(10, 0.8, "early_stop", 5.0),
     ]
     image = quality_chart(history, 20, final_cfg=5.0)
     assert image.shape == (HEIGHT, WIDTH, 3) and image.dtype == np.float32

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stepwatch.protocol import Check, Decision
 from stepwatch.server.comfyui.history import QualityHistory
 from stepwatch.server.engine.curves import MIN_RUNS
-from stepwatch.server.engine.events import Decision, QualityRecord
 
 
-def record(step: int, score: float, decision: Decision = Decision.CONTINUE) -> QualityRecord:
-    return QualityRecord(step, score, {}, 0.7, decision, "", 3.0, 0.0)
+def record(step: int, score: float, decision: Decision = "continue") -> Check:
+    return Check(step, score, {}, 0.7, decision, "", 3.0, None)
 
 
 def test_a_curve_appears_once_enough_runs_of_that_verifier_and_sampler_are_recorded(
@@ -32,7 +32,7 @@ def test_checks_after_a_raise_and_unreadable_lines_are_left_out(tmp_path: Path) 
     path = tmp_path / "history.jsonl"
     book = QualityHistory(path)
     for _ in range(MIN_RUNS):
-        book.record("simple", "euler", 10, [record(5, 0.1, Decision.RAISE_CFG), record(10, 0.9)])
+        book.record("simple", "euler", 10, [record(5, 0.1, "raise_cfg"), record(10, 0.9)])
     book.record("simple", "euler", 10, [])
     with path.open("a") as file:
         file.write('not json\n{"verifier": "simple"}\n')

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from stepwatch.server.engine.errors import ModelError, ParamError
 from stepwatch.server.engine.model import LoadedModel, PromptVocabulary, describe_pipeline
-from stepwatch.server.engine.params import RunParams
+from stepwatch.server.engine.params import RequestedParams
 
 
 def test_a_pipeline_without_step_callbacks_cannot_be_watched() -> None:
@@ -36,15 +38,15 @@ def test_defaults_come_from_the_pipeline(sd_model: LoadedModel, sdxl_model: Load
 
 def test_overrides_replace_derived_defaults(sd_model: LoadedModel) -> None:
     model = describe_pipeline("tuned", sd_model.pipeline, overrides={"steps": 12, "cfg": 4.0})
-    resolved = model.resolve(RunParams("red circle"))
+    resolved = model.resolve(RequestedParams("red circle")).parameters
     assert (resolved.steps, resolved.cfg, resolved.cfg_max, resolved.min_steps) == (12, 4.0, 8.0, 6)
 
 
 def test_sizes_are_free_unless_the_model_is_fixed(sd_model: LoadedModel) -> None:
-    assert sd_model.resolve(RunParams("x", width=64, height=48)).width == 64
+    assert sd_model.resolve(RequestedParams("x", width=64, height=48)).parameters.width == 64
     fixed = describe_pipeline("fixed", sd_model.pipeline, fixed_size=True)
     with pytest.raises(ParamError, match="32x32 images only") as caught:
-        fixed.resolve(RunParams("x", height=64))
+        fixed.resolve(RequestedParams("x", height=64))
     assert caught.value.field == "height"
 
 
@@ -57,23 +59,24 @@ def test_a_prompt_check_guards_both_prompts(sd_model: LoadedModel) -> None:
     model = describe_pipeline(
         "shapes-ish", sd_model.pipeline, prompt_check=only_shapes, vocabulary=vocabulary
     )
-    assert model.resolve(RunParams("circle", negative_prompt="square")).prompt == "circle"
+    resolved = model.resolve(RequestedParams("circle", negative_prompt="square"))
+    assert resolved.parameters.prompt == "circle"
     for params, field in [
-        (RunParams("a dog"), "prompt"),
-        (RunParams("circle", negative_prompt="dog"), "negative_prompt"),
+        (RequestedParams("a dog"), "prompt"),
+        (RequestedParams("circle", negative_prompt="dog"), "negative_prompt"),
     ]:
         with pytest.raises(ParamError, match="unknown word 'dog'") as caught:
             model.resolve(params)
         assert caught.value.field == field
 
 
-def test_resolving_twice_changes_nothing(sd_model: LoadedModel) -> None:
-    once = sd_model.resolve(RunParams("red circle", seed=None))
-    assert once.seed is not None
-    assert sd_model.resolve(once) == once
+def test_resolving_what_was_resolved_changes_nothing(sd_model: LoadedModel) -> None:
+    once = sd_model.resolve(RequestedParams("red circle", seed=None))
+    again = RequestedParams(**dataclasses.asdict(once.parameters))
+    assert sd_model.resolve(again) == once
 
 
 def test_cfg_max_below_the_model_default_cfg_is_refused(sd_model: LoadedModel) -> None:
     with pytest.raises(ParamError) as caught:
-        sd_model.resolve(RunParams("x", cfg_max=5.0))
+        sd_model.resolve(RequestedParams("x", cfg_max=5.0))
     assert caught.value.field == "cfg_max"

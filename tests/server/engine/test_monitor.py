@@ -12,25 +12,26 @@ import torch
 from PIL import Image
 from tiny_models import Recorder, make_sd_pipeline
 
-from stepwatch.server.engine.control import RunControl
-from stepwatch.server.engine.curves import ExpectedCurve
-from stepwatch.server.engine.events import (
+from stepwatch.protocol import (
     Adjusted,
     Applied,
     Check,
-    Decision,
-    EngineEvent,
-    FailureCode,
+    Error,
+    ErrorCode,
     Finished,
     FinishReason,
     Progress,
-    RunResult,
+    SettingChange,
     Started,
     StopMode,
 )
+from stepwatch.server.engine.control import RunControl
+from stepwatch.server.engine.curves import ExpectedCurve
+from stepwatch.server.engine.errors import ParamError
+from stepwatch.server.engine.events import EngineEvent
 from stepwatch.server.engine.model import LoadedModel, describe_pipeline
 from stepwatch.server.engine.monitor import run_monitored
-from stepwatch.server.engine.params import PreviewFormat, RunParams, SettingsChange
+from stepwatch.server.engine.params import RequestedParams
 from stepwatch.server.engine.previews import to_uint8
 from stepwatch.server.engine.verifiers import Score, VerifierRegistry
 
@@ -57,8 +58,8 @@ def run(
     registry: VerifierRegistry | None = None,
     curve: ExpectedCurve | None = USUAL,
     **overrides: Any,
-) -> RunResult:
-    params = RunParams(**{**BASE, **overrides})
+) -> Finished:
+    params = loaded.resolve(RequestedParams(**{**BASE, **overrides}))
     if registry is None:
         registry = VerifierRegistry()
         registry.register_model_verifiers(loaded.verifiers)
@@ -75,7 +76,11 @@ def pixels(png: bytes) -> np.ndarray[Any, Any]:
 
 
 def check_previews(recorder: Recorder) -> dict[int, np.ndarray[Any, Any]]:
-    return {check.quality.step: pixels(check.preview.data) for check in recorder.of(Check)}
+    return {
+        check.step: pixels(check.preview.data)
+        for check in recorder.of(Check)
+        if check.preview is not None
+    }
 
 
 class ConstantVerifier:
@@ -100,12 +105,12 @@ def test_checks_happen_exactly_at_the_interval(
 ) -> None:
     model: LoadedModel = request.getfixturevalue(model_name)
     result = run(model, recorder, check_interval=4)
-    assert result.reason is FinishReason.COMPLETED and result.error is None
+    assert result.reason == "completed" and result.error is None
     assert [c.step for c in recorder.checks] == [4, 8, 12]
     assert [p.step for p in recorder.of(Progress)] == list(range(1, 13))
     assert isinstance(recorder.events[0], Started) and isinstance(recorder.events[-1], Finished)
-    assert recorder.events[-1].result == result
-    assert result.steps_run == result.total_steps == 12
+    assert recorder.events[-1] == result
+    assert result.steps_run == recorder.of(Progress)[-1].total == 12
     assert [h.step for h in result.history] == [4, 8, 12]
     assert result.final_score == result.history[-1].score
     assert result.image is not None and (result.image.width, result.image.height) == (32, 32)
@@ -135,7 +140,7 @@ def test_monitoring_without_actions_leaves_the_image_unchanged(
         output_type="pt",
     ).images
     assert result.image is not None
-    assert np.abs(pixels(result.image.png) - to_uint8(bare)[0]).max() <= 1
+    assert np.abs(pixels(result.image.data) - to_uint8(bare)[0]).max() <= 1
 
 
 @pytest.mark.parametrize("model_name", MODELS)
@@ -149,10 +154,10 @@ def test_previews_show_x0_not_the_noisy_latent(
         check_interval=2,
         quality_threshold=0.0,
         preview_decoder=faithful_decoder(model),
-        preview_format=PreviewFormat.PNG,
+        preview_format="png",
     )
     assert result.image is not None
-    final = pixels(result.image.png)
+    final = pixels(result.image.data)
     latents = _bare_latents(model, steps=12)
     decoder = model.decoders[faithful_decoder(model)]
     for step, preview in check_previews(recorder).items():
@@ -226,10 +231,10 @@ def test_a_cfg_raise_is_used_by_the_following_steps(
         model, recorder, registry=registry, verifier="low", steps=8, check_interval=4, cfg=2.0,
         scale_factor=1.5, cfg_max=10.0,
     )  # fmt: skip
-    assert result.reason is FinishReason.COMPLETED
+    assert result.reason == "completed"
     [adjusted] = recorder.of(Adjusted)
-    assert (adjusted.step, adjusted.what, adjusted.old, adjusted.new) == (4, "cfg", 2.0, 3.0)
-    assert [c.decision for c in recorder.checks] == [Decision.RAISE_CFG, Decision.CONTINUE]
+    assert (adjusted.step, adjusted.setting, adjusted.old, adjusted.new) == (4, "cfg", 2.0, 3.0)
+    assert [c.decision for c in recorder.checks] == ["raise_cfg", "continue"]
     assert len(used) == 8
     assert used[:4] == pytest.approx([2.0] * 4, rel=1e-4)
     assert used[4:] == pytest.approx([3.0] * 4, rel=1e-4)
@@ -248,7 +253,7 @@ def test_the_owners_cfg_holds_and_pauses_automatic_cfg(
     sd_model: LoadedModel, recorder: Recorder
 ) -> None:
     control = RunControl()
-    recorder.at_step(2, lambda: control.set(SettingsChange(cfg=2.5), request_id="mine"))
+    recorder.at_step(2, lambda: control.set({"cfg": 2.5}, request_id="mine"))
     registry = registry_with("low", ConstantVerifier(0.1))
     run(sd_model, recorder, control, registry=registry, verifier="low", check_interval=2)
     # The owner's change lands at step 2, before that step's check: no raise at that step or after.
@@ -272,7 +277,7 @@ def test_a_run_without_cfg_is_never_switched_to_cfg(
 ) -> None:
     registry = registry_with("low", ConstantVerifier(0.1))
     result = run(sd_model, recorder, registry=registry, verifier="low", check_interval=3, cfg=1.0)
-    assert result.reason is FinishReason.COMPLETED
+    assert result.reason == "completed"
     assert recorder.of(Adjusted) == []
     assert "CFG is off" in recorder.checks[0].reason
 
@@ -288,29 +293,29 @@ def test_early_stop_finishes_with_a_short_tail_closer_to_the_full_run_than_x0(
     model: LoadedModel = request.getfixturevalue(model_name)
     registry = registry_with("high", ConstantVerifier(0.9))
     settings: dict[str, Any] = {
-        "preview_decoder": faithful_decoder(model), "preview_format": PreviewFormat.PNG,
+        "preview_decoder": faithful_decoder(model), "preview_format": "png",
     }  # fmt: skip
     result = run(
         model, recorder, registry=registry, verifier="high", check_interval=2, early_stop=True,
         patience=2, min_steps=3, **settings,
     )  # fmt: skip
-    assert result.reason is FinishReason.EARLY_STOP
+    assert result.reason == "early_stop"
     assert [c.decision for c in recorder.checks] == [
-        Decision.CONTINUE,
-        Decision.CONTINUE,
-        Decision.EARLY_STOP,
+        "continue",
+        "continue",
+        "early_stop",
     ]
     # Stopped at step 6 of 12: the 6 positions left are re-planned into a 3-evaluation tail.
-    assert result.steps_run == 9 and result.total_steps == 12
     progress = recorder.of(Progress)
+    assert result.steps_run == 9 and progress[0].total == 12
     assert [p.step for p in progress] == list(range(1, 10))
     assert [p.total for p in progress[5:]] == [12, 9, 9, 9]
     assert result.image is not None
     full = Recorder()
     run(model, full, check_interval=1, quality_threshold=0.0, **settings)
-    final_of_full_run = pixels(full.of(Finished)[0].result.image.png)  # type: ignore[union-attr]
+    final_of_full_run = pixels(full.of(Finished)[0].image.data)  # type: ignore[union-attr]
     estimate_at_stop = check_previews(full)[6]
-    finished = pixels(result.image.png)
+    finished = pixels(result.image.data)
     assert rms(finished, final_of_full_run) < rms(estimate_at_stop, final_of_full_run)
 
 
@@ -324,21 +329,21 @@ def test_stop_estimate_returns_the_decoded_x0_of_that_step(
         "check_interval": 5,
         "quality_threshold": 0.0,
         "preview_decoder": faithful_decoder(model),
-        "preview_format": PreviewFormat.PNG,
+        "preview_format": "png",
     }
     run(model, watched, **preview_settings)
     control = RunControl()
-    recorder.at_step(5, lambda: control.stop(StopMode.ESTIMATE, request_id="r1"))
+    recorder.at_step(5, lambda: control.stop("estimate", request_id="r1"))
     result = run(model, recorder, control, **preview_settings)
-    assert result.reason is FinishReason.STOPPED and result.steps_run == 5
-    assert recorder.of(Applied) == [Applied(5, "r1", stop=StopMode.ESTIMATE)]
+    assert result.reason == "stopped" and result.steps_run == 5
+    assert recorder.of(Applied) == [Applied("r1", 5, (), "estimate")]
     assert result.image is not None
     # Same seed, same steps: the stopped run's image is the full run's x0 preview at step 5.
-    assert np.abs(pixels(result.image.png) - check_previews(watched)[5]).max() <= 1
+    assert np.abs(pixels(result.image.data) - check_previews(watched)[5]).max() <= 1
 
 
 @pytest.mark.parametrize("model_name", ["shapes_model", "sd_model"])
-@pytest.mark.parametrize("mode", [StopMode.ESTIMATE, StopMode.FINISH])
+@pytest.mark.parametrize("mode", ["estimate", "finish"])
 def test_a_stop_between_checks_still_returns_a_denoised_image(
     model_name: str, mode: StopMode, recorder: Recorder, request: pytest.FixtureRequest
 ) -> None:
@@ -347,23 +352,23 @@ def test_a_stop_between_checks_still_returns_a_denoised_image(
     recorder.at_step(3, lambda: control.stop(mode))
     result = run(model, recorder, control, check_interval=5)
     # finish: the 9 positions left after step 3 of 12 become a tail of ceil(0.4 * 9) = 4.
-    assert result.reason is FinishReason.STOPPED
-    assert result.steps_run == (3 if mode is StopMode.ESTIMATE else 7)
+    assert result.reason == "stopped"
+    assert result.steps_run == (3 if mode == "estimate" else 7)
     assert result.image is not None and result.history == ()
     decoder = model.decoders[faithful_decoder(model)]
     noisy = to_uint8(decoder.decode(_bare_latents(model, 12)[3]))[0]
-    final_of_full_run = pixels(run(model, Recorder()).image.png)  # type: ignore[union-attr]
-    stopped = pixels(result.image.png)
+    final_of_full_run = pixels(run(model, Recorder()).image.data)  # type: ignore[union-attr]
+    stopped = pixels(result.image.data)
     assert np.abs(stopped - final_of_full_run).mean() < np.abs(noisy - final_of_full_run).mean()
 
 
 @pytest.mark.parametrize(
     ("model_name", "reason"),
     [
-        ("shapes_model", FinishReason.STOPPED),
-        ("sd_model", FinishReason.STOPPED),
-        ("sd_model", FinishReason.ABANDONED),
-        ("sd_model", FinishReason.SHUTDOWN),
+        ("shapes_model", "stopped"),
+        ("sd_model", "stopped"),
+        ("sd_model", "abandoned"),
+        ("sd_model", "shutdown"),
     ],
 )
 def test_abort_returns_no_image(
@@ -371,9 +376,9 @@ def test_abort_returns_no_image(
 ) -> None:
     model: LoadedModel = request.getfixturevalue(model_name)
     control = RunControl()
-    recorder.at_step(4, lambda: control.stop(StopMode.ABORT, reason))
+    recorder.at_step(4, lambda: control.stop("abort", reason))
     result = run(model, recorder, control)
-    assert result.reason is reason and result.image is None and result.error is None
+    assert result.reason == reason and result.image is None and result.error is None
     assert result.steps_run == 4
     assert [p.step for p in recorder.of(Progress)] == [1, 2, 3, 4]
 
@@ -382,10 +387,10 @@ def test_a_stop_before_the_first_step_runs_nothing(
     sd_model: LoadedModel, recorder: Recorder
 ) -> None:
     control = RunControl()
-    control.stop(StopMode.FINISH, request_id="early")
+    control.stop("finish", request_id="early")
     result = run(sd_model, recorder, control)
-    assert (result.reason, result.steps_run, result.image) == (FinishReason.STOPPED, 0, None)
-    assert recorder.of(Applied) == [Applied(0, "early", stop=StopMode.FINISH)]
+    assert (result.reason, result.steps_run, result.image) == ("stopped", 0, None)
+    assert recorder.of(Applied) == [Applied("early", 0, (), "finish")]
     assert recorder.of(Progress) == []
 
 
@@ -396,19 +401,20 @@ def test_a_set_mid_run_changes_later_decisions(
     model: LoadedModel = request.getfixturevalue(model_name)
     control = RunControl()
     registry = registry_with("mid", ConstantVerifier(0.6))
-    change = SettingsChange(quality_threshold=0.8, check_interval=3)
+    change = {"quality_threshold": 0.8, "check_interval": 3.0}
     recorder.at_step(5, lambda: control.set(change, request_id="s1"))
     result = run(
         model, recorder, control, registry, verifier="mid", check_interval=4,
         quality_threshold=0.5, early_stop=True, patience=3, min_steps=0,
     )  # fmt: skip
-    assert recorder.of(Applied) == [Applied(5, "s1", change)]
+    changes = (SettingChange("quality_threshold", 0.5, 0.8), SettingChange("check_interval", 4, 3))
+    assert recorder.of(Applied) == [Applied("s1", 5, changes, None)]
     assert [(c.step, c.threshold, c.decision) for c in recorder.checks] == [
-        (4, 0.5, Decision.CONTINUE),
-        (7, 0.8, Decision.RAISE_CFG),
-        (10, 0.8, Decision.RAISE_CFG),
+        (4, 0.5, "continue"),
+        (7, 0.8, "raise_cfg"),
+        (10, 0.8, "raise_cfg"),
     ]
-    assert result.reason is FinishReason.COMPLETED
+    assert result.reason == "completed"
 
 
 def test_a_set_of_cfg_applies_and_one_crossing_the_cfg_boundary_is_refused(
@@ -416,13 +422,15 @@ def test_a_set_of_cfg_applies_and_one_crossing_the_cfg_boundary_is_refused(
 ) -> None:
     control = RunControl()
     used = _observe_guidance(sd_model, recorder)
-    recorder.at_step(2, lambda: control.set(SettingsChange(cfg=4.0), "up"))
-    recorder.at_step(4, lambda: control.set(SettingsChange(cfg=1.0, quality_threshold=0.1), "x"))
+    recorder.at_step(2, lambda: control.set({"cfg": 4.0}, "up"))
+    recorder.at_step(4, lambda: control.set({"cfg": 1.0, "quality_threshold": 0.1}, "x"))
     run(sd_model, recorder, control, steps=6, check_interval=10)
     first, second = recorder.of(Applied)
-    assert (first.step, first.change, first.refused) == (2, SettingsChange(cfg=4.0), "")
-    assert second.change == SettingsChange(quality_threshold=0.1)
-    assert "switch guidance off" in second.refused
+    assert (first.step, first.changes) == (2, (SettingChange("cfg", 3.0, 4.0),))
+    assert second.changes == (SettingChange("quality_threshold", 0.7, 0.1),)
+    [refused] = recorder.of(Error)
+    assert refused.request_id == "x" and refused.code is ErrorCode.INVALID_VALUE
+    assert "switch guidance off" in refused.message
     assert used == pytest.approx([3.0, 3.0, 4.0, 4.0, 4.0, 4.0], rel=1e-4)
 
 
@@ -432,8 +440,8 @@ def test_a_failing_verifier_fails_the_run(sd_model: LoadedModel, recorder: Recor
             raise RuntimeError("classifier exploded")
 
     result = run(sd_model, recorder, registry=registry_with("broken", Broken()), verifier="broken")
-    assert result.reason is FinishReason.FAILED and result.image is None
-    assert result.error is not None and result.error.code is FailureCode.VERIFIER_FAILED
+    assert result.reason == "failed" and result.image is None
+    assert result.error is not None and result.error.code is ErrorCode.VERIFIER_FAILED
     assert "classifier exploded" in result.error.message
     assert result.steps_run == 5
 
@@ -444,7 +452,7 @@ def test_a_verifier_score_outside_its_range_fails_the_run(
     result = run(
         sd_model, recorder, registry=registry_with("wild", ConstantVerifier(1.5)), verifier="wild"
     )
-    assert result.error is not None and result.error.code is FailureCode.VERIFIER_FAILED
+    assert result.error is not None and result.error.code is ErrorCode.VERIFIER_FAILED
 
 
 def test_out_of_memory_is_reported_as_such(sd_model: LoadedModel, recorder: Recorder) -> None:
@@ -453,7 +461,7 @@ def test_out_of_memory_is_reported_as_such(sd_model: LoadedModel, recorder: Reco
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     result = run(sd_model, recorder, registry=registry_with("hungry", Hungry()), verifier="hungry")
-    assert result.error is not None and result.error.code is FailureCode.OUT_OF_MEMORY
+    assert result.error is not None and result.error.code is ErrorCode.OUT_OF_MEMORY
 
 
 def test_nan_in_the_model_fails_the_run_with_nan_detected(recorder: Recorder) -> None:
@@ -462,8 +470,8 @@ def test_nan_in_the_model_fails_the_run_with_nan_detected(recorder: Recorder) ->
         pipeline.unet.conv_out.bias.fill_(float("nan"))
     model = describe_pipeline("broken", pipeline)
     result = run(model, recorder)
-    assert result.reason is FinishReason.FAILED and result.image is None
-    assert result.error is not None and result.error.code is FailureCode.NAN_DETECTED
+    assert result.reason == "failed" and result.image is None
+    assert result.error is not None and result.error.code is ErrorCode.NAN_DETECTED
     assert result.steps_run == 5
 
 
@@ -474,8 +482,9 @@ def test_a_failing_sink_fails_the_run_and_the_caller_still_gets_the_result(
         if isinstance(event, Check):
             raise ConnectionError("watcher gone")
 
-    result = run_monitored(sd_model, RunParams(**BASE), VerifierRegistry(), RunControl(), sink)
-    assert result.error is not None and result.error.code is FailureCode.SINK_FAILED
+    params = sd_model.resolve(RequestedParams(**BASE))
+    result = run_monitored(sd_model, params, VerifierRegistry(), RunControl(), sink)
+    assert result.error is not None and result.error.code is ErrorCode.INTERNAL
 
 
 @pytest.mark.parametrize(
@@ -483,20 +492,27 @@ def test_a_failing_sink_fails_the_run_and_the_caller_still_gets_the_result(
     [
         ({"sampler": "flow_euler"}, "sampler"),
         ({"sampler": "ddim", "scheduler": "karras"}, "scheduler"),
-        ({"verifier": "nonexistent"}, "verifier"),
         ({"preview_decoder": "identity"}, "preview_decoder"),
         ({"model": "other"}, "model"),
         ({"cfg": 4.0, "cfg_max": None, "initial_latent": np.zeros((1, 3, 16, 16), np.float32)},
          "initial_latent"),
     ],
 )  # fmt: skip
-def test_invalid_parameters_fail_before_anything_runs(
-    sd_model: LoadedModel, recorder: Recorder, overrides: dict[str, Any], field: str
+def test_invalid_parameters_are_refused_before_anything_runs(
+    sd_model: LoadedModel, overrides: dict[str, Any], field: str
 ) -> None:
-    result = run(sd_model, recorder, **overrides)
-    assert result.reason is FinishReason.FAILED and result.steps_run == 0
-    assert result.error is not None and result.error.code is FailureCode.INVALID_PARAMS
-    assert field in result.error.message
+    with pytest.raises(ParamError) as refused:
+        sd_model.resolve(RequestedParams(**{**BASE, **overrides}))
+    assert refused.value.field == field
+
+
+def test_an_unknown_verifier_fails_the_run_before_anything_runs(
+    sd_model: LoadedModel, recorder: Recorder
+) -> None:
+    result = run(sd_model, recorder, verifier="nonexistent")
+    assert result.reason == "failed" and result.steps_run == 0
+    assert result.error is not None and result.error.code is ErrorCode.INVALID_VALUE
+    assert "nonexistent" in result.error.message
     assert [type(e) for e in recorder.events] == [Finished]
 
 
@@ -508,7 +524,7 @@ def test_an_initial_latent_replaces_the_seeded_noise(
     second = run(sd_model, Recorder(), initial_latent=noise, seed=2, check_interval=20)
     seeded = run(sd_model, Recorder(), seed=1, check_interval=20)
     assert first.image is not None and second.image is not None and seeded.image is not None
-    assert first.image.png == second.image.png != seeded.image.png
+    assert first.image.data == second.image.data != seeded.image.data
 
 
 @pytest.mark.parametrize(
@@ -520,23 +536,25 @@ def test_every_sampler_gives_an_x0_estimate_in_a_real_pipeline(
     sd_model: LoadedModel, recorder: Recorder, sampler: str
 ) -> None:
     result = run(sd_model, recorder, sampler=sampler, steps=4, check_interval=1, cfg=1.0)
-    assert result.reason is FinishReason.COMPLETED, result.error
-    assert len(recorder.checks) == result.total_steps >= 4
-    assert result.params.sampler == sampler
+    assert result.reason == "completed", result.error
+    assert len(recorder.checks) == recorder.of(Progress)[-1].total >= 4
+    assert recorder.of(Started)[0].parameters.sampler == sampler
 
 
 def test_the_karras_schedule_runs(sd_model: LoadedModel, recorder: Recorder) -> None:
     result = run(sd_model, recorder, scheduler="karras", steps=5, check_interval=2)
-    assert result.reason is FinishReason.COMPLETED and result.params.scheduler == "karras"
+    assert result.reason == "completed"
+    assert recorder.of(Started)[0].parameters.scheduler == "karras"
 
 
 def test_started_reports_the_resolved_parameters(sd_model: LoadedModel, recorder: Recorder) -> None:
     control = RunControl()
-    recorder.at_step(1, lambda: control.stop(StopMode.ABORT))
+    recorder.at_step(1, lambda: control.stop("abort"))
     run(sd_model, recorder, control, steps=None, cfg=None, sampler=None, seed=None)
     [started] = recorder.of(Started)
-    params = started.params
+    params = started.parameters
     assert (params.steps, params.cfg, params.sampler) == (50, 7.5, "dpmpp_2m")
     assert (params.width, params.height, params.model) == (32, 32, "tiny-sd")
     assert params.seed is not None and params.cfg_max == 15.0 and params.min_steps == 25
-    assert (params.verifier, params.preview_decoder) == ("structure", "linear")
+    assert params.verifier == "structure"
+    assert sd_model.resolve(RequestedParams("red circle")).preview_decoder == "linear"

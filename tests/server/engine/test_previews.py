@@ -10,9 +10,8 @@ import torch
 from PIL import Image
 from tiny_models import make_tiny_autoencoder
 
-from stepwatch.server.engine.events import Preview
+from stepwatch.protocol import Preview
 from stepwatch.server.engine.model import Family, LoadedModel, detect_family
-from stepwatch.server.engine.params import PreviewFormat
 from stepwatch.server.engine.previews import (
     FLUX_FACTORS,
     SD3_FACTORS,
@@ -63,8 +62,8 @@ def test_autoencoder_previews_undo_the_pipelines_latent_scaling() -> None:
 def test_thumbnails_keep_small_images_and_shrink_large_ones() -> None:
     small = np.zeros((32, 32, 3), np.uint8)
     large = np.full((256, 128, 3), 200, np.uint8)
-    kept = encode_thumbnail(small, 128, PreviewFormat.PNG)
-    shrunk = encode_thumbnail(large, 64, PreviewFormat.JPEG)
+    kept = encode_thumbnail(small, 128, "png")
+    shrunk = encode_thumbnail(large, 64, "jpeg")
     assert (kept.width, kept.height) == (32, 32)
     assert (shrunk.width, shrunk.height) == (32, 64)
     for preview, kind in [(kept, "PNG"), (shrunk, "JPEG")]:
@@ -74,8 +73,8 @@ def test_thumbnails_keep_small_images_and_shrink_large_ones() -> None:
 
 def test_webp_thumbnails_decode_close_to_their_source() -> None:
     gradient = np.tile(np.linspace(0, 255, 48, dtype=np.uint8)[None, :, None], (48, 1, 3))
-    preview = encode_thumbnail(gradient, 128, PreviewFormat.WEBP)
-    assert isinstance(preview, Preview) and preview.format is PreviewFormat.WEBP
+    preview = encode_thumbnail(gradient, 128, "webp")
+    assert isinstance(preview, Preview) and preview.format == "webp"
     decoded = np.asarray(Image.open(io.BytesIO(preview.data)).convert("RGB")).astype(int)
     assert np.abs(decoded - gradient).mean() < 6
 
@@ -85,7 +84,7 @@ def test_png_results_round_trip_exactly() -> None:
     pixels = to_uint8(images)[0]
     result = encode_png(pixels)
     assert (result.width, result.height) == (12, 8)
-    assert (np.asarray(Image.open(io.BytesIO(result.png))) == pixels).all()
+    assert (np.asarray(Image.open(io.BytesIO(result.data))) == pixels).all()
 
 
 def test_families_are_recognised_from_their_vae(

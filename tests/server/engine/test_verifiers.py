@@ -14,10 +14,9 @@ from tiny_models import Recorder
 
 from stepwatch.server.engine.control import RunControl
 from stepwatch.server.engine.errors import VerifierError
-from stepwatch.server.engine.events import Decision, FinishReason
 from stepwatch.server.engine.model import LoadedModel
 from stepwatch.server.engine.monitor import run_monitored
-from stepwatch.server.engine.params import RunParams
+from stepwatch.server.engine.params import RequestedParams
 from stepwatch.server.engine.structure import gaussian_blur
 from stepwatch.server.engine.verifiers import (
     BUILTIN_COMPONENTS,
@@ -150,11 +149,11 @@ def test_structure_reads_the_built_in_models_estimates_as_they_finish(
     shapes_model: LoadedModel, recorder: Recorder
 ) -> None:
     registry = VerifierRegistry()
-    params = RunParams(
+    params = RequestedParams(
         "red circle", seed=0, steps=20, check_interval=5, verifier=STRUCTURE, early_stop=False,
         quality_threshold=0.0,
     )  # fmt: skip
-    run_monitored(shapes_model, params, registry, RunControl(), recorder)
+    run_monitored(shapes_model, shapes_model.resolve(params), registry, RunControl(), recorder)
     clean = {check.step: check.components["clean"] for check in recorder.checks}
     score = {check.step: check.score for check in recorder.checks}
     # The identity decoder's x0 estimates: noisy at step 5, speckled at 10, finished at 20.
@@ -169,32 +168,34 @@ def test_the_default_verifier_never_stops_early_on_a_noise_preview(
     model: LoadedModel = request.getfixturevalue(model_name)
     assert model.defaults.verifier == STRUCTURE
     registry = VerifierRegistry()
-    params = RunParams(
+    params = RequestedParams(
         "red circle", seed=3, steps=10, cfg=3.0, check_interval=1, early_stop=True,
         quality_threshold=0.05, patience=1, min_steps=0,
     )  # fmt: skip
-    result = run_monitored(model, params, registry, RunControl(), recorder)
-    assert result.reason is FinishReason.COMPLETED and result.steps_run == 10
+    result = run_monitored(model, model.resolve(params), registry, RunControl(), recorder)
+    assert result.reason == "completed" and result.steps_run == 10
     assert len(recorder.checks) == 10
     for check in recorder.checks:
         # The random-weight pipeline's previews are pure noise: far below the default
         # threshold (0.7), and not clean.
         assert check.score < 0.05 and check.components["clean"] < 0.1
-        assert check.decision is not Decision.EARLY_STOP
+        assert check.decision != "early_stop"
 
 
 @pytest.mark.parametrize("decoder", ["linear", "tiny", "vae"])
 def test_noise_previews_score_low_through_every_decoder(
     decoder: str, sd_model: LoadedModel, recorder: Recorder
 ) -> None:
-    params = RunParams(
+    params = RequestedParams(
         "red circle", seed=3, steps=6, cfg=3.0, check_interval=2, early_stop=True,
         quality_threshold=0.3, patience=1, min_steps=0, preview_decoder=decoder,
     )  # fmt: skip
-    result = run_monitored(sd_model, params, VerifierRegistry(), RunControl(), recorder)
+    result = run_monitored(
+        sd_model, sd_model.resolve(params), VerifierRegistry(), RunControl(), recorder
+    )
     # Measured: linear 0.00, tiny 0.10 (an almost black image), vae 0.13: even at a threshold
     # of 0.3, far under the default 0.7, none of them stops early.
-    assert result.reason is FinishReason.COMPLETED
+    assert result.reason == "completed"
     assert [check.step for check in recorder.checks] == [2, 4, 6]
     assert all(check.score < 0.2 for check in recorder.checks)
 
@@ -304,8 +305,8 @@ def test_a_custom_verifier_registered_by_entry_point_scores_the_run(
     [info] = [i for i in registry.infos() if i.id == "brightness"]
     assert info.description == "Mean brightness."
     assert info.source == "entry point sw_custom_verifier:Brightness"
-    params = RunParams("red circle", seed=1, steps=6, check_interval=3, verifier="brightness")
-    result = run_monitored(sd_model, params, registry, RunControl(), recorder)
+    params = RequestedParams("red circle", seed=1, steps=6, check_interval=3, verifier="brightness")
+    result = run_monitored(sd_model, sd_model.resolve(params), registry, RunControl(), recorder)
     assert [c.step for c in recorder.checks] == [3, 6]
     for check in recorder.checks:
         assert set(check.components) == {"brightness", "prompt_words"}

@@ -10,10 +10,9 @@ from tiny_models import Recorder, make_sd_pipeline, make_tiny_autoencoder
 
 from stepwatch.server.engine.control import RunControl
 from stepwatch.server.engine.errors import ModelError
-from stepwatch.server.engine.events import FinishReason
 from stepwatch.server.engine.model import Family
 from stepwatch.server.engine.monitor import run_monitored
-from stepwatch.server.engine.params import RunParams
+from stepwatch.server.engine.params import RequestedParams
 from stepwatch.server.engine.verifiers import VerifierRegistry
 from stepwatch.server.models.loading import (
     DEFAULT_MODEL,
@@ -70,9 +69,11 @@ def test_a_local_diffusers_folder_loads_and_runs(tmp_path: Path, recorder: Recor
     assert list(model.decoders) == ["linear", "tiny", "vae"]
     tokenizer = model.pipeline.tokenizer
     assert len(tokenizer("red circle").input_ids) == 11, "the saved tokenizer must still tokenize"
-    params = RunParams("red circle", steps=4, check_interval=2, preview_decoder="tiny", seed=0)
-    result = run_monitored(model, params, VerifierRegistry(), RunControl(), recorder)
-    assert result.reason is FinishReason.COMPLETED and len(recorder.checks) == 2
+    params = RequestedParams(
+        "red circle", steps=4, check_interval=2, preview_decoder="tiny", seed=0
+    )
+    result = run_monitored(model, model.resolve(params), VerifierRegistry(), RunControl(), recorder)
+    assert result.reason == "completed" and len(recorder.checks) == 2
 
 
 def test_a_missing_folder_is_a_model_error(tmp_path: Path) -> None:

@@ -24,15 +24,15 @@ PREVIEW = Preview("png", 1, 1, b"\x89PNG")
 
 
 def progress(run_id: str, seq: int) -> Progress:
-    return Progress(run_id, seq, seq, 100, 0.1 * seq, 1.0)
+    return Progress(seq, 100, 0.1 * seq, 1.0, run_id=run_id, seq=seq)
 
 
 def check(run_id: str, seq: int) -> Check:
-    return Check(run_id, seq, seq, 0.5, {}, 0.7, "continue", "why", 3.0, PREVIEW)
+    return Check(seq, 0.5, {}, 0.7, "continue", "why", 3.0, PREVIEW, run_id=run_id, seq=seq)
 
 
 def applied(run_id: str, seq: int) -> Applied:
-    return Applied(run_id, seq, "q", seq, (), "finish")
+    return Applied("q", seq, (), "finish", run_id=run_id, seq=seq)
 
 
 async def drain(outbox: Outbox) -> list[object]:
@@ -114,7 +114,10 @@ async def test_forgetting_a_run_drops_only_its_waiting_events() -> None:
 async def test_a_finished_event_is_never_dropped() -> None:
     log = EventLog()
     outbox = Outbox(capacity=8)
-    events = [progress("a", 1), Finished("a", 2, "completed", 1, 0.1, None, (), None, None)]
+    events = [
+        progress("a", 1),
+        Finished("completed", 1, 0.1, None, (), None, None, run_id="a", seq=2),
+    ]
     for event in logged(log, *events):
         outbox.event("a", event)
     assert await drain(outbox) == events

@@ -5,26 +5,37 @@ Registered through the ``stepwatch.commands`` entry point group (see
 load inside the handler.
 
 In a terminal it prints a line per check (score, decision, CFG) and a progress line; with
-``--json`` it prints one JSON object per engine event instead (previews as base64). It writes the
-final image as PNG. Ctrl-C stops the run and keeps the current x0 estimate as the image; a second
-Ctrl-C aborts.
+``--json`` it prints one JSON object per event instead, exactly as ``stepwatch generate --json``
+prints the same event of a served run (:func:`stepwatch.protocol.to_json`; the events are
+stamped with a run id made here). It writes the final image as PNG. Ctrl-C finishes the run with
+its clean tail; a second Ctrl-C aborts.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import dataclasses
-import enum
 import json
+import secrets
 import sys
 import threading
-from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
+
+from stepwatch.protocol import (
+    Adjusted,
+    Applied,
+    Check,
+    Error,
+    Finished,
+    Progress,
+    Started,
+    StopMode,
+    stamp,
+    to_json,
+)
 
 if TYPE_CHECKING:
-    from stepwatch.server.engine.events import EngineEvent, RunResult
+    from stepwatch.server.engine.events import EngineEvent
 
 DEFAULT_MODEL = "builtin:shapes"
 
@@ -90,9 +101,8 @@ def _sample(args: argparse.Namespace) -> int:
     _quiet_libraries()
     from stepwatch.server.engine.control import RunControl
     from stepwatch.server.engine.errors import EngineError
-    from stepwatch.server.engine.events import FinishReason, StopMode
     from stepwatch.server.engine.monitor import run_monitored
-    from stepwatch.server.engine.params import PreviewFormat, RunParams
+    from stepwatch.server.engine.params import RequestedParams
     from stepwatch.server.engine.verifiers import VerifierRegistry
     from stepwatch.server.models.loading import ModelSpec, load_model
 
@@ -104,7 +114,7 @@ def _sample(args: argparse.Namespace) -> int:
         for spec in args.custom_verifier:
             registry.register_spec(spec)
         params = model.resolve(
-            RunParams(
+            RequestedParams(
                 prompt=args.prompt,
                 seed=args.seed,
                 steps=args.steps,
@@ -120,34 +130,34 @@ def _sample(args: argparse.Namespace) -> int:
                 min_steps=args.min_steps,
                 early_stop=not args.no_early_stop,
                 preview_decoder=args.preview_decoder,
-                preview_format=PreviewFormat(args.preview_format),
+                preview_format=args.preview_format,
             )
         )
     except EngineError as exc:
         print(f"stepwatch sample: {exc}", file=sys.stderr)
         return 2
-    out = args.out or Path(f"stepwatch-{params.seed}.png")
-    printer: EventPrinter = JsonPrinter(sys.stdout, out) if args.json else LinePrinter(sys.stdout)
+    out = args.out or Path(f"stepwatch-{params.parameters.seed}.png")
+    printer: EventPrinter = JsonPrinter(sys.stdout) if args.json else LinePrinter(sys.stdout)
     control = RunControl()
-    results: list[RunResult] = []
+    results: list[Finished] = []
     worker = threading.Thread(
         target=lambda: results.append(run_monitored(model, params, registry, control, printer)),
         name="stepwatch-sample",
     )
     worker.start()
-    mode = StopMode.FINISH
+    mode: StopMode = "finish"
     while worker.is_alive():
         try:
             worker.join(0.2)
         except KeyboardInterrupt:
             control.stop(mode)
-            mode = StopMode.ABORT
+            mode = "abort"
     [result] = results
     if result.image is not None:
-        out.write_bytes(result.image.png)
+        out.write_bytes(result.image.data)
     if not args.json:
         printer.summary(result, out)
-    return 1 if result.reason is FinishReason.FAILED else 0
+    return 1 if result.reason == "failed" else 0
 
 
 class EventPrinter:
@@ -156,7 +166,7 @@ class EventPrinter:
     def __call__(self, event: EngineEvent) -> None:
         raise NotImplementedError
 
-    def summary(self, result: RunResult, out: Path) -> None:
+    def summary(self, result: Finished, out: Path) -> None:
         """Say how the run ended (terminal output only)."""
 
 
@@ -166,30 +176,34 @@ class LinePrinter(EventPrinter):
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.live = stream.isatty()
+        self.total = 0
 
     def __call__(self, event: EngineEvent) -> None:
-        from stepwatch.server.engine import events
-
         match event:
-            case events.Started(params=params, total_steps=total):
+            case Started(parameters=p):
+                self.total = p.steps
                 self._line(
-                    f"{params.model}: {params.prompt!r} seed {params.seed}, {total} steps, "
-                    f"{params.sampler}/{params.scheduler}, cfg {params.cfg:g}, "
-                    f"verifier {params.verifier} (threshold {params.quality_threshold:g})"
+                    f"{p.model}: {p.prompt!r} seed {p.seed}, {p.steps} steps, "
+                    f"{p.sampler}/{p.scheduler}, cfg {p.cfg:g}, "
+                    f"verifier {p.verifier} (threshold {p.quality_threshold:g})"
                 )
-            case events.Progress(step=step, total=total, eta=eta) if self.live:
-                self.stream.write(f"\r  step {step}/{total}  eta {eta:.1f}s ")
-                self.stream.flush()
-            case events.Check(quality=q):
+            case Progress(step=step, total=total, eta=eta):
+                self.total = total
+                if self.live:
+                    self.stream.write(f"\r  step {step}/{total}  eta {eta or 0:.1f}s ")
+                    self.stream.flush()
+            case Check() as q:
                 parts = " ".join(f"{k} {v:.2f}" for k, v in q.components.items())
                 self._line(
                     f"  step {q.step:>3}  score {q.score:.3f}  [{parts}]  cfg {q.cfg:g}  "
                     f"{q.decision}: {q.reason}"
                 )
-            case events.Adjusted(what=what, old=old, new=new, step=step):
-                self._line(f"  step {step:>3}  {what} {old:g} -> {new:g}")
-            case events.Applied(step=step, stop=stop) if stop is not None:
+            case Adjusted(setting=setting, old=old, new=new, step=step):
+                self._line(f"  step {step:>3}  {setting} {old:g} -> {new:g}")
+            case Applied(step=step, stop=stop) if stop is not None:
                 self._line(f"  step {step:>3}  stopping ({stop})")
+            case Error(message=message):
+                self._line(f"  refused: {message}")
             case _:
                 pass
 
@@ -198,10 +212,10 @@ class LinePrinter(EventPrinter):
         self.stream.write(prefix + text + "\n")
         self.stream.flush()
 
-    def summary(self, result: RunResult, out: Path) -> None:
+    def summary(self, result: Finished, out: Path) -> None:
         score = f"{result.final_score:.3f}" if result.final_score is not None else "-"
         self._line(
-            f"{result.reason}: {result.steps_run}/{result.total_steps} steps in "
+            f"{result.reason}: {result.steps_run}/{self.total} steps in "
             f"{result.elapsed:.2f}s, final score {score}"
             + (f", image {out}" if result.image is not None else "")
             + (f" ({result.error.code}: {result.error.message})" if result.error else "")
@@ -209,39 +223,19 @@ class LinePrinter(EventPrinter):
 
 
 class JsonPrinter(EventPrinter):
-    """One JSON object per event, ``{"event": <kind>, ...fields}``; bytes as base64. The result
-    image is written to ``out`` and named there instead of inlined."""
+    """One JSON object per line, each event as ``stepwatch generate --json`` prints a served
+    run's: stamped with this run's id and its ``seq``, binary data as base64."""
 
-    def __init__(self, stream: TextIO, out: Path) -> None:
+    def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        self.out = out
+        self.run_id = secrets.token_hex(8)
+        self.seq = 0
 
     def __call__(self, event: EngineEvent) -> None:
-        record = {"event": type(event).__name__.lower(), **_jsonable_fields(event)}
-        if type(event).__name__ == "Finished":
-            image = record["result"]["image"]
-            if image is not None:
-                image.pop("png")
-                image["path"] = str(self.out)
-        self.stream.write(json.dumps(record) + "\n")
+        if isinstance(event, Error):
+            record = to_json(event)
+        else:
+            self.seq += 1
+            record = to_json(stamp(event, self.run_id, self.seq))
+        self.stream.write(json.dumps(record, separators=(",", ":")) + "\n")
         self.stream.flush()
-
-
-def _jsonable_fields(value: Any) -> dict[str, Any]:
-    return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-
-
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return _jsonable_fields(value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    return repr(value)  # an initial latent array: named, not dumped

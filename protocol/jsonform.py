@@ -1,0 +1,31 @@
+"""Messages as JSON data, for programs that read a run as lines of JSON.
+
+:func:`to_json` turns a message (or any value inside one) into what :func:`json.dumps` takes:
+a message becomes an object led by its ``type`` and holding its fields by their wire names,
+binary data (previews, images) becomes base64 text, tuples become arrays. ``stepwatch generate
+--json`` and ``stepwatch sample --json`` print the same object for the same event.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from collections.abc import Mapping
+
+__all__ = ["to_json"]
+
+
+def to_json(value: object) -> object:
+    """``value`` as JSON data (see the module's docstring)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = (item.name for item in dataclasses.fields(value))
+        fields = {name: to_json(getattr(value, name)) for name in names}
+        kind = getattr(type(value), "TYPE", None)
+        return fields if kind is None else {"type": kind, **fields}
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, Mapping):
+        return {str(key): to_json(item) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return [to_json(item) for item in value]
+    return value
