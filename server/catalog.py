@@ -15,8 +15,15 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from stepwatch.protocol import ErrorCode, ModelInfo, ProtocolError, RunParameters, Set, Start
-from stepwatch.protocol import VerifierInfo as WireVerifierInfo
+from stepwatch.protocol import (
+    ErrorCode,
+    ModelInfo,
+    ProtocolError,
+    RunParameters,
+    Set,
+    Start,
+    VerifierInfo,
+)
 from stepwatch.protocol import limits as wire
 from stepwatch.server.config import ServiceLimits
 from stepwatch.server.engine.errors import ParamError
@@ -90,7 +97,7 @@ class Catalog:
         self.limits = limits
         self.model_infos = tuple(describe_model(model) for model in models)
         self.verifier_infos = tuple(
-            WireVerifierInfo(
+            VerifierInfo(
                 id=info.id,
                 description=_clip(info.description, wire.MAX_DESCRIPTION_CHARS),
                 components=self._components(info.id),

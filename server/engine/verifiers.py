@@ -2,14 +2,14 @@
 
 The contract a verifier implements (:class:`Verifier`)::
 
-    score(images: torch.Tensor, prompt: str) -> Sequence[Score | float]
+    score(images: torch.Tensor, prompt: str) -> Sequence[VerifierScore | float]
 
 ``images`` is a batch of RGB images, float32, N×3×H×W, values in [0, 1], on the model's device,
 at the preview decoder's resolution (the latent's size for ``linear``, the image size for a VAE
-or a pixel-space model). It returns one entry per image: a :class:`Score` (a value in [0, 1] plus
-named components, each in [0, 1]) or a bare float. Higher is better. It is called from the
-sampler's thread, once per check, and should take a small fraction of a denoising step. An
-exception, a wrong count or a value outside [0, 1] fails the run with ``verifier_failed``.
+or a pixel-space model). It returns one entry per image: a :class:`VerifierScore` (a value in
+[0, 1] plus named components, each in [0, 1]) or a bare float. Higher is better. It is called
+from the sampler's thread, once per check, and should take a small fraction of a denoising step.
+An exception, a wrong count or a value outside [0, 1] fails the run with ``verifier_failed``.
 
 A **custom verifier** is registered by the operator, never by a client, in one of two ways:
 
@@ -47,7 +47,7 @@ STRUCTURE = "structure"
 
 
 @dataclass(frozen=True)
-class Score:
+class VerifierScore:
     """One image's score in [0, 1] and the named components it was made of."""
 
     value: float
@@ -57,14 +57,14 @@ class Score:
 class Verifier(Protocol):
     """Scores a batch of RGB images in [0, 1] against a prompt; see the module docstring."""
 
-    def score(self, images: torch.Tensor, prompt: str) -> Sequence[Score | float]: ...
+    def score(self, images: torch.Tensor, prompt: str) -> Sequence[VerifierScore | float]: ...
 
 
 VerifierFactory = Callable[[], Verifier]
 
 
 @dataclass(frozen=True)
-class VerifierInfo:
+class VerifierEntry:
     """What a client may learn about a registered verifier."""
 
     id: str
@@ -78,7 +78,7 @@ class VerifierInfo:
 class ModelVerifier:
     """A verifier a model brings with it (the built-in model's prompt-adherence classifier)."""
 
-    info: VerifierInfo
+    info: VerifierEntry
     factory: VerifierFactory
 
 
@@ -99,7 +99,7 @@ class VarianceEdgeVerifier:
 
     EDGE_SCALE = 0.1
 
-    def score(self, images: torch.Tensor, prompt: str) -> list[Score]:
+    def score(self, images: torch.Tensor, prompt: str) -> list[VerifierScore]:
         rgb = images.float()
         weights = torch.tensor([0.299, 0.587, 0.114], device=rgb.device).view(1, 3, 1, 1)
         luma = (rgb * weights).sum(dim=1)
@@ -110,7 +110,7 @@ class VarianceEdgeVerifier:
         edges = (magnitude.flatten(1).mean(dim=1) / self.EDGE_SCALE).clamp(max=1.0)
         combined = (variance + edges) / 2
         return [
-            Score(float(s), {"variance": float(v), "edges": float(e)})
+            VerifierScore(float(s), {"variance": float(v), "edges": float(e)})
             for s, v, e in zip(combined.tolist(), variance.tolist(), edges.tolist(), strict=True)
         ]
 
@@ -126,10 +126,10 @@ class StructureVerifier:
     VAE's full-sized decode of one picture score nearly alike. It ignores the prompt.
     """
 
-    def score(self, images: torch.Tensor, prompt: str) -> list[Score]:
+    def score(self, images: torch.Tensor, prompt: str) -> list[VerifierScore]:
         parts = structure.measure(images)
         return [
-            Score(s * c, {"structure": s, "clean": c})
+            VerifierScore(s * c, {"structure": s, "clean": c})
             for s, c in zip(parts.structure.tolist(), parts.clean.tolist(), strict=True)
         ]
 
@@ -162,7 +162,7 @@ class VerifierRegistry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._factories: dict[str, tuple[VerifierInfo, VerifierFactory]] = {}
+        self._factories: dict[str, tuple[VerifierEntry, VerifierFactory]] = {}
         self._instances: dict[str, Verifier] = {}
         self.register(STRUCTURE, StructureVerifier, STRUCTURE_DESCRIPTION, "builtin")
         self.register(VARIANCE_EDGES, VarianceEdgeVerifier, VARIANCE_EDGES_DESCRIPTION, "builtin")
@@ -184,7 +184,7 @@ class VerifierRegistry:
         with self._lock:
             if verifier_id in self._factories:
                 raise VerifierError(f"verifier {verifier_id!r} is already registered")
-            info = VerifierInfo(verifier_id, description or _summary(factory), source, components)
+            info = VerifierEntry(verifier_id, description or _summary(factory), source, components)
             self._factories[verifier_id] = (info, factory)
 
     def register_model_verifiers(self, verifiers: Iterable[ModelVerifier]) -> None:
@@ -231,7 +231,7 @@ class VerifierRegistry:
         with self._lock:
             return verifier_id in self._factories
 
-    def infos(self) -> tuple[VerifierInfo, ...]:
+    def infos(self) -> tuple[VerifierEntry, ...]:
         """Every registered verifier, sorted by id."""
         with self._lock:
             return tuple(info for _, (info, _f) in sorted(self._factories.items()))
@@ -253,7 +253,7 @@ class VerifierRegistry:
             return verifier
 
 
-def score_batch(verifier: Verifier, images: torch.Tensor, prompt: str) -> list[Score]:
+def score_batch(verifier: Verifier, images: torch.Tensor, prompt: str) -> list[VerifierScore]:
     """Call ``verifier`` and hold its answer to the contract, or raise :class:`VerifierError`."""
     try:
         raw = list(verifier.score(images, prompt))
@@ -266,20 +266,22 @@ def score_batch(verifier: Verifier, images: torch.Tensor, prompt: str) -> list[S
     return [_checked(item) for item in raw]
 
 
-def _checked(item: Score | float) -> Score:
+def _checked(item: VerifierScore | float) -> VerifierScore:
     # The boundary where a verifier's answer is received: whatever it is, a wrong one is the
     # verifier's failure (verifier_failed), never the server's.
     try:
-        score = item if isinstance(item, Score) else Score(float(item))
+        score = item if isinstance(item, VerifierScore) else VerifierScore(float(item))
         values = [("score", score.value), *score.components.items()]
     except (TypeError, ValueError, AttributeError) as exc:
-        raise VerifierError(f"a score must be a number or a Score, got {item!r:.100}") from exc
+        raise VerifierError(
+            f"a score must be a number or a VerifierScore, got {item!r:.100}"
+        ) from exc
     for name, value in values:
         if not isinstance(name, str):
             raise VerifierError(f"a component name must be a string, got {name!r:.100}")
         if not isinstance(value, int | float) or not math.isfinite(value) or not 0 <= value <= 1:
             raise VerifierError(f"{name} must be a number in [0, 1], got {value!r}")
-    return Score(float(score.value), {k: float(v) for k, v in score.components.items()})
+    return VerifierScore(float(score.value), {k: float(v) for k, v in score.components.items()})
 
 
 def _resolve(module: object, dotted: str) -> VerifierFactory:

@@ -29,7 +29,7 @@ import torch
 from stepwatch.server.engine.errors import ModelError
 from stepwatch.server.engine.model import LoadedModel, PromptVocabulary, describe_pipeline
 from stepwatch.server.engine.policy import CLEAN
-from stepwatch.server.engine.verifiers import ModelVerifier, Score, VerifierInfo
+from stepwatch.server.engine.verifiers import ModelVerifier, VerifierEntry, VerifierScore
 
 BUILTIN_SHAPES = "builtin:shapes"
 DEFAULT_MODEL = f"shapes={BUILTIN_SHAPES}"
@@ -145,8 +145,11 @@ class AdherenceVerifier:
     def __init__(self, scorer: Any) -> None:
         self.scorer = scorer
 
-    def score(self, images: torch.Tensor, prompt: str) -> list[Score]:
-        return [Score(value, components) for value, components in self.scorer.score(images, prompt)]
+    def score(self, images: torch.Tensor, prompt: str) -> list[VerifierScore]:
+        return [
+            VerifierScore(value, components)
+            for value, components in self.scorer.score(images, prompt)
+        ]
 
 
 def load_builtin_model(name: str, device: torch.device) -> LoadedModel:
@@ -166,7 +169,7 @@ def load_builtin_model(name: str, device: torch.device) -> LoadedModel:
         return AdherenceVerifier(AdherenceScorer.load(device))
 
     adherence = ModelVerifier(
-        VerifierInfo(
+        VerifierEntry(
             ADHERENCE,
             "P(prompted attributes | image), built-in model only; clean: how finished it looks",
             name,

@@ -237,9 +237,9 @@ class NumberedComponentsVerifier:
     """A custom verifier whose components are named by numbers, not strings."""
 
     def score(self, images: Any, prompt: str) -> list[object]:
-        from stepwatch.server.engine.verifiers import Score
+        from stepwatch.server.engine.verifiers import VerifierScore
 
-        return [Score(0.5, {1: 0.5})] * images.shape[0]  # type: ignore[dict-item]
+        return [VerifierScore(0.5, {1: 0.5})] * images.shape[0]  # type: ignore[dict-item]
 
 
 class ThreadCountVerifier:

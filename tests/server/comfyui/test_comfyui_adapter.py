@@ -18,7 +18,7 @@ from stepwatch.server.comfyui.adapter import (
     verifier_choices,
 )
 from stepwatch.server.engine.curves import ExpectedCurve
-from stepwatch.server.engine.verifiers import Score, VerifierRegistry
+from stepwatch.server.engine.verifiers import VerifierRegistry, VerifierScore
 
 
 class FixedScores:
@@ -27,12 +27,12 @@ class FixedScores:
     def __init__(self, *scores: float) -> None:
         self.scores = list(scores)
 
-    def score(self, images: torch.Tensor, prompt: str) -> Sequence[Score | float]:
+    def score(self, images: torch.Tensor, prompt: str) -> Sequence[VerifierScore | float]:
         return [self.scores.pop(0)]
 
 
 class Failing:
-    def score(self, images: torch.Tensor, prompt: str) -> Sequence[Score | float]:
+    def score(self, images: torch.Tensor, prompt: str) -> Sequence[VerifierScore | float]:
         raise RuntimeError("no weights")
 
 

@@ -33,7 +33,7 @@ from stepwatch.server.engine.model import LoadedModel, describe_pipeline
 from stepwatch.server.engine.monitor import run_monitored
 from stepwatch.server.engine.params import RequestedParams
 from stepwatch.server.engine.previews import to_uint8
-from stepwatch.server.engine.verifiers import Score, VerifierRegistry
+from stepwatch.server.engine.verifiers import VerifierRegistry, VerifierScore
 
 MODELS = ["shapes_model", "sd_model", "sdxl_model", "sd3_model"]
 
@@ -89,8 +89,8 @@ class ConstantVerifier:
     def __init__(self, value: float) -> None:
         self.value = value
 
-    def score(self, images: torch.Tensor, prompt: str) -> list[Score]:
-        return [Score(self.value, {"constant": self.value}) for _ in range(images.shape[0])]
+    def score(self, images: torch.Tensor, prompt: str) -> list[VerifierScore]:
+        return [VerifierScore(self.value, {"constant": self.value}) for _ in range(images.shape[0])]
 
 
 def registry_with(verifier_id: str, verifier: object) -> VerifierRegistry:
@@ -436,7 +436,7 @@ def test_a_set_of_cfg_applies_and_one_crossing_the_cfg_boundary_is_refused(
 
 def test_a_failing_verifier_fails_the_run(sd_model: LoadedModel, recorder: Recorder) -> None:
     class Broken:
-        def score(self, images: torch.Tensor, prompt: str) -> list[Score]:
+        def score(self, images: torch.Tensor, prompt: str) -> list[VerifierScore]:
             raise RuntimeError("classifier exploded")
 
     result = run(sd_model, recorder, registry=registry_with("broken", Broken()), verifier="broken")
@@ -457,7 +457,7 @@ def test_a_verifier_score_outside_its_range_fails_the_run(
 
 def test_out_of_memory_is_reported_as_such(sd_model: LoadedModel, recorder: Recorder) -> None:
     class Hungry:
-        def score(self, images: torch.Tensor, prompt: str) -> list[Score]:
+        def score(self, images: torch.Tensor, prompt: str) -> list[VerifierScore]:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     result = run(sd_model, recorder, registry=registry_with("hungry", Hungry()), verifier="hungry")

@@ -24,11 +24,11 @@ from stepwatch.server.engine.verifiers import (
     STRUCTURE,
     VARIANCE_EDGES,
     ModelVerifier,
-    Score,
     StructureVerifier,
     VarianceEdgeVerifier,
-    VerifierInfo,
+    VerifierEntry,
     VerifierRegistry,
+    VerifierScore,
     score_batch,
 )
 
@@ -38,7 +38,7 @@ def test_variance_edges_scores_a_flat_image_zero_and_a_sharp_one_high() -> None:
     stripes = torch.zeros(1, 3, 16, 16)
     stripes[..., ::2] = 1.0
     flat_score, stripes_score = VarianceEdgeVerifier().score(torch.cat([flat, stripes]), "any")
-    assert flat_score == Score(0.0, {"variance": 0.0, "edges": 0.0})
+    assert flat_score == VerifierScore(0.0, {"variance": 0.0, "edges": 0.0})
     assert stripes_score.components["variance"] == pytest.approx(1.0)
     assert stripes_score.components["edges"] == pytest.approx(1.0)
     assert stripes_score.value == pytest.approx(1.0)
@@ -68,7 +68,7 @@ def test_simple_is_the_original_name_of_variance_edges() -> None:
     assert tuple(by_alias.components) == BUILTIN_COMPONENTS[SIMPLE]
 
 
-def structure_scores(images: torch.Tensor) -> list[Score]:
+def structure_scores(images: torch.Tensor) -> list[VerifierScore]:
     return score_batch(StructureVerifier(), images.float(), "any prompt")
 
 
@@ -102,7 +102,7 @@ def test_structure_components_are_the_policys_contract() -> None:
     [s_flat, s_noise] = structure_scores(torch.cat([flat, uniform_noise(32).float()]))
     assert tuple(s_flat.components) == BUILTIN_COMPONENTS[STRUCTURE] == ("structure", "clean")
     # `clean` 1 means no noise left: a flat image is clean, with nothing in it to score.
-    assert s_flat == Score(0.0, {"structure": 0.0, "clean": 1.0})
+    assert s_flat == VerifierScore(0.0, {"structure": 0.0, "clean": 1.0})
     assert s_noise.components["clean"] < 0.01
     assert s_noise.value == pytest.approx(
         s_noise.components["structure"] * s_noise.components["clean"]
@@ -209,7 +209,7 @@ class Fixed:
 
 
 def test_bare_floats_are_scores_without_components() -> None:
-    assert score_batch(Fixed([0.25]), torch.zeros(1, 3, 4, 4), "p") == [Score(0.25, {})]
+    assert score_batch(Fixed([0.25]), torch.zeros(1, 3, 4, 4), "p") == [VerifierScore(0.25, {})]
 
 
 @pytest.mark.parametrize(
@@ -218,7 +218,7 @@ def test_bare_floats_are_scores_without_components() -> None:
         ([0.5, 0.5], "2 scores for 1 images"),
         ([1.2], "score must be a number in"),
         ([float("nan")], "score must be a number in"),
-        ([Score(0.5, {"part": -0.1})], "part must be a number in"),
+        ([VerifierScore(0.5, {"part": -0.1})], "part must be a number in"),
         (None, "TypeError"),
     ],
 )
@@ -261,7 +261,7 @@ def test_a_verifier_that_cannot_start_is_reported() -> None:
 
 def test_model_verifiers_join_the_registry() -> None:
     registry = VerifierRegistry()
-    info = VerifierInfo("adherence", "prompt adherence", "model shapes")
+    info = VerifierEntry("adherence", "prompt adherence", "model shapes")
     registry.register_model_verifiers([ModelVerifier(info, lambda: Fixed([0.9]))])
     registry.register_model_verifiers([ModelVerifier(info, lambda: Fixed([0.1]))])
     assert registry.infos()[0] == info
@@ -274,14 +274,14 @@ def _write_custom_verifier(root: Path) -> None:
         textwrap.dedent(
             '''
             """A custom verifier: the mean brightness of the image."""
-            from stepwatch.server.engine.verifiers import Score
+            from stepwatch.server.engine.verifiers import VerifierScore
 
             class Brightness:
                 """Mean brightness."""
 
                 def score(self, images, prompt):
                     means = images.mean(dim=(1, 2, 3)).tolist()
-                    return [Score(m, {"brightness": m, "prompt_words": 0.5}) for m in means]
+                    return [VerifierScore(m, {"brightness": m, "prompt_words": 0.5}) for m in means]
             '''
         )
     )
