@@ -64,6 +64,7 @@ from .session import (
     ClientState,
     Duplicate,
     Lost,
+    Request,
     ServerSession,
     ServerState,
     SessionEvent,
@@ -79,6 +80,7 @@ from .values import (
 )
 
 __all__ = [
+    "Request",
     "Unasked",
     "SessionEvent",
     "ServerState",
