@@ -358,8 +358,8 @@ class Session:
                 raise ProtocolViolation(f"the server subscribed this session to {run_id}")
             case Unasked(message=message):
                 raise ProtocolViolation(f"the server sent {message.TYPE} unasked")
-            case Welcome() | Pong():
-                pass
+            case Welcome() | Pong() | Subscribed():
+                pass  # a resume point's subscribed: the replay that follows tells the rest
             case _:
                 assert_never(event)
 

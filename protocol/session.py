@@ -127,8 +127,11 @@ class Lost:
 
 
 #: What :meth:`ClientSession.events_received` returns: a ``welcome``, a new run event, an
-#: ``error`` that answers no request, a ``pong``, or one of the session's own events.
-SessionEvent: TypeAlias = Welcome | RunEvent | Error | Pong | Answered | Duplicate | Unasked | Lost
+#: ``error`` that answers no request, a ``pong``, the ``subscribed`` of a resume point, or one
+#: of the session's own events.
+SessionEvent: TypeAlias = (
+    Welcome | RunEvent | Error | Pong | Subscribed | Answered | Duplicate | Unasked | Lost
+)
 
 
 class ClientState(Enum):
@@ -385,7 +388,10 @@ class ClientSession:
         followed.last_seq = min(followed.last_seq, floor)
         followed.replay_until = subscribed.last_seq
         self._ended.discard(run_id)
-        self._events.extend(Answered(request, subscribed) for request in asked)
+        if asked:
+            self._events.extend(Answered(request, subscribed) for request in asked)
+        else:
+            self._events.append(subscribed)  # a resume point's: the run's state now
         self._replay_reached(run_id, followed)
 
     def _on_error(self, error: Error) -> None:

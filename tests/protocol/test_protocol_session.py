@@ -307,7 +307,7 @@ def test_a_reconnect_resumes_every_followed_run_from_its_last_seq() -> None:
     ]
     feed(session, welcome())
     resumed, answered = Subscribed(RUN, "running", 3), Subscribed(OTHER, "running", 6)
-    assert feed(session, resumed, answered) == [Answered(watch, answered)]
+    assert feed(session, resumed, answered) == [resumed, Answered(watch, answered)]
     assert feed(session, progress(2), progress(3)) == [Duplicate(progress(2)), progress(3)]
 
 
@@ -335,6 +335,7 @@ def test_resume_points_named_by_the_caller_are_followed() -> None:
     assert sent(session) == [Hello(client="tests/1", resume=points)]
     feed(session, welcome())
     assert feed(session, Subscribed(RUN, "running", 5), progress(4), progress(5)) == [
+        Subscribed(RUN, "running", 5),
         Duplicate(progress(4)),
         progress(5),
     ]
