@@ -1,7 +1,8 @@
 """The stepwatch wire protocol, sans I/O: typed messages, their msgpack codec, limits, errors.
 
 Bytes in, typed messages out; typed messages in, bytes out; and the session rules on top
-(:mod:`.session`: hello first, resume, request matching, seq de-duplication, resends).
+(:mod:`.session`, :mod:`.server_session`: hello first, resume, request matching, seq
+de-duplication, resends).
 Nothing here opens a socket, starts a task or imports the server's stack, so any transport
 (the server's Starlette WebSocket, the client's ``websockets`` connection, a test) can drive it.
 ``protocol/README.md`` specifies the protocol for implementers in other languages.
@@ -58,6 +59,7 @@ from .server_messages import (
     VerifierInfo,
     Welcome,
 )
+from .server_session import ServerSession, ServerState
 from .session import (
     Answered,
     ClientSession,
@@ -65,8 +67,6 @@ from .session import (
     Duplicate,
     Lost,
     Request,
-    ServerSession,
-    ServerState,
     SessionEvent,
     Unasked,
 )

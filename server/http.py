@@ -30,6 +30,9 @@ Every answer is JSON except the image. When the server has an API token, every r
 A run summary is ``{"number", "run_id", "state", "created_at", "finished_at", "model", "prompt",
 "reason", "steps_run", "final_score", "image_url"}``; times are Unix seconds. ``state`` is
 ``queued``, ``running`` or ``finished``; a live run's ``history`` holds its checks so far.
+
+The routes get the narrow :class:`HttpServices` they use (``app.state.http_services``), not the
+whole service.
 """
 
 from __future__ import annotations

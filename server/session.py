@@ -48,7 +48,7 @@ from stepwatch.protocol import (
     Welcome,
     encode,
 )
-from stepwatch.protocol.session import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY
+from stepwatch.protocol.server_session import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY
 from stepwatch.server.catalog import Catalog
 from stepwatch.server.config import ServiceLimits
 from stepwatch.server.gate import Gate, TokenBucket

@@ -19,7 +19,7 @@ from stepwatch.protocol import (
     Unsubscribe,
     encode,
 )
-from stepwatch.protocol.session import CLOSE_GOING_AWAY, CLOSE_POLICY, request_ids
+from stepwatch.protocol.server_session import CLOSE_GOING_AWAY, CLOSE_POLICY, request_ids
 
 
 def test_hello_opens_the_session() -> None:
