@@ -1,8 +1,9 @@
 """The clients of the service benchmarks; they run in a child process (see ``_service.py``).
 
 Each function takes plain arguments and returns plain data (lists, dicts, numbers), so it can
-cross the process boundary. Receipt times are ``time.monotonic_ns()`` taken as ``recv`` returns,
-before anything else is done with the frame.
+cross the process boundary. Each connection is driven by the protocol's sans-I/O
+``ClientSession`` (hello, reply matching), as the real client's is. Receipt times are
+``time.monotonic_ns()`` taken as ``recv`` returns, before anything else is done with the frame.
 """
 
 from __future__ import annotations
@@ -10,18 +11,71 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import Any
+from typing import Any, TypeVar
 
-import msgpack  # type: ignore[import-untyped]
 import websockets
 
-from stepwatch.protocol import SUBPROTOCOL, Hello, Start, Stop, Subscribe, Unsubscribe, encode
+from stepwatch.protocol import (
+    SUBPROTOCOL,
+    Accepted,
+    Answered,
+    Applied,
+    ClientMessage,
+    ClientSession,
+    Duplicate,
+    Error,
+    Finished,
+    Progress,
+    RunEvent,
+    SessionEvent,
+    Start,
+    Stop,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Welcome,
+)
 from stepwatch.protocol import limits as wire
 
 Record = tuple[int, str, int]  # seq, type, receipt time in ns
+M = TypeVar("M")
 
 
-async def _connect(url: str, **options: Any) -> Any:
+class _Peer:
+    """One bench connection: a ``websockets`` connection driven by the protocol's session."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.session = ClientSession()
+
+    async def send(self, message: ClientMessage) -> None:
+        self.session.send(message)
+        await self.flush()
+
+    async def flush(self) -> None:
+        for frame in self.session.data_to_send():
+            await self.ws.send(frame)
+
+    async def receive(self) -> tuple[list[SessionEvent], int]:
+        """What the next frame says happened, and when it arrived (ns)."""
+        frame = await self.ws.recv()
+        at = time.monotonic_ns()
+        self.session.receive_data(frame)
+        return self.session.events_received(), at
+
+    async def until(self, kind: type[M]) -> M:
+        """The next run event or reply of type ``kind``; an ``error`` raises."""
+        while True:
+            events, _ = await self.receive()
+            for event in events:
+                found = event.reply if isinstance(event, Answered) else event
+                if isinstance(found, Error):
+                    raise RuntimeError(found)
+                if isinstance(found, kind):
+                    return found
+
+
+async def _connect(url: str, **options: Any) -> _Peer:
     ws = await websockets.connect(
         url,
         subprotocols=[SUBPROTOCOL],
@@ -29,39 +83,32 @@ async def _connect(url: str, **options: Any) -> Any:
         compression=None,
         **options,
     )
-    await ws.send(encode(Hello(client="bench/1")))
-    welcome = msgpack.unpackb(await ws.recv())
-    assert welcome["type"] == "welcome", welcome
-    return ws
+    peer = _Peer(ws)
+    peer.session.hello("bench/1")
+    await peer.flush()
+    events, _ = await peer.receive()
+    assert isinstance(events[0], Welcome), events
+    return peer
 
 
-async def _until(ws: Any, wanted: str) -> dict[str, Any]:
-    while True:
-        message: dict[str, Any] = msgpack.unpackb(await ws.recv())
-        if message["type"] == wanted:
-            return message
-        if message["type"] == "error":
-            raise RuntimeError(message)
-
-
-async def _watch(ws: Any, run_id: str) -> tuple[int, list[Record]]:
-    await ws.send(encode(Subscribe(run_id)))
+async def _watch(peer: _Peer, run_id: str) -> tuple[int, list[Record]]:
+    await peer.send(Subscribe(run_id))
     records: list[Record] = []
     live_after = -1
     while True:
-        frame = await ws.recv()
-        at = time.monotonic_ns()
-        message = msgpack.unpackb(frame)
-        kind = message["type"]
-        if kind == "subscribed":
-            live_after = message["last_seq"]
-        elif "seq" in message:
-            records.append((message["seq"], kind, at))
-            if kind == "finished":
-                return live_after, records
+        events, at = await peer.receive()
+        for event in events:
+            if isinstance(event, Answered) and isinstance(event.reply, Subscribed):
+                live_after = event.reply.last_seq
+            # Every event as it came, repeats too: the benchmark reports what the server sent.
+            seen = event.event if isinstance(event, Duplicate) else event
+            if isinstance(seen, RunEvent):
+                records.append((seen.seq, seen.TYPE, at))
+                if isinstance(seen, Finished):
+                    return live_after, records
 
 
-async def _stalled(url: str) -> Any:
+async def _stalled(url: str) -> _Peer:
     """A watcher whose socket takes almost nothing and whose library stops reading at once."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -77,19 +124,18 @@ async def _watch_run(
     owner = await _connect(url)
     clients = await asyncio.gather(*(_connect(url) for _ in range(watchers)))
     slow = [await _stalled(url) for _ in range(stalled)]
-    await owner.send(encode(Start(request_id="bench", **fields)))
-    accepted = await _until(owner, "accepted")
-    run_id = accepted["run_id"]
-    await owner.send(encode(Unsubscribe(run_id)))  # the owner does not count as a watcher
-    for ws in slow:
-        await ws.send(encode(Subscribe(run_id)))
-    results = await asyncio.gather(*(_watch(ws, run_id) for ws in clients))
+    await owner.send(Start(request_id="bench", **fields))
+    run_id = (await owner.until(Accepted)).run_id
+    await owner.send(Unsubscribe(run_id))  # the owner does not count as a watcher
+    for peer in slow:
+        await peer.send(Subscribe(run_id))
+    results = await asyncio.gather(*(_watch(peer, run_id) for peer in clients))
     slow_state = []
-    for ws in slow:
-        slow_state.append(ws.close_code)  # None: still open when the others had finished
-        ws.transport.abort()
-    for ws in [owner, *clients]:
-        await ws.close()
+    for peer in slow:
+        slow_state.append(peer.ws.close_code)  # None: still open when the others had finished
+        peer.ws.transport.abort()
+    for peer in [owner, *clients]:
+        await peer.ws.close()
     return {
         "run_id": run_id,
         "live_after": [live_after for live_after, _ in results],
@@ -107,35 +153,35 @@ def watch_run(url: str, watchers: int, fields: dict[str, Any], stalled: int = 0)
 async def _stop_runs(
     url: str, repeats: int, fields: dict[str, Any], stop_at: list[int], mode: str
 ) -> list[dict[str, Any]]:
-    ws = await _connect(url)
+    peer = await _connect(url)
     outcomes = []
     for index in range(repeats):
-        await ws.send(encode(Start(request_id=f"run{index}", **fields)))
-        accepted = await _until(ws, "accepted")
-        run_id, token = accepted["run_id"], accepted["control_token"]
+        await peer.send(Start(request_id=f"run{index}", **fields))
+        accepted = await peer.until(Accepted)
+        run_id, token = accepted.run_id, accepted.control_token
         last_step = 0
         while last_step < stop_at[index]:
-            message = await _until(ws, "progress")
-            last_step = message["step"]
+            last_step = (await peer.until(Progress)).step
         sent = time.monotonic_ns()
-        await ws.send(encode(Stop(f"stop{index}", run_id, token, mode)))  # type: ignore[arg-type]
+        await peer.send(Stop(f"stop{index}", run_id, token, mode))  # type: ignore[arg-type]
         outcome: dict[str, Any] = {"seen_step": last_step}
-        while True:
-            message = msgpack.unpackb(await ws.recv())
-            at = time.monotonic_ns()
-            if message["type"] == "applied" and message["request_id"] == f"stop{index}":
-                outcome.update(applied_ms=(at - sent) / 1e6, applied_step=message["step"])
-            elif message["type"] == "finished" and message["run_id"] == run_id:
-                outcome.update(
-                    finished_ms=(at - sent) / 1e6,
-                    steps_run=message["steps_run"],
-                    reason=message["reason"],
-                    image=message["image"] is not None,
-                    run_id=run_id,
-                )
-                break
+        finished: Finished | None = None
+        while finished is None:
+            events, at = await peer.receive()
+            for event in events:
+                if isinstance(event, Answered) and isinstance(event.reply, Applied):
+                    outcome.update(applied_ms=(at - sent) / 1e6, applied_step=event.reply.step)
+                elif isinstance(event, Finished) and event.run_id == run_id:
+                    finished = event
+                    outcome.update(
+                        finished_ms=(at - sent) / 1e6,
+                        steps_run=event.steps_run,
+                        reason=event.reason,
+                        image=event.image is not None,
+                        run_id=run_id,
+                    )
         outcomes.append(outcome)
-    await ws.close()
+    await peer.ws.close()
     return outcomes
 
 

@@ -19,6 +19,10 @@ While RECONNECTING, calls wait. Reconnecting resumes every unfinished run from t
 ``seq`` its handles received; handles drop anything at or below it, so an iterating caller
 sees each event once. A ``stop`` or ``set`` whose acknowledgement the drop may have lost is
 sent again (same ``request_id``) once the replay of its run is over and has not shown it.
+
+Those rules live in the protocol's sans-I/O :class:`~stepwatch.protocol.ClientSession`; this
+module is its I/O shell: it owns the connection, the reader task, the futures of the calls
+that wait and the handles of the runs.
 """
 
 from __future__ import annotations
@@ -28,9 +32,8 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
 from enum import Enum
-from typing import Generic, TypeVar, Unpack, assert_never
+from typing import Any, TypeVar, Unpack, assert_never
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -38,30 +41,33 @@ from websockets.exceptions import ConnectionClosed
 from stepwatch.protocol import (
     Accepted,
     Adjusted,
+    Answered,
     Applied,
     Check,
     ClientMessage,
+    ClientSession,
+    Duplicate,
     Error,
     ErrorCode,
     Finished,
+    Lost,
     ModelInfo,
     Pong,
     Progress,
     ProtocolError,
-    ResumePoint,
+    Request,
     ServerMessage,
+    SessionEvent,
     Set,
     Start,
     Started,
     Stop,
     Subscribe,
     Subscribed,
-    Unsubscribed,
+    Unasked,
     VerifierInfo,
     Welcome,
-    decode_server,
     encode,
-    limits,
 )
 
 from .errors import ConnectionFailed, ConnectionLost, ProtocolViolation, Refused, StepwatchError
@@ -81,16 +87,6 @@ class SessionState(Enum):
     OPEN = "open"
     RECONNECTING = "reconnecting"
     CLOSED = "closed"
-
-
-@dataclass(eq=False)
-class _Pending(Generic[T]):
-    """A request that waits for its answer, and the connection it went out on (0: not yet)."""
-
-    future: asyncio.Future[T]
-    run_id: str | None = None
-    frame: bytes = b""
-    generation: int = 0
 
 
 @asynccontextmanager
@@ -124,8 +120,9 @@ async def connect(
         backoff=backoff or Backoff(),
         open_timeout=open_timeout,
     )
-    connection, welcome = await open_connection(settings)
-    session = Session(settings, connection, welcome)
+    protocol = ClientSession()
+    connection, welcome = await open_connection(settings, protocol)
+    session = Session(settings, connection, welcome, protocol)
     try:
         yield session
     finally:
@@ -139,7 +136,11 @@ class Session:
     """
 
     def __init__(
-        self, settings: SessionSettings, connection: ClientConnection, welcome: Welcome
+        self,
+        settings: SessionSettings,
+        connection: ClientConnection,
+        welcome: Welcome,
+        protocol: ClientSession,
     ) -> None:
         #: How this session connects.
         self.settings = settings
@@ -147,7 +148,7 @@ class Session:
         self.reconnects = 0
         self._welcome = welcome
         self._connection = connection
-        self._generation = 1
+        self._protocol = protocol
         self._state = SessionState.OPEN
         self._opened = asyncio.Event()
         self._opened.set()
@@ -157,13 +158,9 @@ class Session:
         # Handles of watch() calls whose subscription is not confirmed yet: they must not take
         # the live events this session may already receive of their run before the replay.
         self._joining: dict[str, list[RunHandle]] = {}
-        self._starts: dict[str, _Pending[Run]] = {}
-        self._steers: dict[str, _Pending[Applied]] = {}
-        self._subscribes: dict[str, list[asyncio.Future[None]]] = {}
-        self._replay_until: dict[str, int] = {}
-        # Runs whose finished this session saw: steering them needs no watch (it is refused).
-        self._ended: set[str] = set()
-        self._resend: list[_Pending[Applied]] = []
+        self._starts: dict[str, asyncio.Future[Run]] = {}
+        self._steers: dict[str, asyncio.Future[Applied]] = {}
+        self._subscribes: dict[str, list[tuple[Subscribe, asyncio.Future[None]]]] = {}
         self._reader = asyncio.create_task(self._maintain(), name=f"stepwatch reader {id(self)}")
 
     # What the server offers.
@@ -217,11 +214,11 @@ class Session:
         drops before the answer.
         """
         request_id = self.next_request_id()
-        frame = self._encode(lambda: Start(request_id=request_id, prompt=prompt, **options))
-        pending: _Pending[Run] = _Pending(asyncio.get_running_loop().create_future())
-        self._starts[request_id] = pending
-        await self._send(frame, pending)
-        return await pending.future
+        start = self._checked(lambda: Start(request_id=request_id, prompt=prompt, **options))
+        future: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+        self._starts[request_id] = future
+        await self._send(lambda: start)
+        return await future
 
     async def watch(self, run_id: str, after_seq: int = 0) -> RunHandle:
         """Watch any run the server knows, from the event after ``after_seq`` (0: all of it).
@@ -231,17 +228,20 @@ class Session:
         :class:`~stepwatch.client.Refused` with ``ErrorCode.UNKNOWN_RUN`` for a run the
         server does not know.
         """
-        self._encode(lambda: Subscribe(run_id=run_id, after_seq=after_seq))  # checks it
-        # The server may drop what waits for this connection of a run it subscribes again, so
-        # the replay starts early enough for the handles that already follow the run.
-        following = self._runs.get(run_id, []) + self._joining.get(run_id, [])
-        replay_from = min([after_seq, *(other.last_seq for other in following)])
-        frame = self._encode(lambda: Subscribe(run_id=run_id, after_seq=replay_from))
+        self._checked(lambda: Subscribe(run_id=run_id, after_seq=after_seq))
         handle = RunHandle(run_id, after_seq=after_seq)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._subscribes.setdefault(run_id, []).append(waiter)
         self._joining.setdefault(run_id, []).append(handle)
-        await self._send(frame, None)
+
+        def subscribe() -> Subscribe:
+            # The replay starts early enough for the handles that already follow the run.
+            following = self._runs.get(run_id, []) + self._joining.get(run_id, [])
+            wanted = min(other.last_seq for other in following)
+            request = Subscribe(run_id, self._protocol.replay_from(run_id, wanted))
+            self._subscribes.setdefault(run_id, []).append((request, waiter))
+            return request
+
+        await self._send(subscribe)
         await waiter
         return handle
 
@@ -258,14 +258,13 @@ class Session:
         (from its start): after a reconnect, the run's replayed events are what tells the
         session whether a request in flight took effect or must be sent again.
         """
-        frame = self._encode(lambda: request)
+        self._checked(lambda: request)
         followed = request.run_id in self._runs or request.run_id in self._joining
-        if not followed and request.run_id not in self._ended:
+        if not followed and not self._protocol.ended(request.run_id):
             await self.watch(request.run_id)
         future: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
-        pending = _Pending(future, run_id=request.run_id, frame=frame)
-        self._steers[request.request_id] = pending
-        await self._send(frame, pending)
+        self._steers[request.request_id] = future
+        await self._send(lambda: request)
         return await future
 
     async def close(self) -> None:
@@ -279,27 +278,31 @@ class Session:
         await self._connection.close()
         self._end(ConnectionFailed("the session was closed"))
 
-    def _encode(self, build: Callable[[], ClientMessage]) -> bytes:
+    def _checked(self, build: Callable[[], ClientMessage]) -> ClientMessage:
         message: ClientMessage | None = None
         try:
             message = build()
-            return encode(message)
+            encode(message)
+            return message
         except ProtocolError as exc:
             request_id = getattr(message, "request_id", None)
             raise Refused.before_sending(exc, request_id) from exc
 
-    async def _send(self, frame: bytes, pending: _Pending[T] | None) -> None:
+    async def _send(self, build: Callable[[], ClientMessage]) -> None:
         # The event may be cleared again between its wake-up and this task running: recheck.
         while not self._opened.is_set():
             await self._opened.wait()
         if self._error is not None:
             raise self._error
-        if pending is not None:
-            pending.generation = self._generation
+        self._protocol.send(build())
         with suppress(ConnectionClosed):
-            # A frame lost with its connection is the reader's business: it fails or resends
-            # what waits on that connection.
-            await self._connection.send(frame)
+            # A frame lost with its connection is the reader's business: the protocol fails
+            # or sends again what waits on that connection.
+            await self._flush(self._connection)
+
+    async def _flush(self, connection: ClientConnection) -> None:
+        for frame in self._protocol.data_to_send():
+            await connection.send(frame)
 
     # The reader.
 
@@ -322,83 +325,85 @@ class Session:
 
     async def _read(self, connection: ClientConnection) -> None:
         try:
-            await self._flush_resends(connection)
+            await self._flush(connection)
             async for frame in connection:
                 try:
-                    message = decode_server(frame)
+                    self._protocol.receive_data(frame)
                 except ProtocolError as exc:
                     raise ProtocolViolation(f"the server sent a frame it may not: {exc}") from exc
-                self._dispatch(message)
-                await self._flush_resends(connection)
+                self._dispatch_all()
+                await self._flush(connection)
         except ConnectionClosed:
             return
 
-    async def _flush_resends(self, connection: ClientConnection) -> None:
-        while self._resend:
-            await connection.send(self._resend.pop(0).frame)
+    def _dispatch_all(self) -> None:
+        for event in self._protocol.events_received():
+            self._dispatch(event)
 
-    def _dispatch(self, message: ServerMessage) -> None:
-        match message:
+    def _dispatch(self, event: SessionEvent) -> None:
+        match event:
             case Started() | Progress() | Check() | Adjusted() | Applied() | Finished():
-                self._on_event(message)
-            case Accepted():
-                self._on_accepted(message)
-            case Subscribed():
-                self._on_subscribed(message)
+                self._on_event(event)
+            case Duplicate(event=repeated):
+                self._on_event(repeated)  # each handle counts what it drops
+            case Answered(request=request, reply=reply):
+                self._on_answer(request, reply)
             case Error():
-                self._on_error(message)
-            case Pong():
-                pass
-            case Welcome() | Unsubscribed():
+                self._on_error(event)
+            case Lost():
+                self._on_lost(event.request)
+            case Unasked(message=Accepted(request_id=request_id)):
+                raise ProtocolViolation(f"the server accepted request {request_id} unasked")
+            case Unasked(message=Subscribed(run_id=run_id)):
+                raise ProtocolViolation(f"the server subscribed this session to {run_id}")
+            case Unasked(message=message):
                 raise ProtocolViolation(f"the server sent {message.TYPE} unasked")
+            case Welcome() | Pong() | Subscribed():
+                pass  # a resume point's subscribed: the replay that follows tells the rest
             case _:
-                assert_never(message)
+                assert_never(event)
 
     def _on_event(self, event: Started | Progress | Check | Adjusted | Applied | Finished) -> None:
-        handles = self._runs.get(event.run_id, [])
-        for handle in handles:
+        for handle in self._runs.get(event.run_id, []):
             handle._deliver(event)
-        if isinstance(event, Applied):
-            pending = self._steers.pop(event.request_id, None)
-            if pending is not None and not pending.future.done():
-                pending.future.set_result(event)
         if isinstance(event, Finished):
-            self._ended.add(event.run_id)
             self._runs.pop(event.run_id, None)
-            self._replay_until.pop(event.run_id, None)
-        self._replay_reached(event.run_id, event.seq)
 
-    def _on_accepted(self, accepted: Accepted) -> None:
-        pending = self._starts.pop(accepted.request_id, None)
-        if pending is None:
-            raise ProtocolViolation(f"the server accepted request {accepted.request_id} unasked")
-        run = Run(accepted.run_id, accepted.control_token, accepted.queue_position, self)
-        self._runs.setdefault(run.run_id, []).append(run)
-        if not pending.future.done():
-            pending.future.set_result(run)
+    def _on_answer(self, request: Request, reply: ServerMessage) -> None:
+        match request, reply:
+            case Start(), Accepted():
+                run = Run(reply.run_id, reply.control_token, reply.queue_position, self)
+                self._runs.setdefault(run.run_id, []).append(run)
+                _settle(self._starts.pop(request.request_id, None), run)
+            case Stop() | Set(), Applied():
+                _settle(self._steers.pop(request.request_id, None), reply)
+            case Start() | Stop() | Set(), Error():
+                future = self._starts.pop(request.request_id, None)
+                _fail(
+                    future or self._steers.pop(request.request_id, None), Refused.from_error(reply)
+                )
+            case Subscribe(), Subscribed():
+                self._runs.setdefault(request.run_id, []).extend(
+                    self._joining.pop(request.run_id, [])
+                )
+                _settle(self._subscribed(request), None)
+            case Subscribe(), Error():
+                _fail(self._subscribed(request), Refused.from_error(reply))
+            case _:  # this session sends no unsubscribe
+                pass
 
-    def _on_subscribed(self, subscribed: Subscribed) -> None:
-        joining = self._joining.pop(subscribed.run_id, [])
-        if joining:
-            self._runs.setdefault(subscribed.run_id, []).extend(joining)
-        if subscribed.run_id not in self._runs:
-            raise ProtocolViolation(f"the server subscribed this session to {subscribed.run_id}")
-        for waiter in self._subscribes.pop(subscribed.run_id, []):
-            if not waiter.done():
-                waiter.set_result(None)
-        self._replay_until[subscribed.run_id] = subscribed.last_seq
-        seen = max(handle.last_seq for handle in self._runs[subscribed.run_id])
-        self._replay_reached(subscribed.run_id, seen)
+    def _subscribed(self, request: Subscribe) -> asyncio.Future[None] | None:
+        waiting = self._subscribes.get(request.run_id, [])
+        for index, (sent, waiter) in enumerate(waiting):
+            if sent is request:
+                del waiting[index]
+                return waiter
+        return None
 
     def _on_error(self, error: Error) -> None:
         refusal = Refused.from_error(error)
         if error.request_id is not None:
-            pending = self._starts.pop(error.request_id, None) or self._steers.pop(
-                error.request_id, None
-            )
-            if pending is not None and not pending.future.done():
-                pending.future.set_exception(refusal)
-            elif error.code is not ErrorCode.RUN_FINISHED:
+            if error.code is not ErrorCode.RUN_FINISHED:
                 # A request already acknowledged: a set the server applied in part (its
                 # applied lists what changed) and refused in part. run_finished answers a
                 # stop resent after a reconnect, which the replay had settled: nothing to say.
@@ -406,45 +411,25 @@ class Session:
             return
         if error.code is ErrorCode.UNKNOWN_RUN and error.run_id is not None:
             # A watch, or a resume point, of a run the server does not know (any more).
-            for waiter in self._subscribes.pop(error.run_id, []):
-                if not waiter.done():
-                    waiter.set_exception(refusal)
             for handle in self._joining.pop(error.run_id, []) + self._runs.pop(error.run_id, []):
                 handle._fail(refusal)
             return
         logger.warning("stepwatch server %s reported %s", self.settings.url, refusal)
 
-    def _replay_reached(self, run_id: str, seq: int) -> None:
-        until = self._replay_until.get(run_id)
-        if until is None or seq < until:
-            return
-        del self._replay_until[run_id]
-        self._resend.extend(self._stale_steers(lambda pending: pending.run_id == run_id))
-
-    def _stale_steers(self, select: Callable[[_Pending[Applied]], bool]) -> list[_Pending[Applied]]:
-        stale = [
-            pending
-            for pending in self._steers.values()
-            if 0 < pending.generation < self._generation and select(pending)
-        ]
-        for pending in stale:
-            pending.generation = self._generation
-        return stale
+    def _on_lost(self, start: Start) -> None:
+        message = (
+            f"the connection to {self.settings.url} dropped before the server answered "
+            "start; the run may exist, but this session cannot know its id"
+        )
+        _fail(self._starts.pop(start.request_id, None), ConnectionLost(message))
 
     # Losing and regaining the connection.
 
     def _dropped(self) -> None:
         self._state = SessionState.RECONNECTING
         self._opened.clear()
-        self._replay_until.clear()
-        lost = [rid for rid, p in self._starts.items() if p.generation == self._generation]
-        for request_id in lost:
-            pending = self._starts.pop(request_id)
-            message = (
-                f"the connection to {self.settings.url} dropped before the server answered "
-                "start; the run may exist, but this session cannot know its id"
-            )
-            pending.future.set_exception(ConnectionLost(message))
+        self._protocol.connection_lost()
+        self._dispatch_all()
 
     async def _reconnect(self) -> ClientConnection:
         loop = asyncio.get_running_loop()
@@ -457,9 +442,7 @@ class Session:
             await asyncio.sleep(min(self.settings.backoff.delay(attempt), remaining))
             logger.info("reconnecting to %s (attempt %d)", self.settings.url, attempt + 1)
             try:
-                connection, self._welcome = await open_connection(
-                    self.settings, self._resume_points(), self._max_resume()
-                )
+                connection, self._welcome = await open_connection(self.settings, self._protocol)
             except ConnectionFailed as exc:
                 last_error = exc
                 continue
@@ -470,27 +453,9 @@ class Session:
         raise ConnectionLost(message) from last_error
 
     def _reopened(self) -> None:
-        self._generation += 1
         self.reconnects += 1
         self._state = SessionState.OPEN
-        # Steering of runs that will not be replayed (they finished here) goes out again now.
-        self._resend.extend(self._stale_steers(lambda pending: pending.run_id not in self._runs))
         self._opened.set()
-
-    def _resume_points(self) -> list[ResumePoint]:
-        following: dict[str, list[RunHandle]] = {}
-        for table in (self._runs, self._joining):
-            for run_id, handles in table.items():
-                following.setdefault(run_id, []).extend(handles)
-        return [
-            ResumePoint(run_id, min(handle.last_seq for handle in handles))
-            for run_id, handles in following.items()
-            if handles
-        ]
-
-    def _max_resume(self) -> int:
-        announced = self._welcome.limits.get("max_resume_runs", limits.MAX_RESUME_RUNS)
-        return min(announced, limits.MAX_RESUME_RUNS)
 
     def _end(self, error: StepwatchError) -> None:
         """Fail everything still waiting with ``error``; the session is over."""
@@ -498,13 +463,12 @@ class Session:
         if self._error is None:
             self._error = error
         pending: list[asyncio.Future[Run] | asyncio.Future[Applied] | asyncio.Future[None]] = [
-            *(p.future for p in self._starts.values()),
-            *(p.future for p in self._steers.values()),
-            *(w for waiters in self._subscribes.values() for w in waiters),
+            *self._starts.values(),
+            *self._steers.values(),
+            *(waiter for waiting in self._subscribes.values() for _, waiter in waiting),
         ]
         for future in pending:
-            if not future.done():
-                future.set_exception(self._error)
+            _fail(future, self._error)
         for table in (self._runs, self._joining):
             for handles in table.values():
                 for handle in handles:
@@ -515,3 +479,13 @@ class Session:
         self._runs.clear()
         self._joining.clear()
         self._opened.set()  # wake senders, who find the error
+
+
+def _settle(future: asyncio.Future[T] | None, value: T) -> None:
+    if future is not None and not future.done():
+        future.set_result(value)
+
+
+def _fail(future: asyncio.Future[Any] | None, error: BaseException) -> None:
+    if future is not None and not future.done():
+        future.set_exception(error)

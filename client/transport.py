@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Final
@@ -23,14 +23,11 @@ from websockets.typing import Subprotocol
 
 from stepwatch.protocol import (
     SUBPROTOCOL,
+    ClientSession,
     Error,
-    Hello,
     ProtocolError,
-    ResumePoint,
-    Subscribe,
     Welcome,
     decode_server,
-    encode,
     limits,
 )
 
@@ -92,31 +89,33 @@ class SessionSettings:
 
 
 async def open_connection(
-    settings: SessionSettings, resume: Sequence[ResumePoint] = (), max_resume: int | None = None
+    settings: SessionSettings, session: ClientSession
 ) -> tuple[ClientConnection, Welcome]:
-    """Connect, say ``hello`` (resuming the runs in ``resume``) and return the ``welcome``.
+    """Connect, say ``hello`` through ``session`` and return the connection and ``welcome``.
 
-    At most ``max_resume`` points travel in ``hello`` (the protocol's limit when ``None``); the
-    rest are sent as ``subscribe`` right after ``welcome``. Either way the server answers each
-    with ``subscribed`` and the events after its ``after_seq``, which the caller then reads.
+    The session (:class:`~stepwatch.protocol.ClientSession`) resumes every run it follows:
+    the points that do not fit in ``hello`` go out as ``subscribe`` right after ``welcome``,
+    and so do the ``stop`` and ``set`` it sends again. The server answers each resume point
+    with ``subscribed`` and the events after it, which the caller then reads.
 
     Raises :class:`ConnectionFailed` when the server cannot be reached or does not complete the
     handshake in ``settings.open_timeout`` seconds, :class:`Refused` when it answers ``hello``
     with an error (``unauthorized``), :class:`ProtocolViolation` when it answers nonsense.
     """
-    limit = limits.MAX_RESUME_RUNS if max_resume is None else max_resume
-    in_hello, later = resume[:limit], resume[limit:]
     connection = await _handshake(settings)
     try:
-        hello = Hello(client=settings.client, token=settings.token, resume=tuple(in_hello))
-        await connection.send(encode(hello))
-        welcome = await _welcome(connection, settings)
-        for point in later:
-            await connection.send(encode(Subscribe(point.run_id, point.after_seq)))
+        session.hello(settings.client, settings.token)
+        for frame in session.data_to_send():
+            await connection.send(frame)
+        welcome = await _welcome(connection, settings, session)
+        for frame in session.data_to_send():
+            await connection.send(frame)
     except ConnectionClosed as exc:
+        session.connection_lost()
         await connection.close()
         raise ConnectionFailed(f"{settings.url} closed the connection during hello") from exc
     except BaseException:
+        session.connection_lost()
         await connection.close()
         raise
     return connection, welcome
@@ -155,7 +154,9 @@ async def _handshake(settings: SessionSettings) -> ClientConnection:
     return connection
 
 
-async def _welcome(connection: ClientConnection, settings: SessionSettings) -> Welcome:
+async def _welcome(
+    connection: ClientConnection, settings: SessionSettings, session: ClientSession
+) -> Welcome:
     try:
         async with asyncio.timeout(settings.open_timeout):
             frame = await connection.recv()
@@ -165,6 +166,8 @@ async def _welcome(connection: ClientConnection, settings: SessionSettings) -> W
         reply = decode_server(frame)
     except ProtocolError as exc:
         raise ProtocolViolation(f"the server answered hello with a bad frame: {exc}") from exc
+    session.receive_message(reply)
+    session.events_received()  # the welcome, which the caller gets back
     if isinstance(reply, Error):
         raise Refused.from_error(reply)
     if not isinstance(reply, Welcome):

@@ -1,9 +1,11 @@
 """The stepwatch wire protocol, sans I/O: typed messages, their msgpack codec, limits, errors.
 
-Bytes in, typed messages out; typed messages in, bytes out. Nothing here opens a socket, starts
-a task or imports the server's stack, so any transport (the server's Starlette WebSocket, the
-client's ``websockets`` connection, a test) can drive it. ``protocol/README.md`` specifies the
-protocol for implementers in other languages.
+Bytes in, typed messages out; typed messages in, bytes out; and the session rules on top
+(:mod:`.session`, :mod:`.server_session`: hello first, resume, request matching, seq
+de-duplication, resends).
+Nothing here opens a socket, starts a task or imports the server's stack, so any transport
+(the server's Starlette WebSocket, the client's ``websockets`` connection, a test) can drive it.
+``protocol/README.md`` specifies the protocol for implementers in other languages.
 """
 
 from .client_messages import (
@@ -59,6 +61,17 @@ from .server_messages import (
     Welcome,
     stamp,
 )
+from .server_session import ServerSession, ServerState
+from .session import (
+    Answered,
+    ClientSession,
+    ClientState,
+    Duplicate,
+    Lost,
+    Request,
+    SessionEvent,
+    Unasked,
+)
 from .values import (
     Decision,
     FinishReason,
@@ -69,6 +82,16 @@ from .values import (
 )
 
 __all__ = [
+    "Request",
+    "Unasked",
+    "SessionEvent",
+    "ServerState",
+    "ServerSession",
+    "Lost",
+    "Duplicate",
+    "ClientState",
+    "ClientSession",
+    "Answered",
     "CLIENT_MESSAGE_TYPES",
     "PROTOCOL_VERSION",
     "RUN_EVENT_TYPES",

@@ -38,7 +38,7 @@ from stepwatch.server.config import ServerConfig
 from stepwatch.server.execution import Sampler, engine_sampler
 from stepwatch.server.gate import Gate
 from stepwatch.server.runs import RunManager
-from stepwatch.server.session import CLOSE_GOING_AWAY, Session, serve_connection
+from stepwatch.server.session import OpenSessions, SessionServices, serve_connection
 from stepwatch.server.store import Store
 
 if TYPE_CHECKING:
@@ -103,7 +103,11 @@ def build_verifiers(config: ServerConfig, models: Sequence[LoadedModel]) -> Veri
 
 
 class Service:
-    """Everything the app owns while it runs: catalog, store, runs, gate, open sessions."""
+    """Everything the app owns while it runs: catalog, store, runs, gate, open sessions.
+
+    The endpoints get the narrow parts they use: :attr:`session_services` for the WebSocket
+    sessions, :attr:`http_services` for the HTTP routes.
+    """
 
     def __init__(
         self, config: ServerConfig, catalog: Catalog, store: Store, runs: RunManager
@@ -113,11 +117,20 @@ class Service:
         self.store = store
         self.runs = runs
         self.gate = Gate(config.token, config.allowed_origins)
-        self.sessions: set[Session] = set()
-        self._no_sessions = anyio.Event()
+        self.sessions = OpenSessions()
         self.name = server_name()
-        self.closing = False
         self._closed = anyio.Event()
+        self.session_services = SessionServices(
+            self.name, self.gate, catalog, runs, config.limits, self.sessions
+        )
+        self.http_services = http.HttpServices(
+            self.name, self.gate, catalog, runs, store, self.sessions
+        )
+
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`close` has begun."""
+        return self.sessions.closing
 
     @classmethod
     @asynccontextmanager
@@ -148,15 +161,6 @@ class Service:
             with anyio.CancelScope(shield=True):
                 await store.close()
 
-    def add_session(self, session: Session) -> None:
-        self.sessions.add(session)
-        self._no_sessions = anyio.Event()
-
-    def remove_session(self, session: Session) -> None:
-        self.sessions.discard(session)
-        if not self.sessions:
-            self._no_sessions.set()
-
     async def close(self) -> None:
         """Finish every run with reason ``shutdown``, then close every connection (1001).
 
@@ -167,14 +171,12 @@ class Service:
         if self.closing:
             await self._closed.wait()
             return
-        self.closing = True
+        self.sessions.begin_closing()
         try:
             await self.runs.shutdown()
-            for session in list(self.sessions):
-                session.close(CLOSE_GOING_AWAY, "the server is shutting down")
+            self.sessions.close_all("the server is shutting down")
             with anyio.move_on_after(self.config.limits.send_timeout + 1.0):
-                if self.sessions:
-                    await self._no_sessions.wait()
+                await self.sessions.wait_closed()
         finally:
             self._closed.set()
 
@@ -208,6 +210,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with Service.open(config, loader, sampler) as service:
             app.state.service = service
+            app.state.session_services = service.session_services
+            app.state.http_services = service.http_services
             logger.info(
                 "stepwatch ready: models %s, data under %s",
                 ", ".join(service.catalog.models),

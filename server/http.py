@@ -30,26 +30,29 @@ Every answer is JSON except the image. When the server has an API token, every r
 A run summary is ``{"number", "run_id", "state", "created_at", "finished_at", "model", "prompt",
 "reason", "steps_run", "final_score", "image_url"}``; times are Unix seconds. ``state`` is
 ``queued``, ``running`` or ``finished``; a live run's ``history`` holds its checks so far.
+
+The routes get the narrow :class:`HttpServices` they use (``app.state.http_services``), not the
+whole service.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from stepwatch.protocol import ErrorCode
-from stepwatch.server.catalog import to_json
-from stepwatch.server.store import RunRecord, RunSummary
+from stepwatch.server.catalog import Catalog, to_json
+from stepwatch.server.gate import Gate
+from stepwatch.server.runs import LiveRun, RunManager
+from stepwatch.server.session import OpenSessions
+from stepwatch.server.store import RunRecord, RunSummary, Store
 
-if TYPE_CHECKING:
-    from stepwatch.server.app import Service
-    from stepwatch.server.runs import LiveRun
-
-__all__ = ["routes"]
+__all__ = ["HttpServices", "routes"]
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
@@ -76,9 +79,23 @@ def _error(status: int, code: ErrorCode, message: str, field: str | None = None)
     return JSONResponse(body, status_code=status)
 
 
-def _service(request: Request) -> Service:
-    service: Service = request.app.state.service
-    return service
+@dataclass(frozen=True, slots=True)
+class HttpServices:
+    """What the HTTP routes use of the service, and nothing more."""
+
+    #: ``/healthz``'s ``server``.
+    name: str
+    gate: Gate
+    catalog: Catalog
+    runs: RunManager
+    store: Store
+    #: The open sessions; their ``closing`` says whether the server is shutting down.
+    sessions: OpenSessions
+
+
+def _service(request: Request) -> HttpServices:
+    services: HttpServices = request.app.state.http_services
+    return services
 
 
 def _refusal(request: Request) -> JSONResponse | None:
@@ -90,12 +107,12 @@ def _refusal(request: Request) -> JSONResponse | None:
 async def healthz(request: Request) -> JSONResponse:
     service = _service(request)
     body = {
-        "status": "shutting_down" if service.closing else "ok",
+        "status": "shutting_down" if service.sessions.closing else "ok",
         "server": service.name,
         "models": list(service.catalog.models),
         **service.runs.counts(),
     }
-    return JSONResponse(body, status_code=503 if service.closing else 200)
+    return JSONResponse(body, status_code=503 if service.sessions.closing else 200)
 
 
 def _page_arguments(request: Request) -> tuple[int, int | None] | JSONResponse:

@@ -11,13 +11,18 @@ The session closes the connection itself (after sending what waits) when ``hello
 or refused (1008), when its outbox overflows or a send takes longer than the send timeout
 (``slow_consumer``, 1008), and when the server shuts down (1001). Whatever way it ends, its runs
 go on: it only stops watching them.
+
+The protocol's rules for the connection (hello first, the errors that close it) are the
+protocol's sans-I/O :class:`~stepwatch.protocol.ServerSession`; this module is its I/O shell.
+A session gets the narrow :class:`SessionServices` it uses, not the whole service.
 """
 
 from __future__ import annotations
 
 import logging
-from enum import Enum
-from typing import TYPE_CHECKING, assert_never
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import assert_never
 
 import anyio
 from starlette.responses import PlainTextResponse
@@ -28,11 +33,12 @@ from stepwatch.protocol import (
     ClientMessage,
     Error,
     ErrorCode,
-    FrameError,
     Hello,
     Ping,
     Pong,
     ProtocolError,
+    ServerSession,
+    ServerState,
     Set,
     Start,
     Stop,
@@ -40,17 +46,25 @@ from stepwatch.protocol import (
     Unsubscribe,
     Unsubscribed,
     Welcome,
-    decode_client,
     encode,
-    peek,
 )
-from stepwatch.server.gate import TokenBucket
+from stepwatch.protocol.server_session import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY
+from stepwatch.server.catalog import Catalog
+from stepwatch.server.config import ServiceLimits
+from stepwatch.server.gate import Gate, TokenBucket
 from stepwatch.server.outbox import Outbox, OutboxOverflow
+from stepwatch.server.runs import RunManager
 
-if TYPE_CHECKING:
-    from stepwatch.server.app import Service
-
-__all__ = ["CAPABILITIES", "Session", "serve_connection"]
+__all__ = [
+    "CAPABILITIES",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_NORMAL",
+    "CLOSE_POLICY",
+    "OpenSessions",
+    "Session",
+    "SessionServices",
+    "serve_connection",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,27 +72,76 @@ logger = logging.getLogger(__name__)
 CAPABILITIES = ("previews", "resume", "steer", "early_stop")
 #: Seconds a closing handshake, or the last error to a stuck client, may take.
 CLOSE_TIMEOUT = 1.0
-#: WebSocket close codes the session uses.
-CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_POLICY = 1000, 1001, 1008
 #: What sending on a connection the client has closed raises.
 GONE = (WebSocketDisconnect, WebSocketDisconnected, OSError)
-#: Codes after which the session closes the connection.
-CLOSING_CODES = frozenset(
-    {ErrorCode.HELLO_REQUIRED, ErrorCode.UNAUTHORIZED, ErrorCode.UNSUPPORTED_VERSION}
-)
 
 
-class Phase(Enum):
-    AWAITING_HELLO = "awaiting_hello"
-    OPEN = "open"
-    CLOSING = "closing"
+class OpenSessions:
+    """The sessions open now, and whether the server is closing (then it takes no new ones).
+
+    The service owns one; each :class:`Session` adds itself when it starts and removes itself
+    when it ends, whichever way.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: set[Session] = set()
+        self._none = anyio.Event()
+        self._none.set()
+        self._closing = False
+
+    def __iter__(self) -> Iterator[Session]:
+        return iter(list(self._sessions))
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def closing(self) -> bool:
+        """Whether the server is shutting down."""
+        return self._closing
+
+    def add(self, session: Session) -> None:
+        self._sessions.add(session)
+        if self._none.is_set():
+            self._none = anyio.Event()
+
+    def remove(self, session: Session) -> None:
+        self._sessions.discard(session)
+        if not self._sessions:
+            self._none.set()
+
+    def begin_closing(self) -> None:
+        """The server shuts down: new connections are refused from now on."""
+        self._closing = True
+
+    def close_all(self, reason: str) -> None:
+        """Close every session (1001, ``reason``) once it has sent what waits."""
+        for session in self:
+            session.close(CLOSE_GOING_AWAY, reason)
+
+    async def wait_closed(self) -> None:
+        """Return when no session is open."""
+        await self._none.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class SessionServices:
+    """What a WebSocket session uses of the service, and nothing more."""
+
+    #: ``welcome.server``.
+    name: str
+    gate: Gate
+    catalog: Catalog
+    runs: RunManager
+    limits: ServiceLimits
+    sessions: OpenSessions
 
 
 async def serve_connection(websocket: WebSocket) -> None:
     """The ``/ws`` endpoint: check the handshake, then run a :class:`Session` to its end."""
-    service: Service = websocket.app.state.service
-    verdict = service.gate.check_handshake(websocket.headers, websocket.scope["subprotocols"])
-    if not verdict.refused and service.closing:
+    services: SessionServices = websocket.app.state.session_services
+    verdict = services.gate.check_handshake(websocket.headers, websocket.scope["subprotocols"])
+    if not verdict.refused and services.sessions.closing:
         await websocket.send_denial_response(
             PlainTextResponse("the server is shutting down", status_code=503)
         )
@@ -91,44 +154,29 @@ async def serve_connection(websocket: WebSocket) -> None:
         )
         return
     await websocket.accept(subprotocol=SUBPROTOCOL)
-    await Session(websocket, service, authorized=verdict.authorized).run()
-
-
-def _request_ids(message: ClientMessage) -> tuple[str | None, str | None]:
-    """The ``request_id`` and ``run_id`` an error about ``message`` should carry."""
-    match message:
-        case Start(request_id=request_id):
-            return request_id, None
-        case Stop(request_id=request_id, run_id=run_id) | Set(request_id=request_id, run_id=run_id):
-            return request_id, run_id
-        case Subscribe(run_id=run_id) | Unsubscribe(run_id=run_id):
-            return None, run_id
-        case Hello() | Ping():
-            return None, None
-        case _:
-            assert_never(message)
+    await Session(websocket, services, authorized=verdict.authorized).run()
 
 
 class Session:
-    """One open connection: its phase, outbox, rate limit, and the requests it makes."""
+    """One open connection: its protocol state, outbox, rate limit, and the requests it makes."""
 
-    def __init__(self, websocket: WebSocket, service: Service, *, authorized: bool) -> None:
+    def __init__(
+        self, websocket: WebSocket, services: SessionServices, *, authorized: bool
+    ) -> None:
         self.websocket = websocket
-        self.service = service
-        self.limits = service.config.limits
+        self.services = services
+        self.limits = services.limits
         self.outbox = Outbox(self.limits.outbox_size)
         self.bucket = TokenBucket(self.limits.messages_per_second, self.limits.message_burst)
         self.authorized = authorized
-        self.phase = Phase.AWAITING_HELLO
-        self.close_code = CLOSE_NORMAL
-        self.close_reason = ""
+        self.protocol = ServerSession(max_frame_bytes=self.limits.max_frame_bytes)
         self._scope = anyio.CancelScope()
         #: When the send in progress began (loop time); ``None`` between sends.
         self._send_started: float | None = None
 
     async def run(self) -> None:
         """Serve the connection until either side closes it."""
-        self.service.add_session(self)
+        self.services.sessions.add(self)
         try:
             async with anyio.create_task_group() as tasks:
                 self._scope = tasks.cancel_scope
@@ -136,33 +184,31 @@ class Session:
                 await self._receive_loop()
                 self.outbox.close()
         finally:
-            self.service.remove_session(self)
-            self.service.runs.detach(self.outbox)
+            self.services.sessions.remove(self)
+            self.services.runs.detach(self.outbox)
 
     def close(self, code: int, reason: str) -> None:
         """Read no more; send what waits, then close the connection with ``code``."""
-        if self.phase is not Phase.CLOSING:
-            self.phase = Phase.CLOSING
-            self.close_code, self.close_reason = code, reason
+        self.protocol.close(code, reason)
         self.outbox.close()
 
-    def _refuse(
-        self, exc: ProtocolError, request_id: str | None = None, *, closing: bool = False
-    ) -> None:
-        self.outbox.reply(Error.from_exception(exc, request_id=request_id))
-        if closing or exc.code in CLOSING_CODES:
-            self.close(CLOSE_POLICY, exc.code.value)
+    def _reply(self, error: Error) -> None:
+        """Send ``error``; close once it is out when it closes the connection."""
+        self.outbox.reply(error)
+        if self.protocol.state is ServerState.CLOSING:
+            self.outbox.close()
 
     # -- receiving -----------------------------------------------------------------------------
 
     async def _receive_loop(self) -> None:
-        while self.phase is not Phase.CLOSING:
-            timeout = self.limits.hello_timeout if self.phase is Phase.AWAITING_HELLO else None
+        while self.protocol.state is not ServerState.CLOSING:
+            waiting = self.protocol.state is ServerState.AWAITING_HELLO
+            timeout = self.limits.hello_timeout if waiting else None
             message = None
             with anyio.move_on_after(timeout):
                 message = await self.websocket.receive()
             if message is None:
-                self._refuse(ProtocolError(ErrorCode.HELLO_REQUIRED, "no hello in time"))
+                self._reply(self.protocol.hello_timed_out())
             elif message["type"] == "websocket.disconnect":
                 return
             else:
@@ -175,53 +221,31 @@ class Session:
             message = f"more than {limit:g} frames a second; the frame was dropped"
             self.outbox.reply(Error(ErrorCode.RATE_LIMITED, message))
             return
-        try:
-            if len(data) > self.limits.max_frame_bytes:
-                raise FrameError(
-                    ErrorCode.FRAME_TOO_LARGE,
-                    f"a frame of {len(data)} bytes exceeds this server's limit of "
-                    f"{self.limits.max_frame_bytes}",
-                )
-            request = decode_client(data)
-        except ProtocolError as exc:
-            ids = peek(data)
-            if self.phase is Phase.AWAITING_HELLO:
-                # A malformed hello keeps the decoder's code and field; any other first
-                # frame is told that hello comes first. Either way the connection closes.
-                if ids.type != Hello.TYPE and exc.code is not ErrorCode.UNSUPPORTED_VERSION:
-                    exc = ProtocolError(
-                        ErrorCode.HELLO_REQUIRED, f"the first frame must be hello ({exc})"
-                    )
-                self._refuse(exc, closing=True)
-            else:
-                self._refuse(exc, ids.request_id)
-            return
-        if self.phase is Phase.AWAITING_HELLO:
-            await self._on_first(request)
-        else:
-            await self._dispatch(request)
+        match self.protocol.receive_frame(data):
+            case Error() as error:
+                self._reply(error)
+            case Hello() as hello:
+                await self._on_hello(hello)
+            case request:
+                await self._dispatch(request)
 
-    async def _on_first(self, request: ClientMessage) -> None:
-        if not isinstance(request, Hello):
-            message = f"the first frame must be hello, not {request.TYPE}"
-            self._refuse(ProtocolError(ErrorCode.HELLO_REQUIRED, message))
-            return
-        if not self.authorized and not self.service.gate.token_ok(request.token):
-            self._refuse(ProtocolError(ErrorCode.UNAUTHORIZED, "a valid API token is required"))
+    async def _on_hello(self, hello: Hello) -> None:
+        if not self.authorized and not self.services.gate.token_ok(hello.token):
+            self._reply(self.protocol.refuse_token())
             return
         self.authorized = True
-        self.phase = Phase.OPEN
+        self.protocol.accept()
         self.outbox.reply(self._welcome())
-        for point in request.resume:
+        for point in hello.resume:
             try:
-                await self.service.runs.subscribe(point.run_id, point.after_seq, self.outbox)
+                await self.services.runs.subscribe(point.run_id, point.after_seq, self.outbox)
             except ProtocolError as exc:
                 self.outbox.reply(Error.from_exception(exc, run_id=point.run_id))
 
     def _welcome(self) -> Welcome:
-        catalog = self.service.catalog
+        catalog = self.services.catalog
         return Welcome(
-            server=self.service.name,
+            server=self.services.name,
             capabilities=CAPABILITIES,
             limits=self.limits.welcome_limits(),
             models=catalog.model_infos,
@@ -229,11 +253,11 @@ class Session:
         )
 
     async def _dispatch(self, request: ClientMessage) -> None:
-        runs = self.service.runs
+        runs = self.services.runs
         try:
             match request:
-                case Hello():
-                    raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, "hello was already sent")
+                case Hello():  # never here: the protocol answers a second hello itself
+                    pass
                 case Start():
                     await self._start(request)
                 case Stop():
@@ -250,18 +274,17 @@ class Session:
                 case _:
                     assert_never(request)
         except ProtocolError as exc:
-            about_request, about_run = _request_ids(request)
-            self.outbox.reply(Error.from_exception(exc, request_id=about_request, run_id=about_run))
+            self.outbox.reply(self.protocol.refuse_request(request, exc))
 
     async def _start(self, request: Start) -> None:
-        runs = self.service.runs
+        runs = self.services.runs
         if runs.unfinished_started_by(self.outbox) >= self.limits.max_runs_per_connection:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_RUNS,
                 f"this connection already has {self.limits.max_runs_per_connection} "
                 "unfinished runs",
             )
-        resolved = self.service.catalog.resolve(request)
+        resolved = self.services.catalog.resolve(request)
         await runs.start(resolved, request.request_id, self.outbox)
 
     # -- sending -------------------------------------------------------------------------------
@@ -287,7 +310,7 @@ class Session:
         if stalled is not None:
             await self._drop_slow_consumer(stalled)
         elif not gone:
-            await self._close_socket(self.close_code, self.close_reason)
+            await self._close_socket(self.protocol.close_code, self.protocol.close_reason)
         self._scope.cancel()
 
     async def _watch_sends(self, sending: anyio.CancelScope) -> None:

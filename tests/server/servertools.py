@@ -21,17 +21,19 @@ from websockets.asyncio.client import ClientConnection
 from stepwatch.protocol import (
     SUBPROTOCOL,
     Accepted,
+    Answered,
     ClientMessage,
-    Error,
+    ClientSession,
     Finished,
     Hello,
     ResumePoint,
     RunEvent,
     ServerMessage,
+    Set,
     Start,
+    Stop,
     Welcome,
     decode_server,
-    encode,
 )
 from stepwatch.protocol import limits as wire
 from stepwatch.server.app import ModelLoader, Service, create_app
@@ -106,22 +108,41 @@ async def running_server(
 
 @dataclass
 class Client:
-    """One protocol connection.
+    """One protocol connection, driven by the protocol's sans-I/O ``ClientSession``.
 
-    Messages nobody waited for yet stay in :attr:`inbox`; every run event received is also kept
-    in :attr:`seen`, by run, in the order it arrived.
+    The session says ``hello``, matches each reply to its request and tracks every run's
+    ``seq``; the client keeps what the server sent as it came, duplicates included, so a test
+    sees the server's behaviour and not the session's. Messages nobody waited for yet stay in
+    :attr:`inbox`; every run event received is also kept in :attr:`seen`, by run, in the
+    order it arrived.
     """
 
     ws: ClientConnection
+    session: ClientSession = field(default_factory=ClientSession)
     inbox: list[ServerMessage] = field(default_factory=list)
     seen: dict[str, list[RunEvent]] = field(default_factory=dict)
     welcome: Welcome | None = None
+    #: The reply to each request sent, by ``request_id``, as the session matched it.
+    answers: dict[str, ServerMessage] = field(default_factory=dict)
 
     async def send(self, message: ClientMessage) -> None:
-        await self.ws.send(encode(message))
+        self.session.send(message)
+        await self._flush()
+
+    async def hello(self, hello: Hello) -> None:
+        self.session.hello(hello.client, hello.token, hello.resume)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        for frame in self.session.data_to_send():
+            await self.ws.send(frame)
 
     async def _read(self) -> ServerMessage:
         message = decode_server(await self.ws.recv())
+        self.session.receive_message(message)
+        for event in self.session.events_received():
+            if isinstance(event, Answered) and isinstance(event.request, Start | Stop | Set):
+                self.answers[event.request.request_id] = event.reply
         if isinstance(message, RunEvent):
             self.seen.setdefault(message.run_id, []).append(message)
         return message
@@ -152,14 +173,12 @@ class Client:
 
     async def reply_to(self, request_id: str) -> ServerMessage:
         """The ``accepted``, ``applied`` or ``error`` that answers ``request_id``."""
-        return await self.next(lambda m: getattr(m, "request_id", None) == request_id)
+        return await self.next(lambda m: m is self.answers.get(request_id))
 
     async def start(self, request_id: str = "q1", **parameters: Any) -> Accepted:
         """Send ``start`` and return its ``accepted`` (an ``error`` fails the test)."""
         await self.send(Start(request_id=request_id, **parameters))
-        reply = await self.next(
-            lambda m: isinstance(m, Accepted | Error) and m.request_id == request_id
-        )
+        reply = await self.reply_to(request_id)
         assert isinstance(reply, Accepted), reply
         return reply
 
@@ -207,7 +226,7 @@ async def connect(
     async with websockets.connect(url, **options) as ws:
         client = Client(ws)
         if hello:
-            await client.send(Hello(client="tests/1", token=token, resume=tuple(resume)))
+            await client.hello(Hello(client="tests/1", token=token, resume=tuple(resume)))
             client.welcome = await client.expect(Welcome)
         yield client
 

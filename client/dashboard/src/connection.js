@@ -2,17 +2,18 @@
 //
 // A Connection opens /ws on the page's own host, says `hello` and waits for `welcome`. When the
 // socket drops it reconnects by itself, after a pause that grows with each failed try, and its
-// `hello` asks to resume every unfinished run the page watches from the last `seq` it saw (the
-// caller says which through `resumePoints`). Every message after `welcome` goes to `onMessage`;
-// changes of the connection's state go to `onStatus`.
+// `hello` asks to resume every unfinished run the page follows from the last `seq` it saw. The
+// session rules (resume points, reply matching, de-duplication, resends) are the sans-I/O
+// ClientSession's (session.js); this is its I/O shell. Every event of the session after
+// `welcome` goes to `onMessage`; changes of the connection's state go to `onStatus`.
 
 import { CLIENT_NAME, SUBPROTOCOL, decodeFrame, encodeFrame } from "./protocol.js";
+import { ClientSession } from "./session.js";
 
 const RETRY_DELAYS_S = [0.5, 1, 2, 4, 8, 10];
 const PING_EVERY_MS = 15_000;
 // A browser may not notice a dead TCP connection for minutes; an unanswered ping is the sign.
 const PONG_WAIT_MS = 10_000;
-const MAX_RESUME_RUNS = 32;
 
 /**
  * States: "connecting" (socket opening or hello sent), "open" (welcome received),
@@ -20,10 +21,10 @@ const MAX_RESUME_RUNS = 32;
  * refused the API token; `connect()` again after `setToken`).
  */
 export class Connection {
-  constructor({ url, token = null, resumePoints = () => [], onMessage, onStatus }) {
+  constructor({ url, token = null, onMessage, onStatus }) {
     this.url = url;
     this.token = token;
-    this.resumePoints = resumePoints;
+    this.session = new ClientSession();
     this.onMessage = onMessage;
     this.onStatus = onStatus;
     this.state = "connecting";
@@ -50,7 +51,10 @@ export class Connection {
       return;
     }
     socket.binaryType = "arraybuffer";
-    socket.onopen = () => this.sendNow(socket, "hello", this.helloFields());
+    socket.onopen = () => {
+      this.session.hello(CLIENT_NAME, this.token);
+      this.flush(socket);
+    };
     socket.onmessage = (event) => this.receive(socket, event.data);
     socket.onclose = (event) => this.closed(socket, event);
     this.socket = socket;
@@ -62,23 +66,20 @@ export class Connection {
 
   /** Send a message; false when the connection is not open (nothing is queued). */
   send(type, fields) {
-    if (this.state !== "open") return false;
-    return this.sendNow(this.socket, type, fields);
+    if (this.state !== "open" || this.socket.readyState !== WebSocket.OPEN) return false;
+    this.session.send(type, fields);
+    this.flush(this.socket);
+    return true;
   }
 
   get isOpen() {
     return this.state === "open";
   }
 
-  helloFields() {
-    const resume = this.resumePoints().slice(0, MAX_RESUME_RUNS);
-    return { client: CLIENT_NAME, token: this.token ?? undefined, resume };
-  }
-
-  sendNow(socket, type, fields) {
-    if (socket.readyState !== WebSocket.OPEN) return false;
-    socket.send(encodeFrame(type, fields));
-    return true;
+  flush(socket) {
+    const requests = this.session.dataToSend();
+    if (socket.readyState !== WebSocket.OPEN) return;
+    for (const { type, fields } of requests) socket.send(encodeFrame(type, fields));
   }
 
   receive(socket, data) {
@@ -93,24 +94,37 @@ export class Connection {
       return;
     }
     this.alive();
-    if (message.type === "welcome") {
+    this.session.receive(message);
+    for (const event of this.session.eventsReceived()) this.happened(event);
+    this.flush(socket);
+  }
+
+  happened(event) {
+    const message = event.message;
+    if (event.kind === "welcome") {
       this.welcome = message;
       this.failures = 0;
       this.lastError = null;
       this.setState("open");
       return;
     }
-    if (message.type === "error" && message.code === "unauthorized") {
+    if (event.kind === "error" && message.code === "unauthorized") {
       this.lastError = message.message;
       this.setState("needs-token");
     }
-    if (message.type !== "pong") this.onMessage(message);
+    if (event.kind !== "pong") this.onMessage(event);
+  }
+
+  lost() {
+    this.session.connectionLost();
+    for (const event of this.session.eventsReceived()) this.onMessage(event);
   }
 
   closed(socket, event) {
     if (socket !== this.socket) return;
     this.socket = null;
     this.clearTimers();
+    this.lost();
     if (this.state === "needs-token") return;
     if (!this.lastError && event.code !== 1000) {
       this.lastError = event.reason || `connection closed (code ${event.code})`;
@@ -153,7 +167,9 @@ export class Connection {
   closeSocket() {
     const socket = this.socket;
     this.socket = null;
-    if (socket && socket.readyState <= WebSocket.OPEN) socket.close(1000, "reconnecting");
+    if (!socket) return;
+    this.lost();
+    if (socket.readyState <= WebSocket.OPEN) socket.close(1000, "reconnecting");
   }
 
   setState(state) {

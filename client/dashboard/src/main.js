@@ -6,12 +6,14 @@ import { Api } from "./api.js";
 import { Connection, serverSocketUrl } from "./connection.js";
 import { fill, h, seconds, showNotice } from "./dom.js";
 import { renderHome } from "./home.js";
-import { RUN_EVENTS, describeError, nextRequestId } from "./protocol.js";
+import { describeError, nextRequestId } from "./protocol.js";
 import { renderRun } from "./runview.js";
 import { RunState } from "./runstate.js";
 
 const API_TOKEN_KEY = "stepwatch.apiToken";
 const CONTROL_TOKEN_PREFIX = "stepwatch.control.";
+// The requests answered by request id; their callbacks wait in `replies`.
+const REQUESTS = new Set(["start", "stop", "set"]);
 
 /** Everything the pages share. Pages get it as their `app` and never touch the socket. */
 class App {
@@ -25,8 +27,7 @@ class App {
     this.connection = new Connection({
       url: serverSocketUrl(window.location),
       token: localStorage.getItem(API_TOKEN_KEY),
-      resumePoints: () => this.resumePoints(),
-      onMessage: (message) => this.dispatch(message),
+      onMessage: (event) => this.dispatch(event),
       onStatus: () => this.statusChanged(),
     });
     this.page = null;
@@ -107,44 +108,37 @@ class App {
     this.connection.connect();
   }
 
-  resumePoints() {
-    const points = [];
-    for (const run of this.runs.values()) {
-      if (run.state === "finished" || run.missing) continue;
-      points.push({ run_id: run.runId, after_seq: run.lastSeq });
-      run.needsSubscribe = false;
-    }
-    return points;
-  }
-
+  // Runs watched while the connection was down are subscribed once it is open; the runs the
+  // session already follows it resumes itself in its hello.
   flushSubscriptions() {
     if (!this.connection.isOpen) return;
+    const session = this.connection.session;
     for (const run of this.runs.values()) {
       if (!run.needsSubscribe) continue;
       run.needsSubscribe = false;
-      this.connection.send("subscribe", { run_id: run.runId, after_seq: run.lastSeq });
+      const afterSeq = session.replayFrom(run.runId, run.lastSeq);
+      this.connection.send("subscribe", { run_id: run.runId, after_seq: afterSeq });
     }
   }
 
-  dispatch(message) {
-    const run = message.run_id ? this.runs.get(message.run_id) : undefined;
-    const reply = message.request_id ? this.replies.get(message.request_id) : undefined;
-    if (reply && message.type !== "progress") {
-      this.replies.delete(message.request_id);
-      reply(message);
-    }
-    if (RUN_EVENTS.has(message.type)) {
+  /** One event of the connection's session (see session.js for the kinds). */
+  dispatch({ kind, message, request }) {
+    const run = message?.run_id ? this.runs.get(message.run_id) : undefined;
+    if (kind === "event") {
       if (run && run.apply(message)) this.tell(run, message);
       if (message.type === "finished") this.forgetControlToken(message.run_id);
-      return;
-    }
-    if (message.type === "subscribed" && run) {
+    } else if (kind === "answered" && REQUESTS.has(request.type)) {
+      const reply = this.replies.get(request.fields.request_id);
+      this.replies.delete(request.fields.request_id);
+      reply?.(message);
+    } else if ((kind === "answered" || kind === "subscribed") && message.type === "subscribed") {
+      if (!run) return;
       if (run.state !== "finished") run.state = message.state;
       this.tell(run, message);
-    } else if (message.type === "error" && run && !reply) {
+    } else if (kind === "error" && run) {
       if (message.code === "unknown_run") run.missing = true;
       this.tell(run, message);
-    } else if (message.type === "error" && !reply) {
+    } else if (kind === "error") {
       showNotice(describeError(message));
     }
   }
