@@ -48,15 +48,15 @@ def welcome(**announced: int) -> Welcome:
 
 
 def progress(seq: int, run_id: str = RUN) -> Progress:
-    return Progress(run_id, seq, seq, 30, 0.1 * seq, None)
+    return Progress(seq, 30, 0.1 * seq, None, run_id=run_id, seq=seq)
 
 
 def finished(seq: int, run_id: str = RUN) -> Finished:
-    return Finished(run_id, seq, "stopped", seq, 1.0, None, (), None, None)
+    return Finished("stopped", seq, 1.0, None, (), None, None, run_id=run_id, seq=seq)
 
 
 def applied(seq: int, request_id: str, run_id: str = RUN) -> Applied:
-    return Applied(run_id, seq, request_id, seq, (), "finish")
+    return Applied(request_id, seq, (), "finish", run_id=run_id, seq=seq)
 
 
 def sent(session: ClientSession) -> list[ClientMessage]:
@@ -158,7 +158,7 @@ def test_errors_about_no_request_are_reported_as_they_are() -> None:
 def test_events_are_tracked_per_run_and_repeats_are_duplicates() -> None:
     session = opened()
     started_run(session)
-    first = Started(RUN, 1, PARAMETERS)
+    first = Started(PARAMETERS, run_id=RUN, seq=1)
     assert feed(session, first, progress(2)) == [first, progress(2)]
     assert feed(session, progress(2), progress(1)) == [
         Duplicate(progress(2)),
