@@ -1,22 +1,16 @@
-"""Every run of the service and the requests clients make about them: :class:`RunManager`.
+"""The service's runs from ``start`` to their end: :class:`RunManager`.
 
-The manager accepts runs into the queue of their model's device (one queue per device in front
-of ``samplers_per_device`` workers, which hand each run to the :class:`~.execution.RunExecutor`),
-steers them for the holders of their control tokens, subscribes connections to them and gives
-up the runs nobody watches.
-
-- Each run keeps its event log (:class:`~.eventlog.EventLog`) while it is in memory; a
-  subscriber gets the log after its ``after_seq``, then the live events. A run that has left
-  memory replays from the store.
-- A run goes on when its owner's connection goes away. When no connection watches or owns it
-  for ``abandon_grace`` seconds, it is stopped with reason ``abandoned``.
-- Only the holder of a run's control token (checked with :func:`hmac.compare_digest`) may stop
-  or change it; whoever presents it becomes the run's owner.
+The manager admits runs into the queue of their model's device (one queue per device in front
+of ``samplers_per_device`` workers, which hand each run to the :class:`~.execution.RunExecutor`)
+and ends them for the server's own reasons (``abandoned``, ``shutdown``). It holds the runs in
+memory, by id, which its two other parts share: :class:`~.steering.Steering` (``stop`` and
+``set`` for the holders of control tokens) and :class:`~.watching.Watching` (subscriptions and
+abandonment). A ``start`` is recorded in the store before it is answered, and refused with
+``store_failed`` while the store cannot write.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,21 +24,18 @@ from stepwatch.protocol import (
     ErrorCode,
     FinishReason,
     ProtocolError,
-    Set,
-    SettingChange,
-    Stop,
     StopMode,
-    Subscribed,
     stamp,
 )
 from stepwatch.server.catalog import Catalog, ResolvedRun
 from stepwatch.server.config import ServiceLimits
 from stepwatch.server.devicequeue import DeviceQueue
-from stepwatch.server.eventlog import logged_from_frame
 from stepwatch.server.execution import RunExecutor, Sampler, unstarted
 from stepwatch.server.liverun import ControlRequest, LiveRun
 from stepwatch.server.outbox import Outbox
+from stepwatch.server.steering import Steering
 from stepwatch.server.store import Store, StoreError
+from stepwatch.server.watching import Watching
 
 __all__ = ["LiveRun", "RunManager"]
 
@@ -52,11 +43,12 @@ logger = logging.getLogger(__name__)
 
 
 class RunManager:
-    """Accepts, steers, subscribes to and gives up the service's runs. Open one with
-    :meth:`open`, which runs the device queues' workers until it closes.
+    """Admits the service's runs and ends them; :attr:`steering` and :attr:`watching` take the
+    other requests about them. Open one with :meth:`open`, which runs the device queues'
+    workers until it closes.
 
-    The methods that answer clients raise :class:`~stepwatch.protocol.ProtocolError` with the
-    protocol's codes; the session turns them into ``error`` replies.
+    :meth:`start` raises :class:`~stepwatch.protocol.ProtocolError` with the protocol's codes;
+    the session turns them into ``error`` replies.
     """
 
     def __init__(
@@ -75,12 +67,13 @@ class RunManager:
         self.accepting = True
         self._runs: dict[str, LiveRun] = {}
         self.executor = RunExecutor(sampler, store, limits, tasks, self._forget)
+        self.watching = Watching(self._runs, store, limits.abandon_grace, tasks, self.end)
+        self.steering = Steering(self._runs, catalog, store, self.watching, self.end_in_queue)
         self._queues: dict[str, DeviceQueue[LiveRun]] = {}
         for model in catalog.models.values():
             device = str(model.device)
             if device not in self._queues:
                 self._queues[device] = DeviceQueue(device, samplers_per_device, limits.max_queue)
-        self._request_ids = itertools.count(1)
 
     @classmethod
     @asynccontextmanager
@@ -177,128 +170,20 @@ class RunManager:
         logger.info("the store can write again (it failed: %s)", self.store_failure)
         self.executor.store_failure = None
 
-    async def stop(self, request: Stop, requester: Outbox) -> None:
-        """Stop a run for the holder of its token; the engine acknowledges with ``applied``."""
-        run = await self._owned(request.run_id, request.token)
-        self._take_ownership(run, requester)
-        if run.state == "queued":
-            await self._end_in_queue(
-                run, "stopped", ControlRequest(requester, request.request_id), request.mode
-            )
-            return
-        control_id = self._control_id(run, requester, request.request_id)
-        run.control.stop(request.mode, "stopped", control_id)
+    # -- ending --------------------------------------------------------------------------------
 
-    async def set(self, request: Set, requester: Outbox) -> None:
-        """Change a run's settings for the holder of its token (``applied`` follows)."""
-        run = await self._owned(request.run_id, request.token)
-        change = self.catalog.settings_change(request, run.resolved.parameters)
-        self._take_ownership(run, requester)
-        if run.state == "queued":
-            # Acknowledged at once (step 0), as a stop is: the run starts with the change.
-            before = run.resolved.parameters
-            run.resolved = run.resolved.with_settings(change)
-            changes = tuple(
-                SettingChange(name, float(getattr(before, name)), float(new))
-                for name, new in change.items()
-            )
-            applied = Applied(request.request_id, 0, changes, None)
-            logged = run.log.append(stamp(applied, run.run_id, run.log.next_seq))
-            run.publish(logged, ControlRequest(requester, request.request_id))
-            return
-        run.control.set(change, self._control_id(run, requester, request.request_id))
-
-    async def subscribe(self, run_id: str, after_seq: int, outbox: Outbox) -> None:
-        """Reply ``subscribed``, replay the events after ``after_seq``, then send live ones."""
-        run = self._runs.get(run_id)
-        if run is not None:
-            self._cancel_abandon(run)
-            outbox.forget_run(run_id)
-            outbox.reply(Subscribed(run_id, run.state, run.log.last_seq))
-            for event in run.log.after(after_seq):
-                outbox.event(run_id, event, replay=True)
-            if not run.finished:
-                run.watchers.add(outbox)
-            return
-        stored = await self.store.last_seq(run_id)
-        frames = await self.store.finished_events(run_id, after_seq) if stored else None
-        if stored is None or frames is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_RUN, f"no run {run_id!r} is known", "run_id")
-        outbox.forget_run(run_id)
-        outbox.reply(Subscribed(run_id, "finished", stored))
-        for frame in frames:
-            outbox.event(run_id, logged_from_frame(frame), replay=True)
-
-    def unsubscribe(self, run_id: str, outbox: Outbox) -> None:
-        """Stop sending ``run_id``'s events to ``outbox`` (and drop those waiting)."""
-        outbox.forget_run(run_id)
-        run = self._runs.get(run_id)
-        if run is not None:
-            run.watchers.discard(outbox)
-            self._abandon_if_unattached(run)
-
-    def detach(self, outbox: Outbox) -> None:
-        """A connection closed: it watches and owns nothing any more."""
-        for run in list(self._runs.values()):
-            run.watchers.discard(outbox)
-            if run.owner is outbox:
-                run.owner = None
-            self._abandon_if_unattached(run)
-
-    async def _owned(self, run_id: str, token: str) -> LiveRun:
-        run = self._runs.get(run_id)
-        if run is None:
-            if await self.store.last_seq(run_id) is not None:
-                raise ProtocolError(ErrorCode.RUN_FINISHED, f"run {run_id} has finished", "run_id")
-            raise ProtocolError(ErrorCode.UNKNOWN_RUN, f"no run {run_id!r} is known", "run_id")
-        if not run.token_matches(token):
-            raise ProtocolError(ErrorCode.FORBIDDEN, "this token does not control the run", "token")
-        if run.finished or run.ending:
-            raise ProtocolError(ErrorCode.RUN_FINISHED, f"run {run_id} has finished", "run_id")
-        return run
-
-    def _take_ownership(self, run: LiveRun, requester: Outbox) -> None:
-        run.owner = requester
-        self._cancel_abandon(run)
-
-    def _control_id(self, run: LiveRun, requester: Outbox, request_id: str) -> str:
-        control_id = f"c{next(self._request_ids)}"
-        run.requests[control_id] = ControlRequest(requester, request_id)
-        return control_id
-
-    # -- abandoning ----------------------------------------------------------------------------
-
-    def _abandon_if_unattached(self, run: LiveRun) -> None:
-        if run.finished or run.attached or run.abandon_timer is not None:
-            return
-        timer = anyio.CancelScope()
-        run.abandon_timer = timer
-        self._tasks.start_soon(self._abandon_later, run, timer)
-
-    async def _abandon_later(self, run: LiveRun, timer: anyio.CancelScope) -> None:
-        with timer:
-            await anyio.sleep(self.limits.abandon_grace)
-            run.abandon_timer = None
-            if not run.finished and not run.attached:
-                logger.info("run %s has had nobody attached; abandoning it", run.run_id)
-                await self._end(run, "abandoned")
-
-    def _cancel_abandon(self, run: LiveRun) -> None:
-        if run.abandon_timer is not None:
-            run.abandon_timer.cancel()
-            run.abandon_timer = None
-
-    async def _end(self, run: LiveRun, reason: FinishReason) -> None:
+    async def end(self, run: LiveRun, reason: FinishReason) -> None:
         """End a run for the server's own reason (``abandoned``, ``shutdown``)."""
         if run.state == "queued":
-            await self._end_in_queue(run, reason, None, "finish")
+            await self.end_in_queue(run, reason, None, "finish")
         elif not run.finished:
             # The server's own stops keep the current estimate rather than spend a tail.
             run.control.stop("estimate", reason)
 
-    async def _end_in_queue(
+    async def end_in_queue(
         self, run: LiveRun, reason: FinishReason, request: ControlRequest | None, mode: StopMode
     ) -> None:
+        """End a run that has not left its queue; ``request`` (an owner's stop) is answered."""
         queue = self._queues[str(run.resolved.model.device)]
         if not queue.remove(run):
             return
@@ -328,10 +213,10 @@ class RunManager:
         for queue in self._queues.values():
             queue.close()  # no worker takes another run
             for run in list(queue.waiting):
-                await self._end(run, "shutdown")
+                await self.end(run, "shutdown")
         unfinished = [run for run in self._runs.values() if not run.finished]
         for run in unfinished:
-            await self._end(run, "shutdown")
+            await self.end(run, "shutdown")
         with anyio.move_on_after(self.limits.shutdown_timeout):
             for run in unfinished:
                 await run.done.wait()

@@ -185,7 +185,7 @@ class Session:
                 self.outbox.close()
         finally:
             self.services.sessions.remove(self)
-            self.services.runs.detach(self.outbox)
+            self.services.runs.watching.detach(self.outbox)
 
     def close(self, code: int, reason: str) -> None:
         """Read no more; send what waits, then close the connection with ``code``."""
@@ -238,7 +238,9 @@ class Session:
         self.outbox.reply(self._welcome())
         for point in hello.resume:
             try:
-                await self.services.runs.subscribe(point.run_id, point.after_seq, self.outbox)
+                await self.services.runs.watching.subscribe(
+                    point.run_id, point.after_seq, self.outbox
+                )
             except ProtocolError as exc:
                 self.outbox.reply(Error.from_exception(exc, run_id=point.run_id))
 
@@ -261,13 +263,13 @@ class Session:
                 case Start():
                     await self._start(request)
                 case Stop():
-                    await runs.stop(request, self.outbox)
+                    await runs.steering.stop(request, self.outbox)
                 case Set():
-                    await runs.set(request, self.outbox)
+                    await runs.steering.set(request, self.outbox)
                 case Subscribe(run_id=run_id, after_seq=after_seq):
-                    await runs.subscribe(run_id, after_seq, self.outbox)
+                    await runs.watching.subscribe(run_id, after_seq, self.outbox)
                 case Unsubscribe(run_id=run_id):
-                    runs.unsubscribe(run_id, self.outbox)
+                    runs.watching.unsubscribe(run_id, self.outbox)
                     self.outbox.reply(Unsubscribed(run_id))
                 case Ping(nonce=nonce):
                     self.outbox.reply(Pong(nonce))
