@@ -248,6 +248,11 @@ class FieldSpec:
     name: str
     spec: Spec
     required: bool
+    #: A field added to version 1 after its first release: the writer leaves it out while it
+    #: holds its default, so that a peer that predates it never sees it (it would refuse the
+    #: unknown key). Marked with ``metadata={"added": True}``.
+    added: bool = False
+    default: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +281,13 @@ class RecordSpec:
         return self.cls(**arguments)
 
     def write(self, value: object) -> dict[str, object]:
-        return {field.name: field.spec.write(getattr(value, field.name)) for field in self.fields}
+        written: dict[str, object] = {}
+        for field in self.fields:
+            item = getattr(value, field.name)
+            if field.added and item == field.default:
+                continue
+            written[field.name] = field.spec.write(item)
+        return written
 
 
 Hint: TypeAlias = Any
@@ -304,7 +315,10 @@ def compile_record(cls: type[Any]) -> RecordSpec:
             spec = _compile(hints[field.name])
         except TypeError as exc:
             raise TypeError(f"{cls.__name__}.{field.name}: {exc}") from exc
-        fields.append(FieldSpec(field.name, spec, required))
+        added = bool(field.metadata.get("added"))
+        if added and field.default is dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{field.name}: an added field needs a default")
+        fields.append(FieldSpec(field.name, spec, required, added, field.default))
     return RecordSpec(cls, tuple(fields))
 
 

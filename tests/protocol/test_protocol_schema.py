@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 import msgpack
@@ -141,3 +141,27 @@ def test_unpack_limits_follow_the_largest_legal_values() -> None:
     assert client["max_array_len"] == 64
     assert server["max_bin_len"] == 16 * 1024 * 1024
     assert server["max_array_len"] == 4096
+
+
+@dataclass(frozen=True)
+class WithAddedField:
+    name: Word
+    extra: Annotated[int, Range(0, 9)] = field(default=0, metadata={"added": True})
+
+
+@dataclass(frozen=True)
+class AddedWithoutDefault:
+    extra: Annotated[int, Range(0, 9)] = field(metadata={"added": True})
+
+
+def test_an_added_field_is_left_out_at_its_default_and_read_either_way() -> None:
+    spec = compile_record(WithAddedField)
+    assert spec.write(WithAddedField("a")) == {"name": "a"}
+    assert spec.write(WithAddedField("a", 3)) == {"name": "a", "extra": 3}
+    assert spec.read({"name": "a"}, "") == WithAddedField("a")
+    assert spec.read({"name": "a", "extra": 3}, "") == WithAddedField("a", 3)
+
+
+def test_an_added_field_needs_a_default() -> None:
+    with pytest.raises(TypeError, match="an added field needs a default"):
+        compile_record(AddedWithoutDefault)
