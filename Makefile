@@ -89,7 +89,8 @@ lint: $(VENV)/.installed $(DASHBOARD)/node_modules/.package-lock.json
 # ComfyUI modules that do not import ComfyUI are checked strictly too; the modules they import
 # are read, not reported.
 SERVICE_MODULES := app bridge catalog cli config connections eventlog gate harness http outbox runs \
-	serving session store translate comfyui.adapter comfyui.chart comfyui.install
+	serving session store store.archive store.database store.history store.previews store.recording \
+	translate comfyui.adapter comfyui.chart comfyui.install
 
 # mypy cannot follow setuptools' package-dir mapping, so it reads the packages through a tree of
 # links that spells their import names (stepwatch/protocol -> protocol/, ...).
