@@ -125,18 +125,20 @@ async def running_server(
         )
         ready.set()
 
+    started = False
     with contextlib.closing(sock):
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(run)
             with anyio.move_on_after(START_TIMEOUT):
                 await ready.wait()
-            if status or not ready.is_set():
-                stop.set()
-                raise HarnessError(f"the server did not start (status {status})")
+            started = ready.is_set() and not status
             try:
-                yield RunningServer(app, config, sock.getsockname()[1], stop, sock)
+                if started:
+                    yield RunningServer(app, config, sock.getsockname()[1], stop, sock)
             finally:
                 stop.set()
+    if not started:
+        raise HarnessError(f"the server did not start (status {status})")
     if status != [0]:
         raise HarnessError(f"the server exited with status {status}")
 
@@ -161,19 +163,17 @@ class ServerThread:
         self._serving = running_server(
             config, load_models, port=port, send_buffer=send_buffer, log_level=log_level
         )
-        self._portal_context = start_blocking_portal(backend="asyncio")
+        self._held = contextlib.ExitStack()
         self._portal: BlockingPortal | None = None
         self._server: RunningServer | None = None
-        self._entered: contextlib.AbstractContextManager[RunningServer] | None = None
 
     def __enter__(self) -> ServerThread:
-        self._portal = self._portal_context.__enter__()
-        try:
-            self._entered = self._portal.wrap_async_context_manager(self._serving)
-            self._server = self._entered.__enter__()
-        except BaseException:
-            self._portal_context.__exit__(None, None, None)
-            raise
+        with contextlib.ExitStack() as held:
+            self._portal = held.enter_context(start_blocking_portal(backend="asyncio"))
+            self._server = held.enter_context(
+                self._portal.wrap_async_context_manager(self._serving)
+            )
+            self._held = held.pop_all()
         return self
 
     def __exit__(
@@ -182,11 +182,7 @@ class ServerThread:
         error: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        assert self._entered is not None
-        try:
-            self._entered.__exit__(kind, error, trace)
-        finally:
-            self._portal_context.__exit__(None, None, None)
+        self._held.__exit__(kind, error, trace)
 
     @property
     def server(self) -> RunningServer:
