@@ -41,6 +41,7 @@ def test_start_watch_steer_and_stop_a_run(page: Page, server: ServerThread) -> N
     expect(page.locator(".chart-key")).to_contain_text("threshold 0.90")
     owner_changed = re.compile(r"Threshold 0\.\d+ → 0\.90 set by the owner")
     expect(page.locator("#run-log")).to_contain_text(owner_changed)
+    wait_for_checks(page, chart_checks(page) + 1)  # a check after the change, before the stop
     page.get_by_role("button", name="Stop and keep image").click()
     expect(page.locator("#run-state")).to_have_text("stopped")
     # Checks after the change report the new threshold (in the table, drawn once it is opened).
