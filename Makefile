@@ -89,10 +89,11 @@ lint: $(VENV)/.installed $(DASHBOARD)/node_modules/.package-lock.json
 # model and monitor) and the ComfyUI modules that do not import ComfyUI are checked strictly too;
 # the modules they import (the rest of the engine and the models, which torch's typing limits)
 # are read, not reported.
-SERVICE_MODULES := app bridge catalog cli config connections devicequeue eventlog execution gate http \
-	liverun outbox runs serving steering watching \
-	session store comfyui.adapter comfyui.chart comfyui.install engine.control engine.events \
-	engine.model engine.monitor engine.params engine.policy
+SERVICE_MODULES := app bridge catalog cli config connections devicequeue eventlog execution gate \
+	harness http liverun outbox runs serving steering watching session store store.archive \
+	store.database store.history store.previews store.recording comfyui.adapter comfyui.chart \
+	comfyui.install engine.control engine.events engine.model engine.monitor engine.params \
+	engine.policy
 
 # mypy cannot follow setuptools' package-dir mapping, so it reads the packages through a tree of
 # links that spells their import names (stepwatch/protocol -> protocol/, ...).

@@ -1,7 +1,8 @@
 """What the service benchmarks share: a server in this process, clients in another, one clock.
 
-- :class:`ServerThread` runs the real app under uvicorn on a loopback port, in a thread of this
-  process with its own event loop; the sampler runs in a worker thread as always.
+- :func:`bench_server` runs the real app under uvicorn on a loopback port, in a thread of this
+  process with its own event loop (:class:`~stepwatch.server.harness.ServerThread`, the harness
+  the tests use too); the sampler runs in a worker thread as always.
 - Clients run in a child process (:func:`run_clients`), so their work does not share this
   process's interpreter lock with the server and the sampler, as real clients would not.
 - Both sides read ``time.monotonic_ns()``: ``CLOCK_MONOTONIC``, one clock for every process of
@@ -20,24 +21,19 @@ import json
 import logging
 import multiprocessing
 import platform
-import socket
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.from_thread
 import torch
 
-from stepwatch.server.app import Service, create_app
 from stepwatch.server.config import ServerConfig, ServiceLimits
 from stepwatch.server.engine.model import LoadedModel
-from stepwatch.server.serving import serve
+from stepwatch.server.harness import ServerThread
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -60,88 +56,16 @@ def load_bench_model(spec: str) -> LoadedModel:
     return load_model(ModelSpec.parse(spec))
 
 
-class ServerThread:
-    """The app, served on a free loopback port from a thread of this process."""
-
-    def __init__(
-        self, model: LoadedModel, data_dir: Path, limits: ServiceLimits, send_buffer: int | None
-    ) -> None:
-        self.config = ServerConfig(data_dir=data_dir, limits=limits, entry_point_verifiers=False)
-        self.app = create_app(self.config, load_models=lambda config: [model])
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if send_buffer is not None:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port: int = self.sock.getsockname()[1]
-        self._portal_cm = anyio.from_thread.start_blocking_portal()
-        self._stop: anyio.Event | None = None
-        self._served: Future[int] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    @property
-    def service(self) -> Service:
-        service: Service = self.app.state.service
-        return service
-
-    def __enter__(self) -> ServerThread:
-        self.portal = self._portal_cm.__enter__()
-        self._stop = self.portal.call(anyio.Event)
-        ready = self.portal.call(anyio.Event)
-        self._served = self.portal.start_task_soon(
-            lambda: serve(
-                self.app,
-                self.config,
-                self._stop,  # type: ignore[arg-type]
-                sock=self.sock,
-                on_ready=lambda host, port: ready.set(),
-                log_level="warning",
-            )
-        )
-        self.portal.call(ready.wait)
-        logging.getLogger("stepwatch").setLevel(logging.WARNING)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None and self._served is not None
-        self.portal.call(self._stop.set)
-        self._served.result(timeout=120)
-        self._portal_cm.__exit__(None, None, None)
-
-    def emitted(self, run_id: str) -> dict[int, tuple[str, int, int | None]]:
-        """Each event of a run in memory: seq → (type, emitted_ns, step of a progress)."""
-
-        def read() -> dict[int, tuple[str, int, int | None]]:
-            run = self.service.runs.live(run_id)
-            assert run is not None, f"run {run_id} is not in memory"
-            return {
-                event.seq: (
-                    event.message.TYPE,
-                    event.emitted_ns,
-                    getattr(event.message, "step", None),
-                )
-                for event in run.log
-            }
-
-        return self.portal.call(lambda: _sync(read))
-
-    def loop_cpu_ns(self) -> int:
-        """CPU time the server's event-loop thread has used so far (not the sampler's)."""
-        return self.portal.call(lambda: _sync(time.thread_time_ns))
-
-    def wait_finished(self, run_id: str) -> None:
-        async def wait() -> None:
-            run = self.service.runs.live(run_id)
-            assert run is not None
-            await run.done.wait()
-
-        self.portal.call(wait)
-
-
-async def _sync(function: Callable[[], Any]) -> Any:
-    return function()
+def bench_server(
+    model: LoadedModel, data_dir: Path, limits: ServiceLimits, send_buffer: int | None
+) -> ServerThread:
+    """The app serving ``model``, on a free loopback port from a thread of this process, with
+    uvicorn's and the service's per-connection log lines quietened (a ``with`` block runs it)."""
+    logging.getLogger("stepwatch").setLevel(logging.WARNING)
+    config = ServerConfig(data_dir=data_dir, limits=limits, entry_point_verifiers=False)
+    return ServerThread(
+        config, lambda _config: [model], send_buffer=send_buffer, log_level="warning"
+    )
 
 
 def run_clients(target: Callable[..., Any], *arguments: Any) -> Any:

@@ -27,7 +27,7 @@ from typing import Any
 
 import _clients
 from _service import (
-    ServerThread,
+    bench_server,
     load_bench_model,
     median,
     print_table,
@@ -85,7 +85,7 @@ def main() -> None:
     limits = ServiceLimits(max_runs_per_connection=64, max_connections_per_client=512)
     with (
         tempfile.TemporaryDirectory() as data,
-        ServerThread(model, Path(data), limits, None) as server,
+        bench_server(model, Path(data), limits, None) as server,
     ):
         run_clients(_clients.watch_run, server.url, 1, {**fields, "steps": 10})  # warm up
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import _clients
 from _service import (
-    ServerThread,
+    bench_server,
     load_bench_model,
     median,
     print_table,
@@ -82,7 +82,7 @@ def main() -> None:
     counter = DropCounter()
     with (
         tempfile.TemporaryDirectory() as data,
-        ServerThread(model, Path(data), limits, args.send_buffer) as server,
+        bench_server(model, Path(data), limits, args.send_buffer) as server,
     ):
         logging.getLogger("stepwatch.server.session").addHandler(counter)
         logging.getLogger("stepwatch.server.session").setLevel(logging.INFO)

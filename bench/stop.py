@@ -24,7 +24,7 @@ from typing import Any
 
 import _clients
 from _service import (
-    ServerThread,
+    bench_server,
     load_bench_model,
     median,
     percentile,
@@ -60,7 +60,7 @@ def main() -> None:
     rows, report = [], {}
     with (
         tempfile.TemporaryDirectory() as data,
-        ServerThread(model, Path(data), ServiceLimits(), None) as server,
+        bench_server(model, Path(data), ServiceLimits(), None) as server,
     ):
         for mode in ("finish", "abort"):
             outcomes = run_clients(

@@ -1,8 +1,9 @@
-"""A real stepwatch server for the client tests, and a TCP proxy a test can cut.
+"""What the client tests' server serves, and a TCP proxy a test can cut.
 
-:class:`ThreadedServer` runs the server's app (``create_app``) under uvicorn on a loopback port
-in a thread with its own event loop, so one server serves every test (and the ``stepwatch``
-subprocesses the CLI tests start) while each test runs the client in its own loop.
+The server is :class:`~stepwatch.server.harness.ServerThread` (the real app under uvicorn on a
+loopback port, in a thread with its own event loop), so one server serves every test (and the
+``stepwatch`` subprocesses the CLI tests start) while each test runs the client in its own loop;
+:func:`tiny_model` is the model it serves.
 
 :class:`CuttableProxy` forwards TCP between the client and that server; :meth:`~CuttableProxy.cut`
 drops every connection through it and stops listening, :meth:`~CuttableProxy.restart` listens
@@ -13,20 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import socket
-import threading
-from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType, TracebackType
+from types import ModuleType
 
-import anyio
-
-from stepwatch.server.app import create_app
-from stepwatch.server.config import ServerConfig
 from stepwatch.server.engine.model import LoadedModel, describe_pipeline
-from stepwatch.server.serving import serve
 
-START_TIMEOUT = 120.0
 SERVER_TESTS = Path(__file__).resolve().parents[1] / "server"
 
 
@@ -49,59 +41,6 @@ def tiny_model(name: str = "tiny") -> LoadedModel:
     """A tiny SD model (32×32 images) the server can run in its worker threads."""
     tools = _server_test_tools()
     return tools.with_usual_curves(describe_pipeline(name, tools.make_sd_pipeline()))
-
-
-class ThreadedServer:
-    """``stepwatch serve`` in a thread: the real app on a free loopback port."""
-
-    def __init__(self, config: ServerConfig, models: Sequence[LoadedModel]) -> None:
-        self.config = config
-        self.app = create_app(config, load_models=lambda _config: list(models))
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self.port: int = self._sock.getsockname()[1]
-        self.status: int | None = None
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: anyio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="stepwatch test server")
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    def _run(self) -> None:
-        anyio.run(self._serve)
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = anyio.Event()
-        self.status = await serve(
-            self.app, self.config, self._stop, sock=self._sock, on_ready=self._on_ready
-        )
-        self._ready.set()
-
-    def _on_ready(self, host: str, port: int) -> None:
-        self._ready.set()
-
-    def __enter__(self) -> ThreadedServer:
-        self._thread.start()
-        assert self._ready.wait(START_TIMEOUT), "the test server did not start"
-        assert self.status is None, f"the test server exited with {self.status}"
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        assert self._loop is not None and self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(START_TIMEOUT)
-        assert not self._thread.is_alive(), "the test server did not stop"
-        assert self.status == 0
 
 
 class CuttableProxy:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from clientserver import ThreadedServer, tiny_model
+from clientserver import tiny_model
 
 from stepwatch.server.config import ServerConfig
 from stepwatch.server.engine.model import LoadedModel
+from stepwatch.server.harness import ServerThread
 
 #: The API token of :func:`guarded_server`.
 API_TOKEN = "open-sesame-token"
@@ -28,18 +29,18 @@ def client_model() -> LoadedModel:
 @pytest.fixture(scope="session")
 def server(
     client_model: LoadedModel, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ThreadedServer]:
+) -> Iterator[ServerThread]:
     """One server for the client tests, without an API token."""
     config = ServerConfig(data_dir=tmp_path_factory.mktemp("store"))
-    with ThreadedServer(config, [client_model]) as running:
+    with ServerThread(config, lambda _config: [client_model]) as running:
         yield running
 
 
 @pytest.fixture(scope="session")
 def guarded_server(
     client_model: LoadedModel, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ThreadedServer]:
+) -> Iterator[ServerThread]:
     """A server that requires :data:`API_TOKEN`."""
     config = ServerConfig(data_dir=tmp_path_factory.mktemp("guarded"), token=API_TOKEN)
-    with ThreadedServer(config, [client_model]) as running:
+    with ServerThread(config, lambda _config: [client_model]) as running:
         yield running

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clientserver import ThreadedServer
 from conftest import API_TOKEN
 from PIL import Image as PILImage
+
+from stepwatch.server.harness import ServerThread
 
 #: Every run the CLI tests start is short and runs to its last step.
 QUICK = ("--steps", "6", "--check-interval", "2", "--seed", "4")
@@ -49,7 +50,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
 
 
 def test_generate_json_prints_one_object_per_event_ending_with_finished(
-    server: ThreadedServer, tmp_path: Path
+    server: ServerThread, tmp_path: Path
 ) -> None:
     out = tmp_path / "red.png"
     result = stepwatch("generate", "red circle", "--server", server.url, *QUICK, "--json",
@@ -68,7 +69,7 @@ def test_generate_json_prints_one_object_per_event_ending_with_finished(
 
 
 def test_generate_shows_progress_and_prints_the_run_id_and_image(
-    server: ThreadedServer, tmp_path: Path
+    server: ServerThread, tmp_path: Path
 ) -> None:
     env = {**os.environ, "STEPWATCH_SERVER": server.url}
     result = stepwatch("generate", "green triangle", *QUICK, env=env, cwd=tmp_path)
@@ -82,7 +83,7 @@ def test_generate_shows_progress_and_prints_the_run_id_and_image(
 
 
 def test_ctrl_c_stops_the_run_and_still_saves_its_image(
-    server: ThreadedServer, tmp_path: Path
+    server: ServerThread, tmp_path: Path
 ) -> None:
     out = tmp_path / "stopped.png"
     command = [sys.executable, "-m", "stepwatch.client.cli", "generate", "red circle",
@@ -109,7 +110,7 @@ def test_ctrl_c_stops_the_run_and_still_saves_its_image(
         assert image.size == (32, 32)
 
 
-def test_watch_follows_a_run_from_any_seq(server: ThreadedServer, tmp_path: Path) -> None:
+def test_watch_follows_a_run_from_any_seq(server: ServerThread, tmp_path: Path) -> None:
     started = stepwatch("generate", "red circle", "--server", server.url, *QUICK, "--json",
                         "--out", str(tmp_path / "a.png"))  # fmt: skip
     run_id = json_lines(started.stdout)[0]["run_id"]
@@ -125,7 +126,7 @@ def test_watch_follows_a_run_from_any_seq(server: ThreadedServer, tmp_path: Path
     assert (tmp_path / "b.png").read_bytes() == (tmp_path / "a.png").read_bytes()
 
 
-def test_runs_lists_the_history(server: ThreadedServer, tmp_path: Path) -> None:
+def test_runs_lists_the_history(server: ServerThread, tmp_path: Path) -> None:
     started = stepwatch("generate", "blue square", "--server", server.url, *QUICK, "--json",
                         "--out", str(tmp_path / "a.png"))  # fmt: skip
     run_id = json_lines(started.stdout)[0]["run_id"]
@@ -152,7 +153,7 @@ def test_an_unreachable_server_is_one_line(command: str) -> None:
     assert_one_line_error(result, f"stepwatch {command}: cannot reach", "Connection refused")
 
 
-def test_a_refused_token_is_one_line(guarded_server: ThreadedServer) -> None:
+def test_a_refused_token_is_one_line(guarded_server: ServerThread) -> None:
     url = guarded_server.url
     assert_one_line_error(
         stepwatch("generate", "red circle", "--server", url), "requires an API token"
@@ -179,12 +180,12 @@ def test_a_refused_token_is_one_line(guarded_server: ThreadedServer) -> None:
     ],
 )
 def test_a_bad_parameter_is_one_line_naming_it(
-    server: ThreadedServer, options: tuple[str, ...], fragments: tuple[str, ...]
+    server: ServerThread, options: tuple[str, ...], fragments: tuple[str, ...]
 ) -> None:
     result = stepwatch("generate", "red circle", "--server", server.url, *options)
     assert_one_line_error(result, *fragments)
 
 
-def test_watching_an_unknown_run_is_one_line(server: ThreadedServer) -> None:
+def test_watching_an_unknown_run_is_one_line(server: ServerThread) -> None:
     result = stepwatch("watch", "no-such-run", "--server", server.url)
     assert_one_line_error(result, "unknown_run")

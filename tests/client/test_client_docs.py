@@ -11,10 +11,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from clientserver import ThreadedServer
 
 import stepwatch.client
 from stepwatch.client import DEFAULT_URL
+from stepwatch.server.harness import ServerThread
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -31,14 +31,14 @@ def docstring_example() -> str:
     return textwrap.dedent(block)
 
 
-def run_example(source: str, server: ThreadedServer) -> None:
+def run_example(source: str, server: ServerThread) -> None:
     assert DEFAULT_URL in source, "the example connects to the default URL"
     program = source.replace(DEFAULT_URL, server.url)
     exec(compile(program, "<example>", "exec"), {"__name__": "__example__"})
 
 
 def test_the_readme_example_runs(
-    server: ThreadedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    server: ServerThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     examples = readme_client_examples()
@@ -53,7 +53,7 @@ def test_the_readme_example_runs(
 
 
 def test_the_package_docstring_example_runs(
-    server: ThreadedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    server: ServerThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     monkeypatch.chdir(tmp_path)

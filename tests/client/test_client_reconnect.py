@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
-from clientserver import CuttableProxy, ThreadedServer
+from clientserver import CuttableProxy
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
@@ -46,6 +46,7 @@ from stepwatch.protocol import (
     decode_client,
     encode,
 )
+from stepwatch.server.harness import ServerThread
 
 pytestmark = pytest.mark.anyio
 
@@ -57,7 +58,7 @@ async def events_of(handle: RunHandle) -> list[RunEvent]:
 
 
 @asynccontextmanager
-async def proxy_to(server: ThreadedServer) -> AsyncIterator[CuttableProxy]:
+async def proxy_to(server: ServerThread) -> AsyncIterator[CuttableProxy]:
     proxy = CuttableProxy(server.port)
     await proxy.start()
     try:
@@ -74,7 +75,7 @@ def lasting(events: list[RunEvent]) -> list[tuple[int, str]]:
 
 
 async def test_a_cut_mid_run_is_resumed_and_every_event_arrives_once(
-    server: ThreadedServer,
+    server: ServerThread,
 ) -> None:
     async with proxy_to(server) as proxy:
         async with connect(proxy.url, backoff=FAST) as sw, connect(server.url) as direct:
@@ -106,7 +107,7 @@ async def test_a_cut_mid_run_is_resumed_and_every_event_arrives_once(
     assert reconnects == 1 and proxy.connections == 2
 
 
-async def test_the_client_gives_up_after_reconnect_timeout(server: ThreadedServer) -> None:
+async def test_the_client_gives_up_after_reconnect_timeout(server: ServerThread) -> None:
     async with proxy_to(server) as proxy:
         async with connect(proxy.url, backoff=FAST, reconnect_timeout=0.5) as sw:
             run = await sw.generate("red circle", steps=400, early_stop=False)

@@ -6,7 +6,6 @@ import asyncio
 import socket
 
 import pytest
-from clientserver import ThreadedServer
 from conftest import API_TOKEN
 
 from stepwatch.client import (
@@ -24,6 +23,7 @@ from stepwatch.client import (
     connect,
     list_runs,
 )
+from stepwatch.server.harness import ServerThread
 
 pytestmark = pytest.mark.anyio
 
@@ -45,7 +45,7 @@ def assert_one_run(events: list[RunEvent], run_id: str) -> None:
     assert {event.run_id for event in events} == {run_id}
 
 
-async def test_a_run_goes_to_its_end_and_gives_its_image(server: ThreadedServer) -> None:
+async def test_a_run_goes_to_its_end_and_gives_its_image(server: ServerThread) -> None:
     async with connect(server.url) as sw:
         assert [model.id for model in sw.models] == ["tiny"]
         assert "simple" in {verifier.id for verifier in sw.verifiers}
@@ -66,7 +66,7 @@ async def test_a_run_goes_to_its_end_and_gives_its_image(server: ThreadedServer)
 
 
 async def test_stop_is_acknowledged_and_the_run_keeps_that_steps_image(
-    server: ThreadedServer,
+    server: ServerThread,
 ) -> None:
     async with connect(server.url) as sw:
         run = await sw.generate("blue square", **LONG)
@@ -87,7 +87,7 @@ async def test_stop_is_acknowledged_and_the_run_keeps_that_steps_image(
 
 
 async def test_set_changes_threshold_and_cfg_from_the_step_it_reports(
-    server: ThreadedServer,
+    server: ServerThread,
 ) -> None:
     async with connect(server.url) as sw:
         # scale_factor 1: the policy never raises CFG itself (the tiny model's noise previews
@@ -115,7 +115,7 @@ async def test_set_changes_threshold_and_cfg_from_the_step_it_reports(
     assert result.reason == "stopped" and result.png is None
 
 
-async def test_a_set_out_of_range_is_refused_naming_its_field(server: ThreadedServer) -> None:
+async def test_a_set_out_of_range_is_refused_naming_its_field(server: ServerThread) -> None:
     async with connect(server.url) as sw:
         run = await sw.generate("red circle", **LONG)
         with pytest.raises(Refused) as caught:
@@ -129,7 +129,7 @@ async def test_a_set_out_of_range_is_refused_naming_its_field(server: ThreadedSe
 
 
 async def test_two_runs_on_one_connection_are_iterated_independently(
-    server: ThreadedServer,
+    server: ServerThread,
 ) -> None:
     async with connect(server.url) as sw:
         first = await sw.generate("red circle", **SHORT)
@@ -146,7 +146,7 @@ async def test_two_runs_on_one_connection_are_iterated_independently(
     assert second_started.parameters.prompt == "green triangle"
 
 
-async def test_a_second_client_watching_sees_the_same_checks(server: ThreadedServer) -> None:
+async def test_a_second_client_watching_sees_the_same_checks(server: ServerThread) -> None:
     async with connect(server.url) as owner, connect(server.url) as watcher:
         run = await owner.generate("red circle", **{**SHORT, "steps": 10})
         watched = await watcher.watch(run.run_id)
@@ -164,7 +164,7 @@ async def test_a_second_client_watching_sees_the_same_checks(server: ThreadedSer
     assert not hasattr(watched, "stop")
 
 
-async def test_watching_an_unknown_run_is_refused(server: ThreadedServer) -> None:
+async def test_watching_an_unknown_run_is_refused(server: ServerThread) -> None:
     async with connect(server.url) as sw:
         with pytest.raises(Refused) as caught:
             await sw.watch("no-such-run")
@@ -172,7 +172,7 @@ async def test_watching_an_unknown_run_is_refused(server: ThreadedServer) -> Non
     assert caught.value.run_id == "no-such-run"
 
 
-async def test_bad_requests_are_refused_with_code_and_field(server: ThreadedServer) -> None:
+async def test_bad_requests_are_refused_with_code_and_field(server: ServerThread) -> None:
     async with connect(server.url) as sw:
         with pytest.raises(Refused) as unknown_model:
             await sw.generate("red circle", model="nope")
@@ -194,7 +194,7 @@ async def test_bad_requests_are_refused_with_code_and_field(server: ThreadedServ
     assert bad_size.value.by_server
 
 
-async def test_a_server_with_a_token_refuses_a_wrong_one(guarded_server: ThreadedServer) -> None:
+async def test_a_server_with_a_token_refuses_a_wrong_one(guarded_server: ServerThread) -> None:
     for token in (None, "wrong-token"):
         with pytest.raises(Refused) as caught:
             async with connect(guarded_server.url, token=token):
@@ -224,7 +224,7 @@ async def test_an_unreachable_server_fails_at_once() -> None:
 
 
 async def test_a_url_that_is_no_stepwatch_endpoint_fails_the_handshake(
-    server: ThreadedServer,
+    server: ServerThread,
 ) -> None:
     with pytest.raises(ConnectionFailed, match=r"refused the WebSocket handshake \(HTTP 4"):
         async with connect(f"ws://127.0.0.1:{server.port}/not-ws"):
@@ -234,7 +234,7 @@ async def test_a_url_that_is_no_stepwatch_endpoint_fails_the_handshake(
             pass  # pragma: no cover - connect raises
 
 
-async def test_the_history_lists_finished_runs(server: ThreadedServer) -> None:
+async def test_the_history_lists_finished_runs(server: ServerThread) -> None:
     async with connect(server.url) as sw:
         run = await sw.generate("red circle", **SHORT)
         result = await run.result()
@@ -248,7 +248,7 @@ async def test_the_history_lists_finished_runs(server: ThreadedServer) -> None:
     assert summary.steps_run == 6 and summary.final_score == pytest.approx(result.final_score)
 
 
-async def test_event_types_cover_the_protocol(server: ThreadedServer) -> None:
+async def test_event_types_cover_the_protocol(server: ServerThread) -> None:
     """Progress every step, an adjustment when quality is low: the union is re-exported."""
     async with connect(server.url) as sw:
         run = await sw.generate(
@@ -261,7 +261,7 @@ async def test_event_types_cover_the_protocol(server: ThreadedServer) -> None:
 
 
 async def test_watching_a_run_the_session_owns_sees_it_whole_on_both_handles(
-    server: ThreadedServer,
+    server: ServerThread,
 ) -> None:
     async with connect(server.url) as sw:
         run = await sw.generate("red circle", **{**SHORT, "steps": 10})

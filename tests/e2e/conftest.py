@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dashboard_server import DashboardServer, served
+from builtin_shapes import load_shapes
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 from stepwatch.server.config import ServerConfig
+from stepwatch.server.harness import ServerThread
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -47,9 +48,9 @@ def dashboard_built() -> None:
 @pytest.fixture(scope="module")
 def server(
     dashboard_built: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[DashboardServer]:
+) -> Iterator[ServerThread]:
     config = ServerConfig(port=0, data_dir=tmp_path_factory.mktemp("e2e-data"))
-    with served(config) as running:
+    with ServerThread(config, load_shapes) as running:
         yield running
 
 

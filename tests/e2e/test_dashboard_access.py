@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from builtin_shapes import load_shapes
 from dashboard_actions import open_dashboard, start_run, wait_for_checks, wait_for_image
-from dashboard_server import DashboardServer, served
 from playwright.sync_api import Page, expect
 
 from stepwatch.server.config import ServerConfig
+from stepwatch.server.harness import ServerThread
 
 # Every visible control with its accessible name; empty names are what the test looks for.
 UNNAMED_CONTROLS = """() => [...document.querySelectorAll('input, select, textarea, button')]
@@ -45,9 +46,9 @@ TEXT = ["body", ".muted", ".help", "label", "button", ".badge", "#connection", "
 
 
 def test_controls_are_labelled_usable_by_keyboard_and_readable(
-    page: Page, server: DashboardServer
+    page: Page, server: ServerThread
 ) -> None:
-    open_dashboard(page, server.url)
+    open_dashboard(page, server.http)
     page.locator("summary", has_text="More settings").click()
     assert page.evaluate(UNNAMED_CONTROLS) == []
     for scheme in ("dark", "light"):
@@ -74,8 +75,8 @@ def test_controls_are_labelled_usable_by_keyboard_and_readable(
 
 def test_a_server_with_an_api_token_asks_for_it_once(page: Page, tmp_path: Path) -> None:
     config = ServerConfig(port=0, data_dir=tmp_path, token="s3cret-token")
-    with served(config) as server:
-        page.goto(f"{server.url}/#/")
+    with ServerThread(config, load_shapes) as server:
+        page.goto(f"{server.http}/#/")
         status = page.locator("#connection")
         expect(status).to_contain_text("This server needs an API token")
         page.get_by_label("This server needs an API token:").fill("wrong")
@@ -85,7 +86,7 @@ def test_a_server_with_an_api_token_asks_for_it_once(page: Page, tmp_path: Path)
         page.get_by_role("button", name="Connect").click()
         expect(status).to_have_text(re.compile("Connected"))
         # The HTTP API gets the token too: the run appears in the history with its image.
-        run_id = start_run(page, server.url, steps=30, check_interval=5, early_stop=False)
+        run_id = start_run(page, server.http, steps=30, check_interval=5, early_stop=False)
         expect(page.locator("#run-state")).to_have_text("completed")
-        page.goto(f"{server.url}/#/")
+        page.goto(f"{server.http}/#/")
         wait_for_image(page, f'.history-list li[data-run-id="{run_id}"] img')

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from builtin_shapes import load_shapes
 from dashboard_actions import (
     OUTPUT,
     chart_checks,
@@ -25,10 +26,10 @@ from dashboard_actions import (
     wait_for_checks,
     wait_for_image,
 )
-from dashboard_server import DashboardServer, served
 from playwright.sync_api import Browser, Page, expect
 
 from stepwatch.server.config import ServerConfig
+from stepwatch.server.harness import ServerThread
 from stepwatch.server.store import INTERRUPTED
 
 # How many frames of the strip show a decoded image, and how many frames there are, once every
@@ -63,16 +64,16 @@ def every_frame_shown(page: Page, checks: int) -> None:
 
 
 def test_every_viewer_sees_every_checks_preview(
-    page: Page, browser: Browser, server: DashboardServer
+    page: Page, browser: Browser, server: ServerThread
 ) -> None:
-    run_id = start_run(page, server.url, steps=480, check_interval=5)
+    run_id = start_run(page, server.http, steps=480, check_interval=5)
     wait_for_checks(page, 6)
 
     # A late watcher: its replay carried one preview; the rest come from the server's store.
     watcher_context = browser.new_context(viewport={"width": 1280, "height": 900})
     watcher = watcher_context.new_page()
     try:
-        open_dashboard(watcher, server.url, f"#/runs/{run_id}")
+        open_dashboard(watcher, server.http, f"#/runs/{run_id}")
         wait_for_checks(watcher, 6)
         seen = chart_checks(watcher)
         every_frame_shown(watcher, seen)
@@ -86,10 +87,10 @@ def test_every_viewer_sees_every_checks_preview(
     every_frame_shown(page, seen)
     page.get_by_role("button", name="Stop and keep image").click()
     expect(page.locator("#run-state")).to_have_text("stopped")
-    steps = [entry["step"] for entry in stored_run(page, server.url, run_id)["history"]]
+    steps = [entry["step"] for entry in stored_run(page, server.http, run_id)["history"]]
 
     # Opened from the history after the run: every check, every preview.
-    open_dashboard(page, server.url)
+    open_dashboard(page, server.http)
     page.locator(f'.history-list li[data-run-id="{run_id}"] a').click()
     expect(page.locator("#run-state")).to_have_text("stopped")
     wait_for_checks(page, len(steps))
@@ -97,8 +98,8 @@ def test_every_viewer_sees_every_checks_preview(
     every_frame_shown(page, len(steps))
 
 
-def test_a_300_check_run_stays_light_and_reachable(page: Page, server: DashboardServer) -> None:
-    start_run(page, server.url, steps=300, check_interval=1)
+def test_a_300_check_run_stays_light_and_reachable(page: Page, server: ServerThread) -> None:
+    start_run(page, server.http, steps=300, check_interval=1)
     expect(page.locator("#run-state")).to_have_attribute("data-state", "finished")
     wait_for_checks(page, 300)
     frames = page.locator("#filmstrip li[data-step]")
@@ -165,7 +166,7 @@ def test_a_run_the_killed_server_left_says_it_failed_and_keeps_its_checks(
     expect(page.locator("#connection")).to_contain_text("Disconnected from the server")
     seen = chart_checks(page)
 
-    with served(ServerConfig(port=0, data_dir=tmp_path), port=port):
+    with ServerThread(ServerConfig(port=0, data_dir=tmp_path), load_shapes, port=port):
         expect(page.locator("#connection")).to_contain_text("Connected")
         state = page.locator("#run-state")
         expect(state).to_have_text("failed")
@@ -178,10 +179,10 @@ def test_a_run_the_killed_server_left_says_it_failed_and_keeps_its_checks(
 
 
 def test_the_dashboard_shows_what_stepwatch_generate_saw(
-    page: Page, server: DashboardServer, tmp_path: Path
+    page: Page, server: ServerThread, tmp_path: Path
 ) -> None:
     out = tmp_path / "generated.png"
-    socket_url = server.url.replace("http://", "ws://") + "/ws"
+    socket_url = server.http.replace("http://", "ws://") + "/ws"
     command = [sys.executable, "-m", "stepwatch.client.cli", "generate", "large red circle"]
     command += ["--server", socket_url, "--steps", "40", "--check-interval", "4", "--seed", "11"]
     command += ["--json", "--out", str(out)]
@@ -195,7 +196,7 @@ def test_the_dashboard_shows_what_stepwatch_generate_saw(
 
     # The same run opened from the history: the same steps, scores and decisions, a frame per
     # check with the same thumbnail, and the same final image.
-    open_dashboard(page, server.url)
+    open_dashboard(page, server.http)
     page.locator(f'.history-list li[data-run-id="{run_id}"] a').click()
     expect(page.locator("#run-state")).to_have_attribute("data-reason", finished["reason"])
     wait_for_checks(page, len(checks))
@@ -210,7 +211,7 @@ def test_the_dashboard_shows_what_stepwatch_generate_saw(
     ]  # fmt: skip
     every_frame_shown(page, len(checks))
     for check in checks:
-        kept = page.request.get(f"{server.url}/api/runs/{run_id}/previews/{check['step']}")
+        kept = page.request.get(f"{server.http}/api/runs/{run_id}/previews/{check['step']}")
         assert kept.body() == base64.b64decode(check["preview"]["data"])
     wait_for_image(page, "#final-image")
     shown = page.evaluate(

@@ -14,12 +14,13 @@ from dashboard_actions import (
     wait_for_checks,
     wait_for_image,
 )
-from dashboard_server import DashboardServer
 from playwright.sync_api import Page, expect
 
+from stepwatch.server.harness import ServerThread
 
-def test_start_watch_steer_and_stop_a_run(page: Page, server: DashboardServer) -> None:
-    run_id = start_run(page, server.url, steps=1000, check_interval=5)
+
+def test_start_watch_steer_and_stop_a_run(page: Page, server: ServerThread) -> None:
+    run_id = start_run(page, server.http, steps=1000, check_interval=5)
     expect(page.locator("#run-title")).to_have_text("red circle")
     expect(page.locator("#run-state")).to_have_text("running")
 
@@ -40,6 +41,7 @@ def test_start_watch_steer_and_stop_a_run(page: Page, server: DashboardServer) -
     expect(page.locator(".chart-key")).to_contain_text("threshold 0.90")
     owner_changed = re.compile(r"Threshold 0\.\d+ → 0\.90 set by the owner")
     expect(page.locator("#run-log")).to_contain_text(owner_changed)
+    wait_for_checks(page, chart_checks(page) + 1)  # a check after the change, before the stop
     page.get_by_role("button", name="Stop and keep image").click()
     expect(page.locator("#run-state")).to_have_text("stopped")
     # Checks after the change report the new threshold (in the table, drawn once it is opened).
@@ -51,7 +53,7 @@ def test_start_watch_steer_and_stop_a_run(page: Page, server: DashboardServer) -
     expect(page.get_by_role("button", name="Stop and keep image")).to_be_disabled()
 
     # Every check the server stored is a point of the chart, in order.
-    stored = stored_run(page, server.url, run_id)
+    stored = stored_run(page, server.http, run_id)
     assert stored["reason"] == "stopped"
     assert chart_steps(page) == [entry["step"] for entry in stored["history"]]
 
@@ -60,9 +62,9 @@ def test_start_watch_steer_and_stop_a_run(page: Page, server: DashboardServer) -
 
 
 def test_the_owners_cfg_holds_and_the_dashboard_says_automatic_cfg_is_paused(
-    page: Page, server: DashboardServer
+    page: Page, server: ServerThread
 ) -> None:
-    start_run(page, server.url, steps=1000, check_interval=5)
+    start_run(page, server.http, steps=1000, check_interval=5)
     wait_for_checks(page, 1)
     note = page.locator("#steer-cfg-note")
     expect(note).to_contain_text("The policy may raise CFG")
@@ -77,8 +79,8 @@ def test_the_owners_cfg_holds_and_the_dashboard_says_automatic_cfg_is_paused(
     expect(page.locator("#run-state")).to_have_attribute("data-state", "finished")
 
 
-def test_a_refused_start_is_explained_at_its_field(page: Page, server: DashboardServer) -> None:
-    open_dashboard(page, server.url)
+def test_a_refused_start_is_explained_at_its_field(page: Page, server: ServerThread) -> None:
+    open_dashboard(page, server.http)
     page.get_by_label("Prompt", exact=True).fill("red dog")
     page.get_by_role("button", name="Start run").click()
     alert = page.locator(".start-form .form-error")
@@ -89,19 +91,19 @@ def test_a_refused_start_is_explained_at_its_field(page: Page, server: Dashboard
     assert "#/runs/" not in page.url
 
 
-def test_a_link_to_an_unknown_run_says_so(page: Page, server: DashboardServer) -> None:
-    open_dashboard(page, server.url, "#/runs/no-such-run")
+def test_a_link_to_an_unknown_run_says_so(page: Page, server: ServerThread) -> None:
+    open_dashboard(page, server.http, "#/runs/no-such-run")
     expect(page.get_by_role("heading", name="Run not found")).to_be_visible()
     page.get_by_role("link", name="Back to the runs").click()
     expect(page.get_by_role("button", name="Start run")).to_be_visible()
 
 
 def test_a_run_at_the_models_defaults_forms_its_image_and_ends_by_itself(
-    page: Page, server: DashboardServer
+    page: Page, server: ServerThread
 ) -> None:
     run_id = start_run(
         page,
-        server.url,
+        server.http,
         words=("large", "blue", "triangle", "light"),
         steps=40,
         check_interval=4,
@@ -110,7 +112,7 @@ def test_a_run_at_the_models_defaults_forms_its_image_and_ends_by_itself(
     state = page.locator("#run-state")
     expect(state).to_have_attribute("data-state", "finished")
     wait_for_image(page, "#final-image")
-    stored = stored_run(page, server.url, run_id)
+    stored = stored_run(page, server.http, run_id)
     assert stored["reason"] in ("early_stop", "completed")
     expect(state).to_have_attribute("data-reason", stored["reason"])
     history = [entry["step"] for entry in stored["history"]]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+from builtin_shapes import load_shapes
 from dashboard_actions import (
     OUTPUT,
     chart_checks,
@@ -16,16 +17,16 @@ from dashboard_actions import (
     stored_run,
     wait_for_checks,
 )
-from dashboard_server import DashboardServer, served
 from playwright.sync_api import Browser, Page, WebSocket, expect
 
 from stepwatch.server.config import ServerConfig
+from stepwatch.server.harness import ServerThread
 
 
 def test_a_second_page_watches_the_same_checks(
-    page: Page, browser: Browser, server: DashboardServer
+    page: Page, browser: Browser, server: ServerThread
 ) -> None:
-    run_id = start_run(page, server.url, steps=1000, check_interval=5)
+    run_id = start_run(page, server.http, steps=1000, check_interval=5)
     wait_for_checks(page, 2)
 
     # Someone opens the run's link in a browser of their own: a watcher, not the owner.
@@ -33,9 +34,9 @@ def test_a_second_page_watches_the_same_checks(
     watcher = watcher_context.new_page()
     try:
         # They find it among the live runs; its page has a link they can share.
-        open_dashboard(watcher, server.url)
+        open_dashboard(watcher, server.http)
         watcher.locator(f'.live-list a[href="#/runs/{run_id}"]').click()
-        assert watcher.url == f"{server.url}/#/runs/{run_id}"
+        assert watcher.url == f"{server.http}/#/runs/{run_id}"
         expect(watcher.locator("#run-title")).to_have_text("red circle")
         expect(watcher.locator("#steer-readonly")).to_contain_text("You are watching this run")
         expect(watcher.get_by_role("button", name="Stop and keep image")).to_have_count(0)
@@ -46,7 +47,7 @@ def test_a_second_page_watches_the_same_checks(
         expect(watcher.locator("#run-state")).to_have_text("stopped")
         expect(watcher.locator("#final-image")).to_be_visible()
         expect(page.locator("#run-state")).to_have_text("stopped")
-        history = [entry["step"] for entry in stored_run(page, server.url, run_id)["history"]]
+        history = [entry["step"] for entry in stored_run(page, server.http, run_id)["history"]]
         assert chart_steps(watcher) == chart_steps(page) == history
         # At phone width nothing sticks out sideways.
         assert watcher.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
@@ -56,8 +57,8 @@ def test_a_second_page_watches_the_same_checks(
         watcher_context.close()
 
 
-def test_a_reloaded_page_resumes_and_keeps_control(page: Page, server: DashboardServer) -> None:
-    run_id = start_run(page, server.url, steps=1000, check_interval=5)
+def test_a_reloaded_page_resumes_and_keeps_control(page: Page, server: ServerThread) -> None:
+    run_id = start_run(page, server.http, steps=1000, check_interval=5)
     wait_for_checks(page, 3)
     before = chart_steps(page)
 
@@ -73,11 +74,11 @@ def test_a_reloaded_page_resumes_and_keeps_control(page: Page, server: Dashboard
     page.get_by_role("button", name="Abort").click()
     expect(page.locator("#run-state")).to_have_text("stopped")
     expect(page.locator("#run-image")).to_contain_text("No final image")
-    assert stored_run(page, server.url, run_id)["image_url"] is None
+    assert stored_run(page, server.http, run_id)["image_url"] is None
 
 
 def test_a_dropped_connection_resumes_from_the_last_event_seen(
-    page: Page, server: DashboardServer
+    page: Page, server: ServerThread
 ) -> None:
     hellos: list[dict[str, Any]] = []
 
@@ -90,7 +91,7 @@ def test_a_dropped_connection_resumes_from_the_last_event_seen(
         socket.on("framesent", sent)
 
     page.on("websocket", watch_socket)
-    run_id = start_run(page, server.url, steps=1000, check_interval=5)
+    run_id = start_run(page, server.http, steps=1000, check_interval=5)
     wait_for_checks(page, 2)
 
     server.drop_connections()
@@ -106,27 +107,27 @@ def test_a_dropped_connection_resumes_from_the_last_event_seen(
     resumed = hellos[1]["resume"]
     assert [point["run_id"] for point in resumed] == [run_id]
     assert resumed[0]["after_seq"] > 0
-    history = [entry["step"] for entry in stored_run(page, server.url, run_id)["history"]]
+    history = [entry["step"] for entry in stored_run(page, server.http, run_id)["history"]]
     assert chart_steps(page) == history == list(range(5, 5 * len(history) + 1, 5))
 
 
 def test_the_page_says_when_the_server_is_gone_and_reconnects(page: Page, tmp_path: Path) -> None:
     config = ServerConfig(port=0, data_dir=tmp_path)
-    with served(config) as first:
-        run_id = start_run(page, first.url, steps=1000, check_interval=5)
+    with ServerThread(config, load_shapes) as first:
+        run_id = start_run(page, first.http, steps=1000, check_interval=5)
         wait_for_checks(page, 1)
-        port = int(first.url.rsplit(":", 1)[1])
+        port = first.port
     # The server shut down: the run ended with it, and the page says the connection is gone.
     expect(page.locator("#run-state")).to_have_text("server shut down")
     status = page.locator("#connection")
     expect(status).to_contain_text("Disconnected from the server")
     expect(status).to_contain_text("Reconnecting in")
-    page.goto(f"{first.url}/#/")
+    page.goto(f"{first.http}/#/")
     start = page.get_by_role("button", name="Start run")
     expect(start).to_be_disabled()
 
     # Back on the same address, the page reconnects by itself; the run is in the history.
-    with served(config, port=port):
+    with ServerThread(config, load_shapes, port=port):
         expect(status).to_have_text(re.compile("Connected"))
         expect(start).to_be_enabled()
         card = page.locator(f'.history-list li[data-run-id="{run_id}"]')

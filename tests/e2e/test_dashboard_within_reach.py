@@ -17,9 +17,10 @@ from dashboard_actions import (
     wait_for_checks,
     wait_for_image,
 )
-from dashboard_server import DashboardServer
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
+
+from stepwatch.server.harness import ServerThread
 
 AXE = Path(__file__).resolve().parents[2] / "client/dashboard/node_modules/axe-core/axe.min.js"
 
@@ -34,12 +35,12 @@ def axe_violations(page: Page) -> list[str]:
 
 
 def test_a_queued_run_reads_right_and_another_tab_of_the_browser_steers_it(
-    page: Page, server: DashboardServer
+    page: Page, server: ServerThread
 ) -> None:
-    first = start_run(page, server.url, steps=1000, check_interval=5)
+    first = start_run(page, server.http, steps=1000, check_interval=5)
     wait_for_checks(page, 1)
-    queued = start_run(page, server.url, words=("blue", "square"), steps=40, check_interval=5)
-    parameters = stored_run(page, server.url, queued)["parameters"]
+    queued = start_run(page, server.http, words=("blue", "square"), steps=40, check_interval=5)
+    parameters = stored_run(page, server.http, queued)["parameters"]
 
     # The run waits: its page says so in words, with the settings the server stored for it.
     expect(page.locator("#run-title")).to_have_text("blue square")
@@ -56,28 +57,28 @@ def test_a_queued_run_reads_right_and_another_tab_of_the_browser_steers_it(
 
     # A second tab of the same browser steers the runs this browser started.
     other = page.context.new_page()
-    open_dashboard(other, server.url, f"#/runs/{queued}")
+    open_dashboard(other, server.http, f"#/runs/{queued}")
     expect(other.locator("#steer-readonly")).to_have_count(0)
     other.get_by_role("button", name="Abort").click()
     expect(other.locator("#run-state")).to_have_text("stopped")
     expect(page.locator("#run-state")).to_have_text("stopped")
-    open_dashboard(other, server.url, f"#/runs/{first}")
+    open_dashboard(other, server.http, f"#/runs/{first}")
     other.get_by_role("button", name="Abort").click()
     expect(other.locator("#run-state")).to_have_text("stopped")
 
 
 def test_the_run_page_is_within_reach_on_a_laptop_and_a_phone(
-    page: Page, browser: Browser, server: DashboardServer
+    page: Page, browser: Browser, server: ServerThread
 ) -> None:
     page.set_viewport_size({"width": 1440, "height": 900})
-    open_dashboard(page, server.url)
+    open_dashboard(page, server.http)
     expect(page.get_by_role("button", name="Start run")).to_be_in_viewport()
     assert page.locator("h1").count() == 1
 
     phone_context = browser.new_context(viewport={"width": 390, "height": 844})
     phone = phone_context.new_page()
     try:
-        open_dashboard(phone, server.url)
+        open_dashboard(phone, server.http)
         for word in ("red", "circle"):
             phone.get_by_role("button", name=f"Add “{word}” to the prompt").click()
         phone.get_by_label("Steps", exact=True).fill("200")
@@ -111,14 +112,14 @@ def test_the_run_page_is_within_reach_on_a_laptop_and_a_phone(
         phone_context.close()
 
 
-def test_axe_finds_nothing_on_the_home_and_run_pages(page: Page, server: DashboardServer) -> None:
-    start_run(page, server.url, steps=1000, check_interval=5)
+def test_axe_finds_nothing_on_the_home_and_run_pages(page: Page, server: ServerThread) -> None:
+    start_run(page, server.http, steps=1000, check_interval=5)
     wait_for_checks(page, 3)
     expect(page.locator("#filmstrip img[src]")).not_to_have_count(0)
     assert axe_violations(page) == []
     page.get_by_role("button", name="Abort").click()
     expect(page.locator("#run-state")).to_have_text("stopped")
-    open_dashboard(page, server.url)
+    open_dashboard(page, server.http)
     expect(page.locator(".history-list li").first).to_be_visible()
     assert axe_violations(page) == []
 
@@ -135,12 +136,12 @@ window.Notification = class {
 
 
 def test_what_a_user_of_other_image_tools_expects(
-    page: Page, server: DashboardServer, tmp_path: Path
+    page: Page, server: ServerThread, tmp_path: Path
 ) -> None:
     page.context.add_init_script(NOTIFICATIONS)
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     words = ("large", "green", "square", "light")
-    run_id = start_run(page, server.url, words=words, steps=480, check_interval=10)
+    run_id = start_run(page, server.http, words=words, steps=480, check_interval=10)
     wait_for_checks(page, 2)
     # The tab's title shows how far the run is, then how it ended, and a notification says so.
     expect(page).to_have_title(re.compile(r"^\d+% · large green square light · stepwatch$"))
@@ -148,7 +149,7 @@ def test_what_a_user_of_other_image_tools_expects(
     expect(page).to_have_title("stopped · large green square light · stepwatch")
     notified = page.evaluate("window.notified")
     assert len(notified) == 1 and notified[0]["title"] == "stepwatch: stopped"
-    parameters = stored_run(page, server.url, run_id)["parameters"]
+    parameters = stored_run(page, server.http, run_id)["parameters"]
 
     # Copy the seed, or all the parameters as text.
     page.get_by_role("button", name="Copy seed").click()
@@ -200,7 +201,7 @@ def test_what_a_user_of_other_image_tools_expects(
     page.once("dialog", lambda dialog: dialog.accept())
     card.get_by_role("button", name="Delete the run").click()
     expect(card).to_have_count(0)
-    assert page.request.get(f"{server.url}/api/runs/{run_id}").status == 404
+    assert page.request.get(f"{server.http}/api/runs/{run_id}").status == 404
 
 
 # The longest run of pixels (CSS px) along the threshold's row of the chart, between two steps,
@@ -233,10 +234,8 @@ THRESHOLD_GAP = """([threshold, fromStep, toStep, lastStep]) => {
 }"""
 
 
-def test_a_high_threshold_shows_through_the_marks_labels(
-    page: Page, server: DashboardServer
-) -> None:
-    start_run(page, server.url, steps=480, check_interval=5)
+def test_a_high_threshold_shows_through_the_marks_labels(page: Page, server: ServerThread) -> None:
+    start_run(page, server.http, steps=480, check_interval=5)
     wait_for_checks(page, 2)
     page.get_by_label("Threshold", exact=True).fill("0.97")
     ack = page.locator("#steer-ack")

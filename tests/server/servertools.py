@@ -1,13 +1,13 @@
-"""Test helpers for the service: a real uvicorn on a loopback port, and a small protocol client.
+"""Test helpers for the service: a small protocol client, and custom verifiers to register.
 
-The client library is its own issue; this is the least a test needs: a ``websockets``
-connection that speaks the protocol codec, keeps messages it was not waiting for, and collects
-a run's events.
+The server the tests talk to is :func:`~stepwatch.server.harness.running_server` (a real uvicorn
+on a loopback port, in the test's loop), re-exported here for the service tests. The client is
+the least a test needs: a ``websockets`` connection that speaks the protocol codec, keeps
+messages it was not waiting for, and collects a run's events.
 """
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import anyio
 import websockets
-from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection
 
 from stepwatch.protocol import (
@@ -36,74 +35,10 @@ from stepwatch.protocol import (
     decode_server,
 )
 from stepwatch.protocol import limits as wire
-from stepwatch.server.app import ModelLoader, Service, create_app
-from stepwatch.server.config import ServerConfig
-from stepwatch.server.serving import serve
+from stepwatch.server.harness import running_server as running_server
 
 M = TypeVar("M")
 WAIT = 60.0
-
-
-@dataclass
-class RunningServer:
-    """A server running in the test's event loop."""
-
-    app: Starlette
-    config: ServerConfig
-    port: int
-    stop: anyio.Event
-    #: The listening socket (connections inherit its options).
-    sock: socket.socket
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def service(self) -> Service:
-        service: Service = self.app.state.service
-        return service
-
-
-@asynccontextmanager
-async def running_server(
-    config: ServerConfig, load_models: ModelLoader, *, send_buffer: int | None = None
-) -> AsyncIterator[RunningServer]:
-    """Serve ``config`` on a free loopback port for the duration of the block, then shut down
-    the way SIGTERM does (runs finish with reason ``shutdown``).
-
-    ``send_buffer`` fixes the kernel's send buffer of every connection (accepted sockets inherit
-    it from the listening one), as on a slow network; by default loopback buffers grow to
-    megabytes and hide a client that does not read.
-    """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if send_buffer is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    app = create_app(config, load_models=load_models)
-    stop, ready = anyio.Event(), anyio.Event()
-    status: list[int] = []
-
-    async def run() -> None:
-        status.append(await serve(app, config, stop, sock=sock, on_ready=lambda h, p: ready.set()))
-        ready.set()
-
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(run)
-        with anyio.fail_after(WAIT):
-            await ready.wait()
-        assert not status, f"the server did not start (status {status})"
-        try:
-            yield RunningServer(app, config, port, stop, sock)
-        finally:
-            stop.set()
-    assert status == [0]
 
 
 @dataclass
