@@ -75,8 +75,8 @@ HISTORY = (
 
 def write_v1_store(data_dir: Path) -> Finished:
     """A finished run (two checks, its events) and one a killed server left running."""
-    finished = Finished(DONE, 3, "completed", 10, 1.0, 0.5, HISTORY, None, None)
-    progress = Progress(DONE, 1, 1, 10, 0.1, None)
+    finished = Finished("completed", 10, 1.0, 0.5, HISTORY, None, None, run_id=DONE, seq=3)
+    progress = Progress(1, 10, 0.1, None, run_id=DONE, seq=1)
     (data_dir / "images").mkdir()
     with sqlite3.connect(data_dir / "stepwatch.sqlite3") as db:
         db.executescript(SCHEMA_V1)
@@ -101,7 +101,7 @@ def write_v1_store(data_dir: Path) -> Finished:
         db.executemany(
             "INSERT INTO events VALUES (?, ?, ?, ?)",
             [(DONE, 1, "progress", encode(progress)), (DONE, 3, "finished", encode(finished)),
-             (LEFT, 1, "progress", encode(Progress(LEFT, 1, 1, 10, 0.1, None)))],
+             (LEFT, 1, "progress", encode(Progress(1, 10, 0.1, None, run_id=LEFT, seq=1)))],
         )  # fmt: skip
     db.close()
     return finished
