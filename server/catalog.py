@@ -11,7 +11,6 @@ field the protocol README names, before anything runs. It also checks ``set`` re
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -226,14 +225,3 @@ def describe_model(model: LoadedModel) -> ModelInfo:
         vocabulary=vocabulary,
         fixed_size=model.fixed_size,
     )
-
-
-def to_json(value: object) -> object:
-    """A protocol part (a frozen dataclass) as plain JSON values, for the HTTP API."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {item.name: to_json(getattr(value, item.name)) for item in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(key): to_json(item) for key, item in value.items()}
-    if isinstance(value, tuple | list):
-        return [to_json(item) for item in value]
-    return value

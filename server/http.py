@@ -45,8 +45,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from stepwatch.protocol import ErrorCode
-from stepwatch.server.catalog import Catalog, to_json
+from stepwatch.protocol import ErrorCode, to_json
+from stepwatch.server.catalog import Catalog
 from stepwatch.server.gate import Gate
 from stepwatch.server.runs import LiveRun, RunManager
 from stepwatch.server.session import OpenSessions

@@ -11,6 +11,7 @@ from collections.abc import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: E402
+from scripted_engine import ScriptedEngine  # noqa: E402
 from tiny_models import (  # noqa: E402
     Recorder,
     make_sd3_pipeline,
@@ -81,3 +82,10 @@ def large_preview_model() -> LoadedModel:
     return describe_pipeline(
         "tiny-vae", make_sd_pipeline(seed=1), overrides={"preview_decoder": "vae"}
     )
+
+
+@pytest.fixture
+def scripted() -> ScriptedEngine:
+    """The scripted engine (at the service's engine interface), 10 ms a step: for service tests
+    about the service, not about denoising."""
+    return ScriptedEngine(step_seconds=0.01)

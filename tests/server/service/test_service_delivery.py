@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from scripted_engine import ScriptedEngine
 from servertools import collect, connect, running_server
 from websockets.exceptions import ConnectionClosed
 
@@ -116,9 +117,13 @@ async def test_a_watcher_that_stops_reading_is_dropped_and_can_resume(
 
 
 async def test_a_client_that_reconnects_mid_run_gets_what_it_missed_and_keeps_steering(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
-    async with running_server(ServerConfig(data_dir=tmp_path), lambda c: [served_model]) as server:
+    async with running_server(
+        ServerConfig(data_dir=tmp_path), lambda c: [served_model], sampler=scripted
+    ) as server:
         async with connect(server.url) as watcher:
             async with connect(server.url) as owner:
                 accepted = await owner.start(
@@ -145,10 +150,12 @@ async def test_a_client_that_reconnects_mid_run_gets_what_it_missed_and_keeps_st
 
 
 async def test_a_run_nobody_attaches_to_is_abandoned(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
     config = ServerConfig(data_dir=tmp_path, limits=ServiceLimits(abandon_grace=1.0))
-    async with running_server(config, lambda c: [served_model]) as server:
+    async with running_server(config, lambda c: [served_model], sampler=scripted) as server:
         async with connect(server.url) as owner:
             left = await owner.start("a", prompt="red circle", steps=400, early_stop=False)
             kept = await owner.start("b", prompt="red circle", steps=6)

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]
 import pytest
+from scripted_engine import ScriptedEngine
 from servertools import Client, collect, connect, running_server
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -51,10 +52,12 @@ async def closed_with(client: Client) -> tuple[int, str]:
 
 
 async def test_bad_frames_get_coded_errors_and_the_connections_runs_go_on(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
     config = ServerConfig(data_dir=tmp_path, limits=ServiceLimits(max_steps=100))
-    async with running_server(config, lambda c: [served_model]) as server:
+    async with running_server(config, lambda c: [served_model], sampler=scripted) as server:
         async with connect(server.url) as client, connect(server.url) as bystander:
             mine = await client.start("a", prompt="red circle", steps=30, early_stop=False)
             theirs = await bystander.start("b", prompt="red circle", steps=10)
@@ -101,8 +104,12 @@ async def test_bad_frames_get_coded_errors_and_the_connections_runs_go_on(
         assert finished.steps_run <= steps
 
 
-async def test_the_first_frame_must_be_hello(tmp_path: Path, served_model: LoadedModel) -> None:
-    async with running_server(ServerConfig(data_dir=tmp_path), lambda c: [served_model]) as server:
+async def test_the_first_frame_must_be_hello(
+    tmp_path: Path, served_model: LoadedModel, scripted: ScriptedEngine
+) -> None:
+    async with running_server(
+        ServerConfig(data_dir=tmp_path), lambda c: [served_model], sampler=scripted
+    ) as server:
         async with connect(server.url, hello=False) as client:
             await client.send(Ping(1))
             error = await client.expect(Error)
@@ -116,10 +123,12 @@ async def test_the_first_frame_must_be_hello(tmp_path: Path, served_model: Loade
 
 
 async def test_browsers_must_come_from_an_allowed_origin(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
     config = ServerConfig(data_dir=tmp_path, allowed_origins=("https://studio.example",))
-    async with running_server(config, lambda c: [served_model]) as server:
+    async with running_server(config, lambda c: [served_model], sampler=scripted) as server:
         own = f"http://127.0.0.1:{server.port}"
         for origin in (own, "https://studio.example"):
             async with connect(server.url, origin=origin) as client:
@@ -140,9 +149,11 @@ async def test_browsers_must_come_from_an_allowed_origin(
         assert refused.value.response.status_code == 400
 
 
-async def test_an_api_token_is_required_when_set(tmp_path: Path, served_model: LoadedModel) -> None:
+async def test_an_api_token_is_required_when_set(
+    tmp_path: Path, served_model: LoadedModel, scripted: ScriptedEngine
+) -> None:
     config = ServerConfig(data_dir=tmp_path, token=TOKEN)
-    async with running_server(config, lambda c: [served_model]) as server:
+    async with running_server(config, lambda c: [served_model], sampler=scripted) as server:
         async with connect(server.url, hello=False) as client:
             await client.send(Hello(client="tests/1"))
             error = await client.expect(Error)
@@ -163,11 +174,13 @@ async def test_an_api_token_is_required_when_set(tmp_path: Path, served_model: L
 
 
 async def test_a_flood_is_rate_limited_and_the_connection_stays(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
     limits = ServiceLimits(messages_per_second=0.01, message_burst=5)
     async with running_server(
-        ServerConfig(data_dir=tmp_path, limits=limits), lambda c: [served_model]
+        ServerConfig(data_dir=tmp_path, limits=limits), lambda c: [served_model], sampler=scripted
     ) as server:
         async with connect(server.url) as client:  # hello spent one token
             for nonce in range(8):

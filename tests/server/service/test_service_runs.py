@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
+from scripted_engine import ScriptedEngine
 from servertools import connect, running_server
 from websockets.exceptions import ConnectionClosed
 
@@ -108,9 +109,13 @@ async def test_a_run_reports_every_kind_of_event_in_order(
 
 
 async def test_one_connection_runs_two_runs_and_keeps_them_apart(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
-    async with running_server(ServerConfig(data_dir=tmp_path), loader(served_model)) as server:
+    async with running_server(
+        ServerConfig(data_dir=tmp_path), loader(served_model), sampler=scripted
+    ) as server:
         async with connect(server.url) as client:
             one = await client.start("a", prompt="red circle", steps=6, seed=1)
             two = await client.start("b", prompt="blue square", steps=9, seed=2)
@@ -206,9 +211,13 @@ async def test_only_the_control_token_steers_and_stop_finishes_with_a_clean_tail
 
 
 async def test_a_connection_that_steers_without_watching_gets_its_acknowledgement(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
-    async with running_server(ServerConfig(data_dir=tmp_path), loader(served_model)) as server:
+    async with running_server(
+        ServerConfig(data_dir=tmp_path), loader(served_model), sampler=scripted
+    ) as server:
         async with connect(server.url) as owner, connect(server.url) as remote:
             accepted = await owner.start(steps=LONG, **RAISING)
             await owner.event(accepted.run_id, Progress)
@@ -224,10 +233,12 @@ async def test_a_connection_that_steers_without_watching_gets_its_acknowledgemen
 
 
 async def test_a_full_queue_refuses_and_a_queued_run_stops_without_starting(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
     config = ServerConfig(data_dir=tmp_path, limits=ServiceLimits(max_queue=1))
-    async with running_server(config, loader(served_model)) as server:
+    async with running_server(config, loader(served_model), sampler=scripted) as server:
         async with connect(server.url) as client:
             running = await client.start("a", prompt="red circle", steps=LONG)
             waiting = await client.start("b", prompt="red circle", steps=5)
@@ -249,10 +260,12 @@ async def test_a_full_queue_refuses_and_a_queued_run_stops_without_starting(
 
 
 async def test_a_connection_may_own_only_so_many_unfinished_runs(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
     config = ServerConfig(data_dir=tmp_path, limits=ServiceLimits(max_runs_per_connection=1))
-    async with running_server(config, loader(served_model)) as server:
+    async with running_server(config, loader(served_model), sampler=scripted) as server:
         async with connect(server.url) as client, connect(server.url) as other:
             accepted = await client.start("a", prompt="red circle", steps=LONG)
             await client.send(small_start("b"))
@@ -265,9 +278,13 @@ async def test_a_connection_may_own_only_so_many_unfinished_runs(
 
 
 async def test_shutting_down_finishes_running_and_queued_runs_as_shutdown(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
-    async with running_server(ServerConfig(data_dir=tmp_path), loader(served_model)) as server:
+    async with running_server(
+        ServerConfig(data_dir=tmp_path), loader(served_model), sampler=scripted
+    ) as server:
         async with connect(server.url) as client:
             running = await client.start("a", prompt="red circle", steps=LONG)
             queued = await client.start("b", prompt="red circle", steps=5)
@@ -286,3 +303,30 @@ async def test_shutting_down_finishes_running_and_queued_runs_as_shutdown(
         1,
         None,
     )
+
+
+async def test_the_service_reaches_the_engine_only_through_its_declared_interface(
+    tmp_path: Path, served_model: LoadedModel
+) -> None:
+    engine = ScriptedEngine(scores=(0.25, 0.5, 0.9))
+    async with running_server(
+        ServerConfig(data_dir=tmp_path), loader(served_model), sampler=engine
+    ) as server:
+        async with connect(server.url) as client:
+            accepted = await client.start(
+                "s", prompt="red circle", steps=9, check_interval=3, quality_threshold=0.8,
+                min_steps=0, scale_factor=1.0,
+            )  # fmt: skip
+            events = await client.run_events(accepted.run_id)
+    assert engine.runs == 1
+    assert [event.seq for event in events] == list(range(1, len(events) + 1))
+    assert all(event.run_id == accepted.run_id for event in events)
+    checks = [event for event in events if isinstance(event, Check)]
+    assert [(c.step, c.score, c.components) for c in checks] == [
+        (3, 0.25, {"scripted": 0.25}),
+        (6, 0.5, {"scripted": 0.5}),
+        (9, 0.9, {"scripted": 0.9}),
+    ]
+    finished = events[-1]
+    assert isinstance(finished, Finished) and finished.reason == "early_stop"
+    assert [h.score for h in finished.history] == [0.25, 0.5, 0.9]

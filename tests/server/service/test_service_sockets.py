@@ -22,6 +22,7 @@ import anyio
 import pytest
 import uvicorn
 import websockets
+from scripted_engine import ScriptedEngine
 from servertools import Client, connect, running_server
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.server import ServerState
@@ -149,11 +150,13 @@ async def test_a_dropped_slow_reader_does_not_pin_its_socket(
 
 
 async def test_half_sent_requests_time_out_and_one_address_holds_only_so_many(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
     limits = ServiceLimits(max_connections_per_client=4, request_timeout=1.0)
     config = ServerConfig(data_dir=tmp_path, limits=limits)
-    async with running_server(config, lambda c: [served_model]) as server:
+    async with running_server(config, lambda c: [served_model], sampler=scripted) as server:
         partial = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n".encode()
         with ExitStack() as stack:
             held = [stack.enter_context(raw_socket(server.port, ATTACKER)) for _ in range(6)]
@@ -191,11 +194,14 @@ async def abrupt_watchers(url: str, run_id: str, count: int) -> None:
 
 
 async def test_abrupt_disconnects_are_not_taken_for_slow_consumers(
-    tmp_path: Path, served_model: LoadedModel, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    served_model: LoadedModel,
+    caplog: pytest.LogCaptureFixture,
+    scripted: ScriptedEngine,
 ) -> None:
     caplog.set_level(logging.INFO)
     config = ServerConfig(data_dir=tmp_path)
-    async with running_server(config, lambda c: [served_model]) as server:
+    async with running_server(config, lambda c: [served_model], sampler=scripted) as server:
         async with connect(server.url) as owner:
             accepted = await owner.start(
                 "a", prompt="red circle", steps=1000, check_interval=1, early_stop=False
@@ -225,10 +231,12 @@ async def test_a_send_after_the_transport_closed_the_websocket_is_a_disconnect(
 
 
 async def test_only_the_hosts_the_server_is_served_under_are_answered(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
     config = ServerConfig(data_dir=tmp_path, allowed_hosts=("stepwatch.lan",))
-    async with running_server(config, lambda c: [served_model]) as server:
+    async with running_server(config, lambda c: [served_model], sampler=scripted) as server:
         api = f"{server.http}/api/runs"
         for host, expected in (
             (f"127.0.0.1:{server.port}", 200),
@@ -255,10 +263,15 @@ async def test_only_the_hosts_the_server_is_served_under_are_answered(
 
 
 async def test_a_huge_upgrade_header_is_answered_at_once_and_urls_keep_tokens_out_of_the_log(
-    tmp_path: Path, served_model: LoadedModel, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    served_model: LoadedModel,
+    caplog: pytest.LogCaptureFixture,
+    scripted: ScriptedEngine,
 ) -> None:
     caplog.set_level(logging.INFO)
-    async with running_server(ServerConfig(data_dir=tmp_path), lambda c: [served_model]) as server:
+    async with running_server(
+        ServerConfig(data_dir=tmp_path), lambda c: [served_model], sampler=scripted
+    ) as server:
         with raw_socket(server.port) as sock:
             sock.settimeout(3)
             sock.sendall(upgrade_request(server.port, extra=f"X-Big: {'a' * 100_000}\r\n"))
