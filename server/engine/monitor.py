@@ -146,7 +146,12 @@ def _emit_finished(sink: EventSink, result: Finished) -> None:
 
 
 class _MonitoredRun:
-    """The state of one run, driven by the pipeline's step callback."""
+    """The state of one run, driven by the pipeline's step callback.
+
+    Its 18 methods are the phases of that one callback (progress, controls, check, finishing
+    tail, the end) over state they all read and change at every step (the step, the CFG in use,
+    the policy's settings, the history, the tail); split into classes, each would reach into the
+    others' state at every step, so they stay together, grouped by phase below."""
 
     def __init__(
         self,

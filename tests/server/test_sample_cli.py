@@ -13,6 +13,10 @@ import pytest
 from PIL import Image
 from tiny_models import make_sd_pipeline
 
+from stepwatch.server.config import ServerConfig
+from stepwatch.server.harness import ServerThread
+from stepwatch.server.models.loading import ModelSpec, load_model
+
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -91,3 +95,36 @@ def test_bad_arguments_are_reported_without_a_traceback(model_folder: Path, tmp_
     )
     assert result.returncode == 2
     assert "unknown sampler 'nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+def _comparable(event: dict[str, object]) -> dict[str, object]:
+    """An event's JSON without what differs between two runs of the same thing: the run id and
+    the clock."""
+    kept = {k: v for k, v in event.items() if k not in ("run_id", "elapsed", "eta")}
+    if isinstance(kept.get("history"), list):
+        kept["history"] = [
+            {k: v for k, v in entry.items() if k != "elapsed"}
+            for entry in kept["history"]  # type: ignore[union-attr]
+        ]
+    return kept
+
+
+def test_sample_json_and_generate_json_print_the_same_events(
+    model_folder: Path, tmp_path: Path
+) -> None:
+    options = ("--steps", "6", "--seed", "7", "--check-interval", "3", "--no-early-stop")
+    local = stepwatch("sample", "red circle", "--model", str(model_folder), *options, "--json",
+                      cwd=tmp_path)  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    model = load_model(ModelSpec.parse(f"cli={model_folder},device=cpu"))
+    config = ServerConfig(data_dir=tmp_path / "data", sampler_threads=1)
+    with ServerThread(config, lambda _config: [model]) as server:
+        served = stepwatch("generate", "red circle", "--server", server.url, *options, "--json",
+                           "--out", str(tmp_path / "served.png"), cwd=tmp_path)  # fmt: skip
+    assert served.returncode == 0, served.stderr
+    [accepted, *served_events] = [json.loads(line) for line in served.stdout.splitlines()]
+    local_events = [json.loads(line) for line in local.stdout.splitlines()]
+    assert accepted["type"] == "accepted"
+    assert [e["type"] for e in local_events] == [e["type"] for e in served_events]
+    # The same run, in process and served: the same JSON, field for field.
+    assert [_comparable(e) for e in local_events] == [_comparable(e) for e in served_events]
