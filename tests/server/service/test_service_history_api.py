@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from scripted_engine import ScriptedEngine
 from servertools import connect, running_server
 from test_service_store import TOKEN, get, get_json
 
@@ -33,11 +34,13 @@ async def delete(url: str, headers: dict[str, str]) -> tuple[int, dict[str, obje
 
 
 async def test_the_history_is_searched_by_prompt_and_a_finished_run_deleted(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
     config = ServerConfig(data_dir=tmp_path, token=TOKEN)
     bearer = {"Authorization": f"Bearer {TOKEN}"}
-    async with running_server(config, lambda c: [served_model]) as server:
+    async with running_server(config, lambda c: [served_model], sampler=scripted) as server:
         base = server.http
         ids: dict[str, str] = {}
         async with connect(server.url, token=TOKEN) as client:

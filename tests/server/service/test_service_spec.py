@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import msgpack  # type: ignore[import-untyped]
 import pytest
+from scripted_engine import ScriptedEngine
 from servertools import Client, connect, running_server
 from websockets.exceptions import ConnectionClosed
 
@@ -47,7 +48,9 @@ async def closed_with(client: Client) -> tuple[int, str]:
 
 
 async def test_a_start_the_decoder_refuses_is_answered_with_its_request_id(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
     start = {"type": "start", "v": 1, "request_id": "q-7", "prompt": "red circle"}
     cases = [
@@ -62,7 +65,9 @@ async def test_a_start_the_decoder_refuses_is_answered_with_its_request_id(
         ),
         ({**start, "preview_format": "gif"}, ErrorCode.INVALID_VALUE, "preview_format"),
     ]
-    async with running_server(ServerConfig(data_dir=tmp_path), lambda c: [served_model]) as server:
+    async with running_server(
+        ServerConfig(data_dir=tmp_path), lambda c: [served_model], sampler=scripted
+    ) as server:
         async with connect(server.url) as client:
             for fields, code, field in cases:
                 await client.ws.send(frame(**fields))
@@ -104,9 +109,13 @@ async def test_defaults_are_filled_in_before_the_rules_across_fields(
 
 
 async def test_an_empty_prompt_gets_invalid_prompt(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
-    async with running_server(ServerConfig(data_dir=tmp_path), lambda c: [served_model]) as server:
+    async with running_server(
+        ServerConfig(data_dir=tmp_path), lambda c: [served_model], sampler=scripted
+    ) as server:
         async with connect(server.url) as client:
             for request_id, prompt in (("empty", ""), ("blank", "   ")):
                 await client.send(Start(request_id, prompt, steps=2))
@@ -121,9 +130,13 @@ def read_json(url: str) -> Any:
 
 
 async def test_a_queued_run_answers_set_and_stop_at_once(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
-    async with running_server(ServerConfig(data_dir=tmp_path), lambda c: [served_model]) as server:
+    async with running_server(
+        ServerConfig(data_dir=tmp_path), lambda c: [served_model], sampler=scripted
+    ) as server:
         async with connect(server.url) as client:
             running = await client.start("a", prompt="red circle", steps=400, early_stop=False)
             changed = await client.start("b", prompt="red circle", steps=3, check_interval=1)
@@ -197,9 +210,16 @@ async def test_welcome_announces_the_sizes_and_the_components_checks_report(
     ],
 )
 async def test_a_malformed_hello_gets_the_decoders_code_and_the_close(
-    tmp_path: Path, served_model: LoadedModel, fields: dict[str, Any], code: ErrorCode, field: str
+    tmp_path: Path,
+    served_model: LoadedModel,
+    fields: dict[str, Any],
+    code: ErrorCode,
+    field: str,
+    scripted: ScriptedEngine,
 ) -> None:
-    async with running_server(ServerConfig(data_dir=tmp_path), lambda c: [served_model]) as server:
+    async with running_server(
+        ServerConfig(data_dir=tmp_path), lambda c: [served_model], sampler=scripted
+    ) as server:
         async with connect(server.url, hello=False) as client:
             await client.ws.send(frame(type="hello", v=1, **fields))
             error = await client.expect(Error)

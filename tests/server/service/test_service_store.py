@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
+from scripted_engine import ScriptedEngine
 from servertools import Client, connect, running_server
 from tiny_models import make_sd_pipeline
 from websockets.exceptions import ConnectionClosed
@@ -54,16 +55,18 @@ async def get_json(url: str, token: str | None = TOKEN) -> Any:
 
 
 async def test_the_store_survives_a_restart_and_the_http_api_serves_it(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
     config = ServerConfig(data_dir=tmp_path, token=TOKEN)
     runs: list[list[Any]] = []
-    async with running_server(config, lambda c: [served_model]) as server:
+    async with running_server(config, lambda c: [served_model], sampler=scripted) as server:
         async with connect(server.url, token=TOKEN) as client:
             for index, prompt in enumerate(("red circle", "blue square", "green star")):
                 accepted = await client.start(f"q{index}", prompt=prompt, steps=6, seed=index)
                 runs.append(await client.run_events(accepted.run_id))
-    async with running_server(config, lambda c: [served_model]) as server:
+    async with running_server(config, lambda c: [served_model], sampler=scripted) as server:
         base = server.http
         assert (await get(f"{base}/api/runs"))[0] == 401
         health = await get_json(f"{base}/healthz", token=None)

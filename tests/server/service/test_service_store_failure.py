@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from scripted_engine import ScriptedEngine
 from servertools import connect, running_server
 
 from stepwatch.protocol import Error, ErrorCode, Finished, Progress, Start
@@ -17,10 +18,14 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_a_result_the_store_cannot_keep_is_failed_and_starts_wait_for_the_store(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
     images = tmp_path / "images"
-    async with running_server(ServerConfig(data_dir=tmp_path), lambda c: [served_model]) as server:
+    async with running_server(
+        ServerConfig(data_dir=tmp_path), lambda c: [served_model], sampler=scripted
+    ) as server:
         async with connect(server.url) as client:
             accepted = await client.start("a", prompt="red circle", steps=12, early_stop=False)
             await client.event(accepted.run_id, Progress)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from scripted_engine import ScriptedEngine
 from servertools import connect, running_server
 
 from stepwatch.protocol import (
@@ -72,12 +73,16 @@ async def test_a_failing_verifier_fails_the_run_with_a_code_and_the_service_goes
 
 
 async def test_runs_a_killed_server_left_unfinished_are_failed_on_the_next_start(
-    tmp_path: Path, served_model: LoadedModel
+    tmp_path: Path,
+    served_model: LoadedModel,
+    scripted: ScriptedEngine,
 ) -> None:
     store = await Store.open(tmp_path)
     await store.add_run("0123456789abcdef", _parameters())
     await store.close()  # as if the process died here
-    async with running_server(ServerConfig(data_dir=tmp_path), lambda c: [served_model]) as server:
+    async with running_server(
+        ServerConfig(data_dir=tmp_path), lambda c: [served_model], sampler=scripted
+    ) as server:
         async with connect(server.url) as client:
             await client.send(Subscribe("0123456789abcdef"))
             subscribed = await client.expect(Subscribed)
