@@ -188,7 +188,8 @@ class LinePrinter(EventPrinter):
                     f"verifier {p.verifier} (threshold {p.quality_threshold:g})"
                 )
             case Progress(step=step, total=total, eta=eta):
-                self.total = total
+                if step == 1:  # the planned steps (a finishing tail re-plans the rest)
+                    self.total = total
                 if self.live:
                     self.stream.write(f"\r  step {step}/{total}  eta {eta or 0:.1f}s ")
                     self.stream.flush()
