@@ -308,6 +308,7 @@ def _preview_decoders(
     if factors is not None:
         decoders["linear"] = LinearPreview(factors)
     if tiny_autoencoder is not None:
+        _check_tiny_autoencoder(pipeline, tiny_autoencoder)
         decoders["tiny"] = AutoencoderPreview(tiny_autoencoder, "tiny")
     if getattr(pipeline, "vae", None) is not None:
         decoders["vae"] = AutoencoderPreview(pipeline.vae, "vae")
@@ -316,14 +317,36 @@ def _preview_decoders(
     return decoders
 
 
+def _check_tiny_autoencoder(pipeline: Any, tiny_autoencoder: Any) -> None:
+    """Refuse a tiny autoencoder made for another latent space (TAESD on SD3, say), which would
+    fail at the first check."""
+    vae = getattr(pipeline, "vae", None)
+    if vae is None:
+        raise ModelError("this pipeline has no VAE; a tiny_vae has no latent space to decode")
+    want = int(vae.config.get("latent_channels", 0))
+    have = int(tiny_autoencoder.config.get("latent_channels", 0))
+    if have != want:
+        raise ModelError(
+            f"the tiny_vae decodes {have}-channel latents but this model's have {want}; "
+            "configure the tiny autoencoder made for this model family"
+        )
+
+
 def _call_defaults(pipeline: Any) -> tuple[frozenset[str], int, float]:
     parameters = inspect.signature(pipeline.__call__).parameters
     names = frozenset(parameters)
-    if "callback_on_step_end" not in names or not hasattr(type(pipeline), "interrupt"):
+    kind = type(pipeline).__name__
+    if "num_frames" in names:
         raise ModelError(
-            f"{type(pipeline).__name__} does not support callback_on_step_end and interrupt; "
-            "the engine cannot watch and stop it"
+            f"{kind} makes videos; stepwatch watches image pipelines only (no per-frame previews "
+            "or verifiers yet)"
         )
+    if "callback_on_step_end" not in names:
+        raise ModelError(
+            f"{kind} takes no callback_on_step_end, so the engine cannot watch its steps"
+        )
+    if not hasattr(type(pipeline), "interrupt"):
+        raise ModelError(f"{kind} has no interrupt property; the engine cannot stop it")
     steps = parameters.get("num_inference_steps")
     cfg = parameters.get("guidance_scale")
     default_steps = steps.default if steps is not None and isinstance(steps.default, int) else 30
