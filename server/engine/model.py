@@ -410,7 +410,7 @@ def describe_pipeline(
         pipeline=pipeline,
         family=family,
         defaults=defaults,
-        samplers=samplers.sampler_names(flow),
+        samplers=samplers.sampler_names(flow, samplers.uses_flow_sigmas(pipeline.scheduler)),
         schedulers=samplers.schedule_names(),
         decoders=decoders,
         flow=flow,
