@@ -225,6 +225,7 @@ def describe_model(model: LoadedModel) -> ModelInfo:
         schedulers=model.schedulers[: wire.MAX_LISTED],
         vocabulary=vocabulary,
         fixed_size=model.fixed_size,
+        preview_decoders=model.preview_decoders[: wire.MAX_LISTED],
     )
 
 

@@ -196,8 +196,16 @@ class LoadedModel:
             min_steps=min_steps,
             preview_size=request.wire_default("preview_size"),
             preview_format=request.wire_default("preview_format"),
+            # Reported only when asked for: a client that names none may predate the field.
+            preview_decoder=decoder if request.preview_decoder is not None else None,
         )
         return ResolvedParams(parameters, decoder, request.initial_latent)
+
+    @property
+    def preview_decoders(self) -> tuple[str, ...]:
+        """The decoders a run may name, the model's default first."""
+        default = self.defaults.preview_decoder
+        return (default, *(name for name in self.decoders if name != default))
 
     def check_sampler(self, sampler: str, schedule: str) -> None:
         """Raise :class:`~.errors.ParamError` unless this sampler/scheduler pair fits the model."""
