@@ -100,7 +100,7 @@ class Catalog:
             VerifierInfo(
                 id=info.id,
                 description=_clip(info.description, wire.MAX_DESCRIPTION_CHARS),
-                components=self._components(info.id),
+                components=self._components(info.id) or info.components[: wire.MAX_COMPONENTS],
                 default_threshold=DEFAULT_THRESHOLD,
             )
             for info in verifiers.infos()

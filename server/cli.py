@@ -37,8 +37,9 @@ def serve(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="ID=module:callable",
-        help="register a custom verifier (repeatable); entry points in the stepwatch.verifiers "
-        "group are registered too",
+        help="register a custom verifier (repeatable), or a CLIP-score one: "
+        "ID=clip:SOURCE[,aesthetic=HEAD.safetensors], SOURCE a CLIP folder or hub id; entry "
+        "points in the stepwatch.verifiers group are registered too",
     )
     parser.add_argument(
         "--data", type=Path, default=Path("data"), help="folder for the run store and images"

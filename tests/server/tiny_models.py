@@ -17,6 +17,7 @@ import dataclasses
 import os
 import string
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,6 +36,8 @@ from diffusers import (  # noqa: E402
     UNet2DConditionModel,
 )
 from transformers import (  # noqa: E402
+    CLIPConfig,
+    CLIPModel,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
@@ -265,3 +268,33 @@ class Recorder:
     @property
     def checks(self) -> list[Check]:
         return self.of(Check)
+
+
+def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """A random-weight CLIP (2 layers, 32 wide, 32 px input) and its tokenizer, saved."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 4,
+        },
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
