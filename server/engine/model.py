@@ -163,6 +163,9 @@ class LoadedModel:
         sampler = request.sampler or d.sampler
         schedule = request.scheduler or d.scheduler
         self.check_sampler(sampler, schedule)
+        most = samplers.max_steps(self.base_scheduler_config, sampler)
+        if most is not None and steps > most:
+            raise ParamError("steps", f"sampler {sampler!r} takes at most {most} steps here")
         width, height = self._size(request)
         decoder = request.preview_decoder or d.preview_decoder
         if decoder not in self.decoders:
@@ -353,13 +356,21 @@ def _call_defaults(pipeline: Any) -> tuple[frozenset[str], int, float]:
         raise ModelError(
             f"{kind} takes no callback_on_step_end, so the engine cannot watch its steps"
         )
-    if not hasattr(type(pipeline), "interrupt"):
-        raise ModelError(f"{kind} has no interrupt property; the engine cannot stop it")
     steps = parameters.get("num_inference_steps")
     cfg = parameters.get("guidance_scale")
     default_steps = steps.default if steps is not None and isinstance(steps.default, int) else 30
     default_cfg = cfg.default if cfg is not None and isinstance(cfg.default, float) else 1.0
     return names, default_steps, float(default_cfg)
+
+
+def _guidance_live(pipeline: Any) -> bool:
+    """Whether the pipeline reads its guidance scale at every step: true classifier-free
+    guidance does; a guidance embedding computed once before the loop (LCM's ``w_embedding``,
+    a UNet with ``time_cond_proj_dim``) does not."""
+    unet = getattr(pipeline, "unet", None)
+    if unet is not None and unet.config.get("time_cond_proj_dim") is not None:
+        return False
+    return hasattr(type(pipeline), "do_classifier_free_guidance")
 
 
 def _default_size(pipeline: Any) -> int:
@@ -392,7 +403,10 @@ def describe_pipeline(
     ``overrides`` replaces fields of the derived :class:`ModelDefaults`; ``fixed_size`` says the
     model makes images of its default size only (derived: the pipeline takes no height/width).
     ``verifiers`` are the model's own (the first is its default verifier). Raises
-    :class:`~.errors.ModelError` for a pipeline the engine cannot watch.
+    :class:`~.errors.ModelError` for a pipeline the engine cannot watch: one without
+    ``callback_on_step_end``, a video pipeline, a tiny autoencoder of another latent space.
+    A pipeline without an ``interrupt`` property is watched; the engine ends it at a step
+    boundary itself (see :mod:`.monitor`).
     """
     names, steps, cfg = _call_defaults(pipeline)
     family, factors = detect_family(pipeline)
@@ -418,12 +432,12 @@ def describe_pipeline(
         pipeline=pipeline,
         family=family,
         defaults=defaults,
-        samplers=samplers.sampler_names(flow, samplers.uses_flow_sigmas(pipeline.scheduler)),
+        samplers=samplers.offered_samplers(pipeline.scheduler),
         schedulers=samplers.schedule_names(),
         decoders=decoders,
         flow=flow,
         fixed_size=fixed_size if fixed_size is not None else not {"height", "width"} <= names,
-        guidance_live=hasattr(type(pipeline), "do_classifier_free_guidance"),
+        guidance_live=_guidance_live(pipeline),
         call_parameters=names,
         base_scheduler_config=dict(pipeline.scheduler.config),
         vocabulary=vocabulary,

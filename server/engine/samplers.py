@@ -21,7 +21,12 @@ ddim           DDIMScheduler
 ddpm           DDPMScheduler
 pndm           PNDMScheduler                               skip_prk_steps=True
 flow_euler     FlowMatchEulerDiscreteScheduler             flow-matching models only
+lcm            LCMScheduler                                its own models only (see below)
 =============  ==========================================  ===================================
+
+A consistency-distilled model (LCM), whose own scheduler is ``LCMScheduler``, is offered ``lcm``
+only: its UNet denoises in a handful of consistency steps that no other solver takes, and its
+pipeline hands the scheduler arguments (``original_inference_steps``) only that class accepts.
 
 A flow-matching model is offered ``flow_euler``; one whose own scheduler is a multistep solver
 configured for flow matching (``use_flow_sigmas=True``, ``prediction_type=flow_prediction``:
@@ -67,6 +72,8 @@ class Sampler:
     flow: bool = False
     #: The class samples flow-matching models too, configured with :data:`FLOW_SIGMA_OPTIONS`.
     flow_sigmas: bool = False
+    #: Offered only to a model whose own scheduler it is (and then alone).
+    own_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,7 @@ SAMPLERS: tuple[Sampler, ...] = (
     Sampler("ddpm", "DDPMScheduler"),
     Sampler("pndm", "PNDMScheduler", {"skip_prk_steps": True}),
     Sampler("flow_euler", "FlowMatchEulerDiscreteScheduler", flow=True),
+    Sampler("lcm", "LCMScheduler", own_only=True),
 )
 
 _SIGMA_FLAGS = {"use_karras_sigmas": False, "use_exponential_sigmas": False}
@@ -156,9 +164,25 @@ def sampler_names(flow: bool, flow_sigmas: bool = False) -> tuple[str, ...]:
     (see :func:`uses_flow_sigmas`), which adds the solvers that can be configured so.
     """
     if not flow:
-        return tuple(s.name for s in SAMPLERS if not s.flow)
+        return tuple(s.name for s in SAMPLERS if not s.flow and not s.own_only)
     own = tuple(s.name for s in SAMPLERS if s.flow)
     return own + tuple(s.name for s in SAMPLERS if flow_sigmas and _takes_flow_sigmas(s))
+
+
+def offered_samplers(scheduler: Any) -> tuple[str, ...]:
+    """The samplers a model whose own scheduler is ``scheduler`` is offered."""
+    own = sampler_of(scheduler)
+    if own is not None and _by_name(SAMPLERS, own, "sampler").own_only:
+        return (own,)
+    return sampler_names(is_flow_scheduler(scheduler), uses_flow_sigmas(scheduler))
+
+
+def max_steps(base_config: Mapping[str, Any], sampler: str) -> int | None:
+    """The most steps ``sampler`` takes on a model with this scheduler config, where bounded:
+    ``lcm`` picks its steps among the ``original_inference_steps`` it was distilled from."""
+    if sampler != "lcm":
+        return None
+    return int(base_config.get("original_inference_steps") or 50)
 
 
 def uses_flow_sigmas(scheduler: Any) -> bool:

@@ -29,6 +29,8 @@ from diffusers import (  # noqa: E402
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    LatentConsistencyModelPipeline,
+    LCMScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
@@ -128,6 +130,41 @@ def make_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         scheduler=DPMSolverMultistepScheduler(**SD_BETAS),
         safety_checker=None,
         feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def make_lcm_pipeline(seed: int = 0) -> LatentConsistencyModelPipeline:
+    """A tiny latent consistency model (LCM): an SD 1.x layout whose UNet takes the guidance
+    scale as an embedding (``time_cond_proj_dim``), and ``LCMScheduler``; its pipeline has no
+    ``interrupt`` property. 32×32 images."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=2,
+        time_cond_proj_dim=8,
+    )
+    pipeline = LatentConsistencyModelPipeline(
+        vae=_vae(0.18215),
+        text_encoder=CLIPTextModel(_text_config(tokenizer)),
+        tokenizer=tokenizer,
+        unet=unet,
+        # Distilled from all 1000 training steps, so that a run may take many (tests stop
+        # long runs midway); LCM's usual 50 caps a run at 50 steps.
+        scheduler=LCMScheduler(**SD_BETAS, original_inference_steps=1000),
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
         requires_safety_checker=False,
     )
     pipeline.set_progress_bar_config(disable=True)
