@@ -21,22 +21,20 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests" / "server")]
+sys.path[:0] = [str(ROOT / "tests" / "server"), str(ROOT / "bench")]
 
 from safetensors.torch import save_file  # noqa: E402
 from tiny_models import tiny_tokenizer  # noqa: E402
 from transformers import CLIPConfig, CLIPModel  # noqa: E402
+from verifiers import timed_ms  # noqa: E402  (bench/verifiers.py: median and quartiles)
 
 from stepwatch.server.engine.clipscore import ClipScoreVerifier, ClipSpec  # noqa: E402
 from stepwatch.server.engine.verifiers import StructureVerifier  # noqa: E402
@@ -61,22 +59,6 @@ SHAPES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 #: LAION's aesthetic predictor MLP (linear layers, no activations between them).
 AESTHETIC_LAYERS = (1024, 128, 64, 16, 1)
-
-
-def quartiles(values: list[float]) -> list[float]:
-    """Lower quartile, median, upper quartile."""
-    low, mid, high = statistics.quantiles(values, n=4, method="inclusive")
-    return [low, mid, high]
-
-
-def timed_ms(action: Callable[[], object], repeats: int) -> list[float]:
-    action()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        action()
-        times.append((time.perf_counter() - start) * 1000)
-    return quartiles(times)
 
 
 def save_clip(folder: Path, shape: dict[str, Any]) -> None:

@@ -107,11 +107,10 @@ def _vae(scaling_factor: float) -> AutoencoderKL:
     )
 
 
-def make_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    """A tiny SD 1.x pipeline (PNDM-free: DPM-Solver++ as its own scheduler), 32×32 images."""
-    torch.manual_seed(seed)
-    tokenizer = tiny_tokenizer()
-    unet = UNet2DConditionModel(
+def tiny_sd_unet(**options: Any) -> UNet2DConditionModel:
+    """The tiny SD 1.x UNet (4 latent channels, 16×16 latents, cross-attention width 32);
+    ``options`` add to its config (LCM's ``time_cond_proj_dim``)."""
+    return UNet2DConditionModel(
         block_out_channels=(4, 8),
         layers_per_block=1,
         sample_size=16,
@@ -121,7 +120,24 @@ def make_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32,
         norm_num_groups=2,
+        **options,
     )
+
+
+def tiny_sd_parts(tokenizer: CLIPTokenizer) -> dict[str, Any]:
+    """The tiny SD 1.x VAE and text encoder for ``tokenizer``, as pipeline keyword arguments."""
+    return {
+        "vae": _vae(0.18215),
+        "text_encoder": CLIPTextModel(_text_config(tokenizer)),
+        "tokenizer": tokenizer,
+    }
+
+
+def make_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """A tiny SD 1.x pipeline (PNDM-free: DPM-Solver++ as its own scheduler), 32×32 images."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    unet = tiny_sd_unet()
     pipeline = StableDiffusionPipeline(
         unet=unet,
         vae=_vae(0.18215),
@@ -142,22 +158,9 @@ def make_lcm_pipeline(seed: int = 0) -> LatentConsistencyModelPipeline:
     ``interrupt`` property. 32×32 images."""
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
-    unet = UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=2,
-        time_cond_proj_dim=8,
-    )
+    unet = tiny_sd_unet(time_cond_proj_dim=8)
     pipeline = LatentConsistencyModelPipeline(
-        vae=_vae(0.18215),
-        text_encoder=CLIPTextModel(_text_config(tokenizer)),
-        tokenizer=tokenizer,
+        **tiny_sd_parts(tokenizer),
         unet=unet,
         # Distilled from all 1000 training steps, so that a run may take many (tests stop
         # long runs midway); LCM's usual 50 caps a run at 50 steps.

@@ -15,11 +15,16 @@ from diffusers import (
     DDPMPipeline,
     DDPMScheduler,
     MotionAdapter,
-    UNet2DConditionModel,
     UNet2DModel,
 )
-from tiny_models import SD_BETAS, make_sd3_pipeline, make_tiny_autoencoder, tiny_tokenizer
-from transformers import CLIPTextConfig, CLIPTextModel
+from tiny_models import (
+    SD_BETAS,
+    make_sd3_pipeline,
+    make_tiny_autoencoder,
+    tiny_sd_parts,
+    tiny_sd_unet,
+    tiny_tokenizer,
+)
 
 from stepwatch.server.engine.errors import ModelError
 from stepwatch.server.engine.model import describe_pipeline
@@ -40,21 +45,7 @@ def tiny_ddpm_pipeline() -> DDPMPipeline:
 
 def tiny_animatediff_pipeline() -> AnimateDiffPipeline:
     """A tiny AnimateDiff pipeline (text-to-video over an SD 1.x UNet with motion modules)."""
-    from diffusers import AutoencoderKL
-
     torch.manual_seed(0)
-    tokenizer = tiny_tokenizer()
-    unet = UNet2DConditionModel(
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=2,
-    )
     adapter = MotionAdapter(
         block_out_channels=(4, 8),
         motion_layers_per_block=1,
@@ -62,30 +53,11 @@ def tiny_animatediff_pipeline() -> AnimateDiffPipeline:
         motion_num_attention_heads=2,
         motion_max_seq_length=8,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(4, 8),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=2,
-    )
-    text = CLIPTextConfig(
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=len(tokenizer),
-    )
     return AnimateDiffPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(text),
-        tokenizer=tokenizer,
-        unet=unet,
+        unet=tiny_sd_unet(),
         motion_adapter=adapter,
         scheduler=DDIMScheduler(**SD_BETAS),
+        **tiny_sd_parts(tiny_tokenizer()),
     )
 
 
