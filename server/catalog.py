@@ -232,7 +232,12 @@ def describe_model(model: LoadedModel) -> ModelInfo:
 def to_json(value: object) -> object:
     """A protocol part (a frozen dataclass) as plain JSON values, for the HTTP API."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {item.name: to_json(getattr(value, item.name)) for item in dataclasses.fields(value)}
+        # As on the wire: a field added to version 1 later is left out at its default.
+        return {
+            item.name: to_json(getattr(value, item.name))
+            for item in dataclasses.fields(value)
+            if not (item.metadata.get("added") and getattr(value, item.name) == item.default)
+        }
     if isinstance(value, Mapping):
         return {str(key): to_json(item) for key, item in value.items()}
     if isinstance(value, tuple | list):
