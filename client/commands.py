@@ -179,6 +179,7 @@ def generate(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--width", type=int, help="image width in pixels")
     group.add_argument("--height", type=int, help="image height in pixels")
     group.add_argument("--verifier", help="a verifier id the server lists")
+    group.add_argument("--preview-decoder", help="one of the model's preview decoders")
     group.add_argument("--check-interval", type=int, help="score the estimate every N steps")
     group.add_argument(
         "--threshold",
@@ -215,6 +216,7 @@ _RUN_OPTIONS: Final = (
     "width",
     "height",
     "verifier",
+    "preview_decoder",
     "check_interval",
     "quality_threshold",
     "scale_factor",

@@ -138,6 +138,7 @@ class RunOptions(TypedDict, total=False):
     min_steps: int | None
     preview_size: int
     preview_format: PreviewFormat
+    preview_decoder: str | None
 
 
 class RunHandle:

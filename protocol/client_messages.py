@@ -7,7 +7,7 @@ travels as nil. :data:`ClientMessage` is the union of them all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, TypeAlias
 
 from . import limits
@@ -128,6 +128,8 @@ class Start:
     preview_size: PreviewSize = 128
     #: Encoding of the preview thumbnails.
     preview_format: PreviewFormat = "jpeg"
+    #: One of the model's ``preview_decoders``; ``None`` for its default.
+    preview_decoder: Name | None = field(default=None, metadata={"added": True})
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,6 +106,9 @@ class ModelInfo:
     vocabulary: Annotated[tuple[Name, ...], Length(1, limits.MAX_VOCABULARY_WORDS)] | None = None
     #: Whether the model makes only ``default_width`` × ``default_height`` images.
     fixed_size: bool = False
+    #: The preview decoders ``start.preview_decoder`` may name, the model's default first;
+    #: ``()``: not announced (a server that predates the field).
+    preview_decoders: Names = field(default=(), metadata={"added": True})
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +149,9 @@ class RunParameters:
     min_steps: Step
     preview_size: PreviewSize
     preview_format: PreviewFormat
+    #: The preview decoder the checks use, when ``start`` named one; ``None``: the model's
+    #: default (the first of its ``ModelInfo.preview_decoders``).
+    preview_decoder: Name | None = field(default=None, metadata={"added": True})
 
 
 @dataclass(frozen=True, slots=True)

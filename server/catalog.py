@@ -99,7 +99,7 @@ class Catalog:
             VerifierInfo(
                 id=info.id,
                 description=_clip(info.description, wire.MAX_DESCRIPTION_CHARS),
-                components=self._components(info.id),
+                components=self._components(info.id) or info.components[: wire.MAX_COMPONENTS],
                 default_threshold=DEFAULT_THRESHOLD,
             )
             for info in verifiers.infos()
@@ -224,4 +224,5 @@ def describe_model(model: LoadedModel) -> ModelInfo:
         schedulers=model.schedulers[: wire.MAX_LISTED],
         vocabulary=vocabulary,
         fixed_size=model.fixed_size,
+        preview_decoders=model.preview_decoders[: wire.MAX_LISTED],
     )

@@ -37,8 +37,9 @@ def serve(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="ID=module:callable",
-        help="register a custom verifier (repeatable); entry points in the stepwatch.verifiers "
-        "group are registered too",
+        help="register a custom verifier (repeatable), or a CLIP-score one: "
+        "ID=clip:SOURCE[,aesthetic=HEAD.safetensors], SOURCE a CLIP folder or hub id; entry "
+        "points in the stepwatch.verifiers group are registered too",
     )
     parser.add_argument(
         "--data", type=Path, default=Path("data"), help="folder for the run store and images"
@@ -127,6 +128,15 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     import anyio
 
+    from stepwatch.server.app import load_configured_models
+    from stepwatch.server.engine.errors import ModelError
     from stepwatch.server.serving import serve_until_signalled
 
-    return anyio.run(serve_until_signalled, config, _announce)
+    # Loaded before serving, so that a model the engine cannot watch is one line, not the
+    # traceback an app's failed start-up prints.
+    try:
+        models = load_configured_models(config)
+    except ModelError as exc:
+        print(f"stepwatch serve: {exc}", file=sys.stderr)
+        return 2
+    return anyio.run(serve_until_signalled, config, _announce, lambda _config: models)

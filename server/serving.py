@@ -26,7 +26,7 @@ import anyio
 import uvicorn
 from starlette.applications import Starlette
 
-from stepwatch.server.app import Service, create_app
+from stepwatch.server.app import ModelLoader, Service, create_app
 from stepwatch.server.config import ServerConfig
 from stepwatch.server.connections import install_log_filters, protocols
 
@@ -153,8 +153,13 @@ async def _shut_down(app: Starlette, server: _Server) -> None:
     server.exit_now()
 
 
-async def serve_until_signalled(config: ServerConfig, on_ready: Ready | None = None) -> int:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully (a second signal: at once)."""
+async def serve_until_signalled(
+    config: ServerConfig, on_ready: Ready | None = None, load_models: ModelLoader | None = None
+) -> int:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully (a second signal: at once).
+
+    ``load_models`` is handed to :func:`~stepwatch.server.app.create_app` (``stepwatch serve``
+    loads the models before it serves, so that one it cannot use is refused in one line)."""
     stop = anyio.Event()
 
     async def watch_signals() -> None:
@@ -168,6 +173,7 @@ async def serve_until_signalled(config: ServerConfig, on_ready: Ready | None = N
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(watch_signals)
-        status = await serve(create_app(config), config, stop, on_ready=on_ready)
+        app = create_app(config, load_models=load_models)
+        status = await serve(app, config, stop, on_ready=on_ready)
         tasks.cancel_scope.cancel()
     return status

@@ -163,6 +163,9 @@ class LoadedModel:
         sampler = request.sampler or d.sampler
         schedule = request.scheduler or d.scheduler
         self.check_sampler(sampler, schedule)
+        most = samplers.max_steps(self.base_scheduler_config, sampler)
+        if most is not None and steps > most:
+            raise ParamError("steps", f"sampler {sampler!r} takes at most {most} steps here")
         width, height = self._size(request)
         decoder = request.preview_decoder or d.preview_decoder
         if decoder not in self.decoders:
@@ -196,8 +199,16 @@ class LoadedModel:
             min_steps=min_steps,
             preview_size=request.wire_default("preview_size"),
             preview_format=request.wire_default("preview_format"),
+            # Reported only when asked for: a client that names none may predate the field.
+            preview_decoder=decoder if request.preview_decoder is not None else None,
         )
         return ResolvedParams(parameters, decoder, request.initial_latent)
+
+    @property
+    def preview_decoders(self) -> tuple[str, ...]:
+        """The decoders a run may name, the model's default first."""
+        default = self.defaults.preview_decoder
+        return (default, *(name for name in self.decoders if name != default))
 
     def check_sampler(self, sampler: str, schedule: str) -> None:
         """Raise :class:`~.errors.ParamError` unless this sampler/scheduler pair fits the model."""
@@ -308,6 +319,7 @@ def _preview_decoders(
     if factors is not None:
         decoders["linear"] = LinearPreview(factors)
     if tiny_autoencoder is not None:
+        _check_tiny_autoencoder(pipeline, tiny_autoencoder)
         decoders["tiny"] = AutoencoderPreview(tiny_autoencoder, "tiny")
     if getattr(pipeline, "vae", None) is not None:
         decoders["vae"] = AutoencoderPreview(pipeline.vae, "vae")
@@ -316,19 +328,49 @@ def _preview_decoders(
     return decoders
 
 
+def _check_tiny_autoencoder(pipeline: Any, tiny_autoencoder: Any) -> None:
+    """Refuse a tiny autoencoder made for another latent space (TAESD on SD3, say), which would
+    fail at the first check."""
+    vae = getattr(pipeline, "vae", None)
+    if vae is None:
+        raise ModelError("this pipeline has no VAE; a tiny_vae has no latent space to decode")
+    want = int(vae.config.get("latent_channels", 0))
+    have = int(tiny_autoencoder.config.get("latent_channels", 0))
+    if have != want:
+        raise ModelError(
+            f"the tiny_vae decodes {have}-channel latents but this model's have {want}; "
+            "configure the tiny autoencoder made for this model family"
+        )
+
+
 def _call_defaults(pipeline: Any) -> tuple[frozenset[str], int, float]:
     parameters = inspect.signature(pipeline.__call__).parameters
     names = frozenset(parameters)
-    if "callback_on_step_end" not in names or not hasattr(type(pipeline), "interrupt"):
+    kind = type(pipeline).__name__
+    if "num_frames" in names:
         raise ModelError(
-            f"{type(pipeline).__name__} does not support callback_on_step_end and interrupt; "
-            "the engine cannot watch and stop it"
+            f"{kind} makes videos; stepwatch watches image pipelines only (no per-frame previews "
+            "or verifiers yet)"
+        )
+    if "callback_on_step_end" not in names:
+        raise ModelError(
+            f"{kind} takes no callback_on_step_end, so the engine cannot watch its steps"
         )
     steps = parameters.get("num_inference_steps")
     cfg = parameters.get("guidance_scale")
     default_steps = steps.default if steps is not None and isinstance(steps.default, int) else 30
     default_cfg = cfg.default if cfg is not None and isinstance(cfg.default, float) else 1.0
     return names, default_steps, float(default_cfg)
+
+
+def _guidance_live(pipeline: Any) -> bool:
+    """Whether the pipeline reads its guidance scale at every step: true classifier-free
+    guidance does; a guidance embedding computed once before the loop (LCM's ``w_embedding``,
+    a UNet with ``time_cond_proj_dim``) does not."""
+    unet = getattr(pipeline, "unet", None)
+    if unet is not None and unet.config.get("time_cond_proj_dim") is not None:
+        return False
+    return hasattr(type(pipeline), "do_classifier_free_guidance")
 
 
 def _default_size(pipeline: Any) -> int:
@@ -361,7 +403,10 @@ def describe_pipeline(
     ``overrides`` replaces fields of the derived :class:`ModelDefaults`; ``fixed_size`` says the
     model makes images of its default size only (derived: the pipeline takes no height/width).
     ``verifiers`` are the model's own (the first is its default verifier). Raises
-    :class:`~.errors.ModelError` for a pipeline the engine cannot watch.
+    :class:`~.errors.ModelError` for a pipeline the engine cannot watch: one without
+    ``callback_on_step_end``, a video pipeline, a tiny autoencoder of another latent space.
+    A pipeline without an ``interrupt`` property is watched; the engine ends it at a step
+    boundary itself (see :mod:`.monitor`).
     """
     names, steps, cfg = _call_defaults(pipeline)
     family, factors = detect_family(pipeline)
@@ -387,12 +432,12 @@ def describe_pipeline(
         pipeline=pipeline,
         family=family,
         defaults=defaults,
-        samplers=samplers.sampler_names(flow),
+        samplers=samplers.offered_samplers(pipeline.scheduler),
         schedulers=samplers.schedule_names(),
         decoders=decoders,
         flow=flow,
         fixed_size=fixed_size if fixed_size is not None else not {"height", "width"} <= names,
-        guidance_live=hasattr(type(pipeline), "do_classifier_free_guidance"),
+        guidance_live=_guidance_live(pipeline),
         call_parameters=names,
         base_scheduler_config=dict(pipeline.scheduler.config),
         vocabulary=vocabulary,

@@ -18,7 +18,10 @@ A CFG raise sets the pipeline's ``_guidance_scale``, which the standard CFG pipe
 step, so it applies from the next step. An early stop or a ``finish`` stop re-plans the rest of
 the schedule into a short tail to zero noise (:mod:`.finish`); an ``estimate`` stop sets the
 pipeline's ``_interrupt`` flag and hands it the x0 estimate as its latents, which the pipeline
-decodes with its own decoder. An ``abort`` leaves the pipeline at once and returns no image.
+decodes with its own decoder. A pipeline without an ``interrupt`` property (LCM, Kandinsky 3,
+AuraFlow, ...) is left by raising from the step callback at that step boundary instead, and the
+engine decodes the estimate with the model's VAE. An ``abort`` leaves the pipeline at once and
+returns no image.
 
 Everything that goes wrong inside a run (an exception anywhere, NaN in x0 or the image, a failing
 verifier, running out of memory, a failing sink) ends the run with reason ``failed`` and the
@@ -84,6 +87,15 @@ class _Failed(Exception):
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.error = RunError(code, fit_text(message))
+
+
+class _EndedEarly(Exception):
+    """Raised from the step callback of a pipeline that has no ``interrupt`` to leave its loop
+    at a step boundary; the run's image is ``x0`` decoded with the model's own decoder."""
+
+    def __init__(self, x0: torch.Tensor) -> None:
+        super().__init__("ended at a step boundary")
+        self.x0 = x0
 
 
 class _Aborted(Exception):
@@ -211,6 +223,8 @@ class _MonitoredRun:
             self._apply_controls(self.control.take())  # a stop before the first step aborts
             output = pipeline(**self._call_arguments(device))
             return self._finish_result(_first_image(output), self.ending or "completed")
+        except _EndedEarly as ended:
+            return self._finish_early(ended.x0)
         except _Aborted as abort:
             return self._end(abort.reason, None)
         except _Failed as failed:
@@ -343,10 +357,30 @@ class _MonitoredRun:
     def _stop_with_x0(
         self, pipeline: Any, tensors: dict[str, Any], x0: torch.Tensor
     ) -> dict[str, Any]:
-        """End the loop after this step; the pipeline decodes ``x0`` in place of its latents."""
+        """End the loop after this step; the pipeline decodes ``x0`` in place of its latents.
+
+        A pipeline without ``interrupt`` (LCM, Kandinsky 3, ...) cannot be told to end its
+        loop: the callback leaves it by raising, and the engine decodes ``x0`` itself."""
+        if not hasattr(type(pipeline), "interrupt"):
+            raise _EndedEarly(x0)
         pipeline._interrupt = True
         latents = tensors.get("latents")
         return {"latents": x0.to(latents.dtype) if isinstance(latents, torch.Tensor) else x0}
+
+    def _finish_early(self, x0: torch.Tensor) -> Finished:
+        """The result of a run that left its pipeline's loop early: ``x0`` decoded as the
+        pipeline decodes its result, with the model's VAE (or as pixels)."""
+        decoders = self.model.decoders
+        decoder = decoders.get("vae") or decoders.get("identity") or self.decoder
+        params = self.params
+        try:
+            with torch.inference_mode():
+                images = decoder.decode(self.model.to_spatial(x0, params.width, params.height))
+            return self._finish_result(images, self.ending or "completed")
+        except _Failed as failed:
+            return self._end("failed", failed.error)
+        except Exception as exc:  # as in execute: nothing escapes into the caller's thread
+            return self._end("failed", _classify(exc))
 
     def _x0(self) -> torch.Tensor:
         assert self.capture is not None

@@ -52,6 +52,8 @@ def sample(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="denoising steps (model default)")
     parser.add_argument("--cfg", type=float, help="classifier-free guidance scale")
     parser.add_argument("--seed", type=int, help="random seed (random by default)")
+    parser.add_argument("--width", type=int, help="image width in pixels (model default)")
+    parser.add_argument("--height", type=int, help="image height in pixels (model default)")
     parser.add_argument("--sampler", help="e.g. euler, euler_a, dpmpp_2m, ddim, unipc")
     parser.add_argument("--scheduler", help="noise schedule: normal, karras, exponential, ...")
     parser.add_argument("--verifier", help="verifier id (model default: adherence or structure)")
@@ -119,6 +121,8 @@ def _sample(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 steps=args.steps,
                 cfg=args.cfg,
+                width=args.width,
+                height=args.height,
                 sampler=args.sampler,
                 scheduler=args.scheduler,
                 verifier=args.verifier,

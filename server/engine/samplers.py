@@ -21,7 +21,20 @@ ddim           DDIMScheduler
 ddpm           DDPMScheduler
 pndm           PNDMScheduler                               skip_prk_steps=True
 flow_euler     FlowMatchEulerDiscreteScheduler             flow-matching models only
+lcm            LCMScheduler                                its own models only (see below)
 =============  ==========================================  ===================================
+
+A consistency-distilled model (LCM), whose own scheduler is ``LCMScheduler``, is offered ``lcm``
+only: its UNet denoises in a handful of consistency steps that no other solver takes, and its
+pipeline hands the scheduler arguments (``original_inference_steps``) only that class accepts.
+
+A flow-matching model is offered ``flow_euler``; one whose own scheduler is a multistep solver
+configured for flow matching (``use_flow_sigmas=True``, ``prediction_type=flow_prediction``:
+Sana's DPM-Solver configuration) is offered the multistep samplers whose class takes those
+options too (``dpmpp_2m``, ``dpmpp_2m_sde``, ``unipc``; not ``deis``, whose flow schedule in
+diffusers 0.42 stops at a quarter of the noise instead of zero), built with them and with the
+model's shift (``flow_shift``, or ``shift`` of a flow-matching Euler config). Only there: a
+pipeline that hands its scheduler custom sigmas (Flux) cannot drive these classes.
 
 =============  =================================================================================
 scheduler      options (applied to the sampler's class)
@@ -57,6 +70,10 @@ class Sampler:
     class_name: str
     options: Mapping[str, Any] = field(default_factory=dict)
     flow: bool = False
+    #: The class samples flow-matching models too, configured with :data:`FLOW_SIGMA_OPTIONS`.
+    flow_sigmas: bool = False
+    #: Offered only to a model whose own scheduler it is (and then alone).
+    own_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,21 +96,29 @@ SAMPLERS: tuple[Sampler, ...] = (
         "dpmpp_2m",
         "DPMSolverMultistepScheduler",
         {"algorithm_type": "dpmsolver++", "solver_order": 2},
+        flow_sigmas=True,
     ),
     Sampler(
         "dpmpp_2m_sde",
         "DPMSolverMultistepScheduler",
         {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+        flow_sigmas=True,
     ),
-    Sampler("unipc", "UniPCMultistepScheduler"),
+    Sampler("unipc", "UniPCMultistepScheduler", flow_sigmas=True),
     Sampler("deis", "DEISMultistepScheduler"),
     Sampler("ddim", "DDIMScheduler"),
     Sampler("ddpm", "DDPMScheduler"),
     Sampler("pndm", "PNDMScheduler", {"skip_prk_steps": True}),
     Sampler("flow_euler", "FlowMatchEulerDiscreteScheduler", flow=True),
+    Sampler("lcm", "LCMScheduler", own_only=True),
 )
 
 _SIGMA_FLAGS = {"use_karras_sigmas": False, "use_exponential_sigmas": False}
+#: What makes a multistep solver sample a flow-matching model (these classes take them).
+FLOW_SIGMA_OPTIONS: Mapping[str, Any] = {
+    "use_flow_sigmas": True,
+    "prediction_type": "flow_prediction",
+}
 
 SCHEDULES: tuple[Schedule, ...] = (
     Schedule("normal", optional=_SIGMA_FLAGS),
@@ -128,9 +153,44 @@ def schedule_applies(sampler: str, schedule: str) -> bool:
     return set(_by_name(SCHEDULES, schedule, "scheduler").required) <= keys
 
 
-def sampler_names(flow: bool) -> tuple[str, ...]:
-    """The samplers a model can use: flow-matching ones for a flow model, the others otherwise."""
-    return tuple(s.name for s in SAMPLERS if s.flow == flow)
+def _takes_flow_sigmas(row: Sampler) -> bool:
+    return row.flow_sigmas
+
+
+def sampler_names(flow: bool, flow_sigmas: bool = False) -> tuple[str, ...]:
+    """The samplers a model can use: flow-matching ones for a flow model, the others otherwise.
+
+    ``flow_sigmas`` says the flow model's own scheduler is a multistep solver on flow sigmas
+    (see :func:`uses_flow_sigmas`), which adds the solvers that can be configured so.
+    """
+    if not flow:
+        return tuple(s.name for s in SAMPLERS if not s.flow and not s.own_only)
+    own = tuple(s.name for s in SAMPLERS if s.flow)
+    return own + tuple(s.name for s in SAMPLERS if flow_sigmas and _takes_flow_sigmas(s))
+
+
+def offered_samplers(scheduler: Any) -> tuple[str, ...]:
+    """The samplers a model whose own scheduler is ``scheduler`` is offered."""
+    own = sampler_of(scheduler)
+    if own is not None and _by_name(SAMPLERS, own, "sampler").own_only:
+        return (own,)
+    return sampler_names(is_flow_scheduler(scheduler), uses_flow_sigmas(scheduler))
+
+
+def max_steps(base_config: Mapping[str, Any], sampler: str) -> int | None:
+    """The most steps ``sampler`` takes on a model with this scheduler config, where bounded:
+    ``lcm`` picks its steps among the ``original_inference_steps`` it was distilled from."""
+    if sampler != "lcm":
+        return None
+    return int(base_config.get("original_inference_steps") or 50)
+
+
+def uses_flow_sigmas(scheduler: Any) -> bool:
+    """Whether a scheduler instance is a (non flow-matching-Euler) solver on flow sigmas."""
+    config = scheduler.config
+    return bool(config.get("use_flow_sigmas", False)) and not type(scheduler).__name__.startswith(
+        "FlowMatch"
+    )
 
 
 def schedule_names() -> tuple[str, ...]:
@@ -157,7 +217,8 @@ def build_scheduler(
     """
     row = _by_name(SAMPLERS, sampler, "sampler")
     noise = _by_name(SCHEDULES, schedule, "scheduler")
-    if row.flow != flow:
+    on_flow_sigmas = flow and _takes_flow_sigmas(row)
+    if row.flow != flow and not on_flow_sigmas:
         kind = "flow-matching" if flow else "noise-prediction"
         raise ParamError(
             "sampler",
@@ -173,13 +234,34 @@ def build_scheduler(
             f"scheduler {schedule!r} does not apply to sampler {sampler!r}; "
             f"one of {', '.join(valid)}",
         )
+    if on_flow_sigmas and any(noise.required.get(flag) for flag in _SIGMA_FLAGS):
+        # These classes take Karras/exponential sigmas before flow sigmas: the schedule would
+        # silently stop being a flow-matching one.
+        raise ParamError(
+            "scheduler",
+            f"scheduler {schedule!r} does not apply to sampler {sampler!r} on a flow-matching "
+            "model; one of normal, sgm_uniform",
+        )
     options = {**row.options, **noise.required}
     options.update({k: v for k, v in noise.optional.items() if k in keys})
     config = {k: v for k, v in base_config.items() if k in keys}
+    if flow:
+        config.update(_flow_shift(base_config, keys))
+    if on_flow_sigmas:
+        options.update(FLOW_SIGMA_OPTIONS)
     scheduler = cls.from_config({**config, **options})
     if "timestep_spacing" in keys and not any(options.get(flag) for flag in _SIGMA_FLAGS):
         _trailing_at_every_train_step(scheduler)
     return scheduler
+
+
+def _flow_shift(base_config: Mapping[str, Any], keys: frozenset[str]) -> dict[str, Any]:
+    """The model's timestep shift under the name the target class uses: multistep solvers call
+    it ``flow_shift``, the flow-matching Euler scheduler ``shift``."""
+    shift = base_config.get("flow_shift", base_config.get("shift"))
+    if shift is None:
+        return {}
+    return {name: shift for name in ("flow_shift", "shift") if name in keys}
 
 
 def _trailing_at_every_train_step(scheduler: Any) -> None:

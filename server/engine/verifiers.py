@@ -199,8 +199,19 @@ class VerifierRegistry:
     def register_spec(self, spec: str) -> str:
         """Register ``module:callable`` or ``id=module:callable`` and return the id.
 
-        Without an id the callable's name (lower-cased) is the id.
+        Without an id the callable's name (lower-cased) is the id. A CLIP verifier,
+        ``[id=]clip:SOURCE[,aesthetic=PATH]`` (see :mod:`.clipscore`), is loaded at once, so
+        that a bad source is refused when the server starts.
         """
+        from . import clipscore
+
+        if clipscore.is_clip_spec(spec):
+            clip = clipscore.parse_clip_spec(spec)
+            verifier = clipscore.ClipScoreVerifier(clip)
+            self.register(
+                clip.verifier_id, lambda: verifier, clip.description, spec, clip.components
+            )
+            return clip.verifier_id
         verifier_id, _, target = spec.rpartition("=")
         module_name, _, attribute = target.partition(":")
         if not module_name or not attribute:

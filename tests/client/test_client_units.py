@@ -293,6 +293,7 @@ def test_options_name_the_flags_a_user_typed() -> None:
         width=None,
         height=None,
         verifier="simple",
+        preview_decoder="vae",
         check_interval=None,
         quality_threshold=0.5,
         scale_factor=None,
@@ -305,6 +306,7 @@ def test_options_name_the_flags_a_user_typed() -> None:
         "steps": 4,
         "seed": 1,
         "verifier": "simple",
+        "preview_decoder": "vae",
         "quality_threshold": 0.5,
         "early_stop": False,
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from stepwatch.protocol import (
     Accepted,
     Adjusted,
@@ -71,6 +73,7 @@ SD_TINY = ModelInfo(
     size_multiple=8,
     samplers=("euler",),
     schedulers=("normal",),
+    preview_decoders=("linear", "tiny", "vae"),
 )
 
 PARAMETERS = RunParameters(
@@ -132,6 +135,7 @@ CLIENT_EXAMPLES: tuple[Message, ...] = (
         min_steps=0,
         preview_size=0,
         preview_format="png",
+        preview_decoder="vae",
     ),
     Stop(request_id="q3", run_id=RUN, token=TOKEN),
     Stop(request_id="q4", run_id=RUN, token=TOKEN, mode="abort"),
@@ -174,6 +178,7 @@ SERVER_EXAMPLES: tuple[Message, ...] = (
     Error(ErrorCode.MALFORMED_FRAME, "not one msgpack value: incomplete input"),
     Pong(nonce=99),
     Started(run_id=RUN, seq=1, parameters=PARAMETERS),
+    Started(run_id=RUN, seq=1, parameters=dataclasses.replace(PARAMETERS, preview_decoder="tiny")),
     Progress(run_id=RUN, seq=2, step=1, total=30, elapsed=0.04, eta=None),
     Progress(run_id=RUN, seq=3, step=2, total=30, elapsed=0.08, eta=1.12),
     Check(

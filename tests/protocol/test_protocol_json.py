@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from stepwatch.protocol import Check, Finished, HistoryEntry, Preview, stamp, to_json
+from stepwatch.protocol import Check, Finished, HistoryEntry, Preview, Start, stamp, to_json
 
 
 def test_events_become_json_with_type_first_and_binary_as_base64() -> None:
@@ -47,3 +47,10 @@ def test_nested_parts_become_objects_and_tuples_arrays() -> None:
 def test_a_check_keeps_its_history_entry() -> None:
     check = Check(7, 0.9, {"clean": 0.4}, 0.7, "early_stop", "held", 4.5, None)
     assert check.entry(1.25) == HistoryEntry(7, 0.9, {"clean": 0.4}, "early_stop", 4.5, 0.7, 1.25)
+
+
+def test_an_added_field_is_left_out_at_its_default_as_on_the_wire() -> None:
+    plain = to_json(Start("q", "red circle"))
+    named = to_json(Start("q", "red circle", preview_decoder="vae"))
+    assert isinstance(plain, dict) and isinstance(named, dict)
+    assert "preview_decoder" not in plain and named["preview_decoder"] == "vae"

@@ -89,6 +89,19 @@ def test_terminal_mode_prints_a_line_per_check(model_folder: Path, tmp_path: Pat
     assert lines[-1].startswith("completed: 4/4 steps") and out.exists()
 
 
+def test_width_and_height_choose_the_image_size(model_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "wide.png"
+    result = stepwatch(
+        "sample", "red circle", "--model", f"{model_folder},device=cpu", "--steps", "2",
+        "--width", "48", "--height", "24", "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as image:
+        assert image.size == (48, 24)
+    refused = stepwatch("sample", "x", "--model", str(model_folder), "--width", "30", cwd=tmp_path)
+    assert refused.returncode == 2 and "width: must be a multiple of 8" in refused.stderr
+
+
 def test_bad_arguments_are_reported_without_a_traceback(model_folder: Path, tmp_path: Path) -> None:
     result = stepwatch(
         "sample", "x", "--model", str(model_folder), "--sampler", "nope", cwd=tmp_path

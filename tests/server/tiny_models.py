@@ -17,6 +17,7 @@ import dataclasses
 import os
 import string
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,6 +29,8 @@ from diffusers import (  # noqa: E402
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    LatentConsistencyModelPipeline,
+    LCMScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
@@ -35,6 +38,8 @@ from diffusers import (  # noqa: E402
     UNet2DConditionModel,
 )
 from transformers import (  # noqa: E402
+    CLIPConfig,
+    CLIPModel,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
@@ -102,11 +107,10 @@ def _vae(scaling_factor: float) -> AutoencoderKL:
     )
 
 
-def make_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
-    """A tiny SD 1.x pipeline (PNDM-free: DPM-Solver++ as its own scheduler), 32×32 images."""
-    torch.manual_seed(seed)
-    tokenizer = tiny_tokenizer()
-    unet = UNet2DConditionModel(
+def tiny_sd_unet(**options: Any) -> UNet2DConditionModel:
+    """The tiny SD 1.x UNet (4 latent channels, 16×16 latents, cross-attention width 32);
+    ``options`` add to its config (LCM's ``time_cond_proj_dim``)."""
+    return UNet2DConditionModel(
         block_out_channels=(4, 8),
         layers_per_block=1,
         sample_size=16,
@@ -116,7 +120,24 @@ def make_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32,
         norm_num_groups=2,
+        **options,
     )
+
+
+def tiny_sd_parts(tokenizer: CLIPTokenizer) -> dict[str, Any]:
+    """The tiny SD 1.x VAE and text encoder for ``tokenizer``, as pipeline keyword arguments."""
+    return {
+        "vae": _vae(0.18215),
+        "text_encoder": CLIPTextModel(_text_config(tokenizer)),
+        "tokenizer": tokenizer,
+    }
+
+
+def make_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """A tiny SD 1.x pipeline (PNDM-free: DPM-Solver++ as its own scheduler), 32×32 images."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    unet = tiny_sd_unet()
     pipeline = StableDiffusionPipeline(
         unet=unet,
         vae=_vae(0.18215),
@@ -125,6 +146,28 @@ def make_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         scheduler=DPMSolverMultistepScheduler(**SD_BETAS),
         safety_checker=None,
         feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def make_lcm_pipeline(seed: int = 0) -> LatentConsistencyModelPipeline:
+    """A tiny latent consistency model (LCM): an SD 1.x layout whose UNet takes the guidance
+    scale as an embedding (``time_cond_proj_dim``), and ``LCMScheduler``; its pipeline has no
+    ``interrupt`` property. 32×32 images."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    unet = tiny_sd_unet(time_cond_proj_dim=8)
+    pipeline = LatentConsistencyModelPipeline(
+        **tiny_sd_parts(tokenizer),
+        unet=unet,
+        # Distilled from all 1000 training steps, so that a run may take many (tests stop
+        # long runs midway); LCM's usual 50 caps a run at 50 steps.
+        scheduler=LCMScheduler(**SD_BETAS, original_inference_steps=1000),
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
         requires_safety_checker=False,
     )
     pipeline.set_progress_bar_config(disable=True)
@@ -265,3 +308,33 @@ class Recorder:
     @property
     def checks(self) -> list[Check]:
         return self.of(Check)
+
+
+def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
+    """A random-weight CLIP (2 layers, 32 wide, 32 px input) and its tokenizer, saved."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 4,
+        },
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -5,26 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from stepwatch.server.engine.errors import ModelError, ParamError
+from stepwatch.server.engine.errors import ParamError
 from stepwatch.server.engine.model import LoadedModel, PromptVocabulary, describe_pipeline
 from stepwatch.server.engine.params import RequestedParams
-
-
-def test_a_pipeline_without_step_callbacks_cannot_be_watched() -> None:
-    torch.manual_seed(0)
-    unet = UNet2DModel(
-        sample_size=8,
-        block_out_channels=(4, 8),
-        down_block_types=("DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D"),
-        norm_num_groups=2,
-        layers_per_block=1,
-    )
-    with pytest.raises(ModelError, match="cannot watch and stop it"):
-        describe_pipeline("ddpm", DDPMPipeline(unet=unet, scheduler=DDPMScheduler()))
 
 
 def test_defaults_come_from_the_pipeline(sd_model: LoadedModel, sdxl_model: LoadedModel) -> None:

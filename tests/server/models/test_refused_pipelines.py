@@ -1,0 +1,96 @@
+"""Pipelines the engine cannot watch are refused when they load, in one line that says why:
+no step callback, a video pipeline, a tiny VAE made for another latent space."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import (
+    AnimateDiffPipeline,
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    MotionAdapter,
+    UNet2DModel,
+)
+from tiny_models import (
+    SD_BETAS,
+    make_sd3_pipeline,
+    make_tiny_autoencoder,
+    tiny_sd_parts,
+    tiny_sd_unet,
+    tiny_tokenizer,
+)
+
+from stepwatch.server.engine.errors import ModelError
+from stepwatch.server.engine.model import describe_pipeline
+
+
+def tiny_ddpm_pipeline() -> DDPMPipeline:
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(4, 8),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=2,
+        layers_per_block=1,
+    )
+    return DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
+
+
+def tiny_animatediff_pipeline() -> AnimateDiffPipeline:
+    """A tiny AnimateDiff pipeline (text-to-video over an SD 1.x UNet with motion modules)."""
+    torch.manual_seed(0)
+    adapter = MotionAdapter(
+        block_out_channels=(4, 8),
+        motion_layers_per_block=1,
+        motion_norm_num_groups=2,
+        motion_num_attention_heads=2,
+        motion_max_seq_length=8,
+    )
+    return AnimateDiffPipeline(
+        unet=tiny_sd_unet(),
+        motion_adapter=adapter,
+        scheduler=DDIMScheduler(**SD_BETAS),
+        **tiny_sd_parts(tiny_tokenizer()),
+    )
+
+
+def test_a_pipeline_without_a_step_callback_is_refused_saying_why() -> None:
+    with pytest.raises(ModelError, match="DDPMPipeline takes no callback_on_step_end"):
+        describe_pipeline("ddpm", tiny_ddpm_pipeline())
+
+
+def test_video_pipelines_are_refused_at_load() -> None:
+    with pytest.raises(ModelError, match="AnimateDiffPipeline makes videos"):
+        describe_pipeline("animatediff", tiny_animatediff_pipeline())
+
+
+def test_a_tiny_vae_of_another_latent_space_is_refused_at_load() -> None:
+    # TAESD (4 latent channels) on SD3 (16): it would load, then fail at the first check.
+    with pytest.raises(ModelError, match="4-channel latents but this model's have 16"):
+        describe_pipeline("sd3", make_sd3_pipeline(), tiny_autoencoder=make_tiny_autoencoder())
+
+
+def test_serve_refuses_an_unwatchable_model_in_one_line(tmp_path: Path) -> None:
+    tiny_ddpm_pipeline().save_pretrained(tmp_path / "ddpm")
+    done = subprocess.run(
+        [sys.executable, "-m", "stepwatch.client.cli", "serve", "--port", "0"]
+        + ["--data", str(tmp_path / "data"), "--model", f"ddpm={tmp_path / 'ddpm'},device=cpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    refusal = [line for line in done.stderr.splitlines() if line.startswith("stepwatch serve:")]
+    assert refusal == [
+        "stepwatch serve: DDPMPipeline takes no callback_on_step_end, so the engine cannot "
+        "watch its steps"
+    ]
