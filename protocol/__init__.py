@@ -29,6 +29,7 @@ from .codec import (
     peek,
 )
 from .errors import ErrorCode, FrameError, MessageError, ProtocolError, error_for
+from .evolution import ADDED_SERVER_FIELDS, for_peer
 from .jsonform import to_json
 from .messages import (
     CLIENT_MESSAGE_TYPES,
@@ -92,6 +93,7 @@ __all__ = [
     "ClientState",
     "ClientSession",
     "Answered",
+    "ADDED_SERVER_FIELDS",
     "CLIENT_MESSAGE_TYPES",
     "PROTOCOL_VERSION",
     "RUN_EVENT_TYPES",
@@ -145,6 +147,7 @@ __all__ = [
     "encode",
     "peek",
     "error_for",
+    "for_peer",
     "stamp",
     "to_json",
 ]

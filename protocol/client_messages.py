@@ -74,6 +74,11 @@ class Hello:
     token: ApiToken | None = None
     #: Runs to watch again, with the last ``seq`` seen of each.
     resume: Annotated[tuple[ResumePoint, ...], Length(0, limits.MAX_RESUME_RUNS)] = ()
+    #: The fields added to version 1 after its first release that this client reads, by name
+    #: (see :mod:`stepwatch.protocol.evolution`); the server leaves out the others.
+    features: Annotated[tuple[Name, ...], Length(0, limits.MAX_LISTED)] = field(
+        default=(), metadata={"added": True}
+    )
 
 
 @dataclass(frozen=True, slots=True)

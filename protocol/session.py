@@ -53,6 +53,7 @@ from .client_messages import (
 )
 from .codec import decode_server, encode
 from .errors import ErrorCode
+from .evolution import ADDED_SERVER_FIELDS
 from .server_messages import (
     Accepted,
     Adjusted,
@@ -221,17 +222,28 @@ class ClientSession:
     # Driving it.
 
     def hello(
-        self, client: str, token: str | None = None, resume: tuple[ResumePoint, ...] | None = None
+        self,
+        client: str,
+        token: str | None = None,
+        resume: tuple[ResumePoint, ...] | None = None,
+        features: tuple[str, ...] = tuple(sorted(ADDED_SERVER_FIELDS)),
     ) -> None:
         """Say ``hello`` on a connection that just opened.
 
         The resume points are the session's own (:meth:`resume_points`) unless ``resume``
         names them; those beyond :attr:`max_resume` go out as ``subscribe`` after ``welcome``.
+        ``features`` are the added fields this client reads (see :mod:`.evolution`): all of this
+        version's by default.
         Raises :class:`ProtocolError` for a ``hello`` the server would refuse.
         """
         points = self.resume_points() if resume is None else list(resume)
         limit = self.max_resume if resume is None else len(points)
-        message = Hello(client=client, token=token, resume=tuple(points[:limit]))
+        message = Hello(
+            client=client,
+            token=token,
+            resume=tuple(points[:limit]),
+            features=features,
+        )
         frame = encode(message)
         self._state = ClientState.CONNECTING
         self._after_welcome = points[limit:]

@@ -47,6 +47,7 @@ from stepwatch.protocol import (
     Unsubscribed,
     Welcome,
     encode,
+    for_peer,
 )
 from stepwatch.protocol.server_session import CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY
 from stepwatch.server.catalog import Catalog
@@ -235,7 +236,8 @@ class Session:
             return
         self.authorized = True
         self.protocol.accept()
-        self.outbox.reply(self._welcome())
+        # Added fields the client does not read stay out (a client older than them names none).
+        self.outbox.reply(for_peer(self._welcome(), hello.features))
         for point in hello.resume:
             try:
                 await self.services.runs.watching.subscribe(

@@ -6,6 +6,7 @@ import pytest
 from protocol_examples import PARAMETERS, RUN, TOKEN
 
 from stepwatch.protocol import (
+    ADDED_SERVER_FIELDS,
     Accepted,
     Answered,
     Applied,
@@ -40,6 +41,7 @@ from stepwatch.protocol import (
     limits,
 )
 
+FEATURES = tuple(sorted(ADDED_SERVER_FIELDS))
 OTHER = "r-other"
 
 
@@ -89,7 +91,7 @@ def test_hello_comes_first_and_welcome_opens() -> None:
     assert session.state is ClientState.CONNECTING and session.welcome is None
     session.hello("tests/1", token="secret")
     assert session.state is ClientState.AWAITING_WELCOME and session.connections == 1
-    assert sent(session) == [Hello(client="tests/1", token="secret")]
+    assert sent(session) == [Hello(client="tests/1", features=FEATURES, token="secret")]
     greeting = welcome()
     assert feed(session, greeting) == [greeting]
     assert session.state is ClientState.OPEN and session.welcome == greeting
@@ -303,7 +305,9 @@ def test_a_reconnect_resumes_every_followed_run_from_its_last_seq() -> None:
     session.hello("tests/1")
     assert session.connections == 2
     assert sent(session) == [
-        Hello(client="tests/1", resume=(ResumePoint(RUN, 2), ResumePoint(OTHER, 5)))
+        Hello(
+            client="tests/1", features=FEATURES, resume=(ResumePoint(RUN, 2), ResumePoint(OTHER, 5))
+        )
     ]
     feed(session, welcome())
     resumed, answered = Subscribed(RUN, "running", 3), Subscribed(OTHER, "running", 6)
@@ -322,7 +326,7 @@ def test_resume_points_beyond_the_limit_go_out_as_subscribe_after_welcome() -> N
     session.connection_lost()
     session.hello("tests/1")
     points = (ResumePoint("r-0", 0), ResumePoint("r-1", 0))
-    assert sent(session) == [Hello(client="tests/1", resume=points)]
+    assert sent(session) == [Hello(client="tests/1", features=FEATURES, resume=points)]
     feed(session, welcome())
     assert session.max_resume == 3
     assert sent(session) == [Subscribe("r-2", 0)]
@@ -332,7 +336,7 @@ def test_resume_points_named_by_the_caller_are_followed() -> None:
     session = ClientSession()
     points = (ResumePoint(RUN, 4),)
     session.hello("tests/1", resume=points)
-    assert sent(session) == [Hello(client="tests/1", resume=points)]
+    assert sent(session) == [Hello(client="tests/1", features=FEATURES, resume=points)]
     feed(session, welcome())
     assert feed(session, Subscribed(RUN, "running", 5), progress(4), progress(5)) == [
         Subscribed(RUN, "running", 5),
@@ -400,6 +404,6 @@ def test_a_steer_of_a_run_no_replay_will_come_for_is_resent_at_welcome() -> None
     session.data_to_send()
     session.connection_lost()
     session.hello("tests/1")
-    assert sent(session) == [Hello(client="tests/1")]
+    assert sent(session) == [Hello(client="tests/1", features=FEATURES)]
     feed(session, welcome())
     assert sent(session) == [stop]

@@ -18,6 +18,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from stepwatch.protocol import (
+    ADDED_SERVER_FIELDS,
     SUBPROTOCOL,
     Accepted,
     Answered,
@@ -65,7 +66,7 @@ class Client:
         await self._flush()
 
     async def hello(self, hello: Hello) -> None:
-        self.session.hello(hello.client, hello.token, hello.resume)
+        self.session.hello(hello.client, hello.token, hello.resume, hello.features)
         await self._flush()
 
     async def _flush(self) -> None:
@@ -152,16 +153,21 @@ async def connect(
     hello: bool = True,
     token: str | None = None,
     resume: Sequence[ResumePoint] = (),
+    features: Sequence[str] = tuple(sorted(ADDED_SERVER_FIELDS)),
     **options: Any,
 ) -> AsyncIterator[Client]:
-    """Open a protocol connection (and say ``hello`` unless told not to)."""
+    """Open a protocol connection (and say ``hello`` unless told not to); ``features`` are the
+    added fields it reads (every one by default; none for a client of the first release)."""
     options.setdefault("subprotocols", [SUBPROTOCOL])
     options.setdefault("max_size", wire.MAX_SERVER_FRAME_BYTES)
     options.setdefault("compression", None)
     async with websockets.connect(url, **options) as ws:
         client = Client(ws)
         if hello:
-            await client.hello(Hello(client="tests/1", token=token, resume=tuple(resume)))
+            hello_message = Hello(
+                client="tests/1", token=token, resume=tuple(resume), features=tuple(features)
+            )
+            await client.hello(hello_message)
             client.welcome = await client.expect(Welcome)
         yield client
 

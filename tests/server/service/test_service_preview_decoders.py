@@ -56,3 +56,18 @@ async def test_a_run_uses_the_decoder_it_names_and_started_reports_it(tmp_path: 
     assert sizes == {None: (16, 16), "vae": (32, 32), "tiny": (32, 32)}
     assert isinstance(refused, Error) and refused.code is ErrorCode.INVALID_VALUE
     assert refused.field == "preview_decoder" and "one of linear, tiny, vae" in refused.message
+
+
+async def test_a_client_of_the_first_release_gets_a_welcome_without_the_added_fields(
+    tmp_path: Path,
+) -> None:
+    model = describe_pipeline("tiny", make_sd_pipeline(seed=4))
+    async with running_server(ServerConfig(data_dir=tmp_path), lambda c: [model]) as server:
+        async with connect(server.url, features=()) as older:
+            assert older.welcome is not None
+            (info,) = older.welcome.models
+            assert info.preview_decoders == ()  # left out of the frame: it would be refused
+        async with connect(server.url) as newer:
+            assert newer.welcome is not None
+            (info,) = newer.welcome.models
+            assert info.preview_decoders[0] == "linear" and "vae" in info.preview_decoders
