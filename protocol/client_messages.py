@@ -7,12 +7,13 @@ travels as nil. :data:`ClientMessage` is the union of them all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, ClassVar, TypeAlias
 
 from . import limits
 from .errors import ErrorCode, MessageError
 from .schema import Length
+from .search import ADDED, Candidates, SearchSettings
 from .values import (
     ApiToken,
     Cfg,
@@ -128,6 +129,10 @@ class Start:
     preview_size: PreviewSize = 128
     #: Encoding of the preview thumbnails.
     preview_format: PreviewFormat = "jpeg"
+    #: Candidates to denoise as one batch (1: a single run); see :mod:`.search`.
+    candidates: Candidates = field(default=1, metadata=ADDED)
+    #: The search's strategy and settings; ``None`` for best-of-N with the defaults.
+    search: SearchSettings | None = field(default=None, metadata=ADDED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -196,6 +196,8 @@ class LoadedModel:
             min_steps=min_steps,
             preview_size=request.wire_default("preview_size"),
             preview_format=request.wire_default("preview_format"),
+            candidates=request.wire_default("candidates"),
+            search=request.search if request.wire_default("candidates") > 1 else None,
         )
         return ResolvedParams(parameters, decoder, request.initial_latent)
 

@@ -20,6 +20,8 @@ the schedule into a short tail to zero noise (:mod:`.finish`); an ``estimate`` s
 pipeline's ``_interrupt`` flag and hands it the x0 estimate as its latents, which the pipeline
 decodes with its own decoder. An ``abort`` leaves the pipeline at once and returns no image.
 
+A run of more than one candidate is a search (:mod:`.search`).
+
 Everything that goes wrong inside a run (an exception anywhere, NaN in x0 or the image, a failing
 verifier, running out of memory, a failing sink) ends the run with reason ``failed`` and the
 protocol's :class:`~stepwatch.protocol.ErrorCode`; nothing escapes into the caller's thread.
@@ -133,6 +135,11 @@ def run_monitored(
     if curve is None:
         curve = model.curves.get(curve_key(wanted, params.parameters.sampler))
     decoder = model.decoders[params.preview_decoder]
+    if params.parameters.candidates > 1:
+        from .search import run_search  # the search builds on this module's helpers
+
+        with model.lock:
+            return run_search(model, params, verifier, decoder, control, sink, clock=clock)
     run = _MonitoredRun(model, params, verifier, decoder, control, sink, clock, curve)
     with model.lock:
         return run.execute()

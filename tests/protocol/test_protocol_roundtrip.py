@@ -60,7 +60,12 @@ def test_frame_is_one_map_with_type_version_and_every_field(message: Message) ->
     frame = msgpack.unpackb(encode(message), raw=False)
     assert frame.pop("type") == message.TYPE
     assert frame.pop("v") == PROTOCOL_VERSION
-    assert list(frame) == [field.name for field in dataclasses.fields(message)]
+    # A field added to version 1 later is left out while it holds its default.
+    assert list(frame) == [
+        field.name
+        for field in dataclasses.fields(message)
+        if not (field.metadata.get("added") and getattr(message, field.name) == field.default)
+    ]
 
 
 def test_run_events_carry_run_id_and_seq() -> None:
