@@ -91,3 +91,20 @@ def test_bad_arguments_are_reported_without_a_traceback(model_folder: Path, tmp_
     )
     assert result.returncode == 2
     assert "unknown sampler 'nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_search_prints_a_table_per_check(model_folder: Path, tmp_path: Path) -> None:
+    result = stepwatch(
+        "sample", "red circle", "--model", f"{model_folder},device=cpu", "--steps", "6",
+        "--seed", "7", "--check-interval", "2", "--no-early-stop", "--candidates", "3",
+        "--search", "prune", "--keep-fraction", "0.3", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    tables = [i for i, line in enumerate(lines) if line.split() == ["cand", "score", "fate"]]
+    assert len(tables) == 3
+    assert [lines[i].split()[-1] for i in range(tables[0] + 1, tables[0] + 4)] == [
+        "live", "pruned", "pruned",
+    ]  # fmt: skip
+    assert "denoiser evaluations" in lines[-2]
+    assert (tmp_path / "stepwatch-7.png").exists()
