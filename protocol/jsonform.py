@@ -2,7 +2,8 @@
 
 :func:`to_json` turns a message (or any value inside one) into what :func:`json.dumps` takes:
 a message becomes an object led by its ``type`` and holding its fields by their wire names,
-binary data (previews, images) becomes base64 text, tuples become arrays. ``stepwatch generate
+binary data (previews, images) becomes base64 text, tuples become arrays; a field added to
+version 1 later is left out at its default, as on the wire. ``stepwatch generate
 --json`` and ``stepwatch sample --json`` print the same object for the same event.
 """
 
@@ -18,8 +19,11 @@ __all__ = ["to_json"]
 def to_json(value: object) -> object:
     """``value`` as JSON data (see the module's docstring)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        names = (item.name for item in dataclasses.fields(value))
-        fields = {name: to_json(getattr(value, name)) for name in names}
+        fields = {
+            item.name: to_json(getattr(value, item.name))
+            for item in dataclasses.fields(value)
+            if not (item.metadata.get("added") and getattr(value, item.name) == item.default)
+        }
         kind = getattr(type(value), "TYPE", None)
         return fields if kind is None else {"type": kind, **fields}
     if isinstance(value, bytes):

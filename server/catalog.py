@@ -236,9 +236,14 @@ def describe_model(model: LoadedModel) -> ModelInfo:
 
 
 def to_json(value: object) -> object:
-    """A protocol part (a frozen dataclass) as plain JSON values, for the HTTP API."""
+    """A protocol part (a frozen dataclass) as plain JSON values, for the HTTP API; a field
+    added to version 1 later is left out at its default, as on the wire."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {item.name: to_json(getattr(value, item.name)) for item in dataclasses.fields(value)}
+        return {
+            item.name: to_json(getattr(value, item.name))
+            for item in dataclasses.fields(value)
+            if not (item.metadata.get("added") and getattr(value, item.name) == item.default)
+        }
     if isinstance(value, Mapping):
         return {str(key): to_json(item) for key, item in value.items()}
     if isinstance(value, tuple | list):

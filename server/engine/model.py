@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from stepwatch.protocol import ErrorCode, RunParameters
+from stepwatch.protocol import DEFAULT_SEARCH, ErrorCode, RunParameters
 from stepwatch.protocol import limits as wire
 
 from . import samplers
@@ -197,7 +197,9 @@ class LoadedModel:
             preview_size=request.wire_default("preview_size"),
             preview_format=request.wire_default("preview_format"),
             candidates=request.wire_default("candidates"),
-            search=request.search if request.wire_default("candidates") > 1 else None,
+            search=(request.search or DEFAULT_SEARCH)
+            if request.wire_default("candidates") > 1
+            else None,
         )
         return ResolvedParams(parameters, decoder, request.initial_latent)
 

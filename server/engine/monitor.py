@@ -73,13 +73,13 @@ from .model import LoadedModel
 from .params import ResolvedParams
 from .policy import CFG_OFF_AT, PolicyDecision, PolicySettings, Scored, cfg_refusal, decide
 from .previews import PreviewDecoder, encode_png, encode_thumbnail, to_uint8
+from .steptimer import StepTimer
 from .verifiers import Verifier, VerifierRegistry, score_batch
 from .x0 import StepCapture
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-_ETA_SMOOTHING = 0.3
 
 
 class _Failed(Exception):
@@ -189,8 +189,7 @@ class _MonitoredRun:
         self.last_check = 0
         self.history: list[HistoryEntry] = []
         self.started = 0.0
-        self.last_step_at = 0.0
-        self.step_seconds: float | None = None
+        self.timer = StepTimer(clock)
         self.ending: FinishReason | None = None
         self.capture: StepCapture | None = None
         self.tail: Tail | None = None
@@ -199,7 +198,7 @@ class _MonitoredRun:
     # -- the run as a whole --------------------------------------------------------------------
 
     def execute(self) -> Finished:
-        self.started = self.last_step_at = self.clock()
+        self.started = self.timer.start()
         pipeline = self.model.pipeline
         own_scheduler = pipeline.scheduler
         try:
@@ -331,16 +330,8 @@ class _MonitoredRun:
         return self._stop_with_x0(pipeline, tensors, self._finite(self.tail.estimate))
 
     def _progress(self) -> Progress:
-        now = self.clock()
-        took, self.last_step_at = now - self.last_step_at, now
-        if self.step_seconds is None:
-            self.step_seconds = took
-        else:
-            self.step_seconds += _ETA_SMOOTHING * (took - self.step_seconds)
         # While a tail finishes the run, the steps it will take are the re-planned count.
-        total = self.finishing_total or self.total
-        eta = self.step_seconds * max(total - self.step, 0)
-        return Progress(self.step, total, fit_seconds(now - self.started), fit_seconds(eta))
+        return self.timer.progress(self.step, self.finishing_total or self.total)
 
     def _stop_with_x0(
         self, pipeline: Any, tensors: dict[str, Any], x0: torch.Tensor

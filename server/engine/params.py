@@ -82,6 +82,7 @@ INVALID_PROMPT: Final = ErrorCode.INVALID_PROMPT
 
 _START: Final = compile_record(Start)
 _SET: Final = compile_record(Set)
+_SEARCH: Final = compile_record(SearchSettings)
 # The fields a request check fills in so that the protocol's schema can read the rest.
 _START_PLACEHOLDERS: Final = {"request_id": "-"}
 _SET_PLACEHOLDERS: Final = {"request_id": "-", "run_id": "-", "token": "-" * 16}
@@ -165,11 +166,11 @@ class RequestedParams:
                 "initial_latent",
                 "a search draws each candidate's noise from its seed; give no initial latent",
             )
-        _check(
-            self.search is None or isinstance(self.search, SearchSettings),
-            "search",
-            "must be search settings",
-        )
+        if self.search is not None:
+            _check(isinstance(self.search, SearchSettings), "search", "must be search settings")
+            # Read back through the protocol's schema, which holds every setting to its bounds.
+            search = {"prompt": self.prompt, "search": _SEARCH.write(self.search)}
+            _wire_check(_START, search, _START_PLACEHOLDERS)
 
     @classmethod
     def from_start(cls, start: Start) -> RequestedParams:

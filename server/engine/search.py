@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -49,15 +50,19 @@ from .errors import UnsupportedScheduler, VerifierError
 from .events import EventSink, fit_cfg, fit_components, fit_score, fit_seconds, fit_text
 from .lanes import REINDEXABLE, DenoiserCounter, reindex_rows, reindex_scheduler
 from .model import LoadedModel
+
+# monitor hands search runs over lazily, so importing it here makes no cycle.
+from .monitor import _classify, _emit_finished
 from .params import MIN_PREVIEW_SIZE, ResolvedParams
 from .previews import PreviewDecoder, encode_png, encode_thumbnail, to_uint8
+from .steptimer import StepTimer
 from .strategies import Plan, candidate_seed, plan
 from .verifiers import Verifier, score_batch
 from .x0 import StepCapture
 
 __all__ = ["Lane", "candidate_preview_size", "run_search", "search_refusal"]
 
-Clock = Any
+Clock = Callable[[], float]
 
 
 @dataclasses.dataclass
@@ -149,14 +154,14 @@ class _Search:
         self.counter = DenoiserCounter()
         self.verifier_calls = self.preview_decodes = 0
         self.capture: StepCapture | None = None
-        self.started = self.last_step_at = 0.0
-        self.step_seconds: float | None = None
+        self.timer = StepTimer(clock)
+        self.started = 0.0
         self.ending: FinishReason | None = None
 
     # -- the run as a whole --------------------------------------------------------------------
 
     def execute(self) -> Finished:
-        self.started = self.last_step_at = self.clock()
+        self.started = self.timer.start()
         pipeline = self.model.pipeline
         own_scheduler = pipeline.scheduler
         try:
@@ -177,8 +182,6 @@ class _Search:
         except _Ended as ended:
             return self._end(ended.reason, ended.error)
         except Exception as exc:  # no error inside a run may escape into the caller's thread
-            from .monitor import _classify
-
             return self._end("failed", _classify(exc))
         finally:
             self.counter.detach()
@@ -263,8 +266,6 @@ class _Search:
             candidates=tuple(self.results[c] for c in sorted(self.results)),
             compute=compute,
         )
-        from .monitor import _emit_finished
-
         _emit_finished(self.sink, result)
         return result
 
@@ -295,13 +296,7 @@ class _Search:
         return {}
 
     def _progress(self) -> Progress:
-        now = self.clock()
-        took, self.last_step_at = now - self.last_step_at, now
-        self.step_seconds = (
-            took if self.step_seconds is None else 0.7 * self.step_seconds + 0.3 * took
-        )
-        eta = self.step_seconds * max(self.total - self.step, 0)
-        return Progress(self.step, self.total, fit_seconds(now - self.started), fit_seconds(eta))
+        return self.timer.progress(self.step, self.total)
 
     def _controls(self, pending: PendingControls) -> bool:
         """Apply pending requests; True when the search must end after this step."""

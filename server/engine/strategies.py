@@ -52,8 +52,8 @@ def fk_weights(scores: Sequence[float], best: Sequence[float], sharpness: float)
     values = np.maximum(np.asarray(scores, dtype=np.float64), np.asarray(best, dtype=np.float64))
     logits = sharpness * values
     weights = np.exp(logits - logits.max())
-    total = weights.sum()
-    return weights / total
+    normalised: np.ndarray = weights / weights.sum()
+    return normalised
 
 
 def effective_sample_size(weights: np.ndarray) -> float:

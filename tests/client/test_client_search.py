@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import urllib.request
+from typing import Any
+
 import pytest
 
 from stepwatch.client import Check, ErrorCode, Refused, connect
@@ -9,6 +14,18 @@ from stepwatch.protocol import SearchSettings
 from stepwatch.server.harness import ServerThread
 
 pytestmark = pytest.mark.anyio
+
+
+async def stored_parameters(server: ServerThread, run_id: str) -> dict[str, Any]:
+    """The run's parameters as the HTTP API reports them from the store."""
+
+    def read() -> dict[str, Any]:
+        with urllib.request.urlopen(f"{server.http}/api/runs/{run_id}") as response:
+            parameters: dict[str, Any] = json.load(response)["parameters"]
+        return parameters
+
+    return await asyncio.to_thread(read)
+
 
 SEARCH = {"steps": 6, "check_interval": 2, "early_stop": False, "seed": 4, "sampler": "dpmpp_2m"}
 
@@ -37,6 +54,19 @@ async def test_a_pruning_search_reports_every_candidate_and_its_compute(
     # Tiny SD with CFG: two rows per candidate and step; 4, 4, 2, 2, 1, 1 candidates.
     assert result.compute.denoiser_evaluations == 2 * (4 + 4 + 2 + 2 + 1 + 1)
     assert result.compute.single_run_evaluations == 2 * 6
+    # The store keeps the search's parameters; the HTTP API reports them as the wire does.
+    stored = await stored_parameters(server, run.run_id)
+    assert stored["candidates"] == 4 and stored["search"]["strategy"] == "prune"
+
+
+async def test_a_single_runs_stored_parameters_leave_the_search_fields_out(
+    server: ServerThread,
+) -> None:
+    async with connect(server.url) as sw:
+        run = await sw.generate("red circle", **SEARCH)
+        await run.result()
+    stored = await stored_parameters(server, run.run_id)
+    assert "candidates" not in stored and "search" not in stored
 
 
 async def test_more_candidates_than_the_server_allows_are_refused(server: ServerThread) -> None:

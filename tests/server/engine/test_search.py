@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 from tiny_models import Recorder
 
-from stepwatch.protocol import Check, Finished, SearchSettings
+from stepwatch.protocol import Check, ErrorCode, Finished, SearchSettings
 from stepwatch.server.engine.control import RunControl
+from stepwatch.server.engine.errors import ParamError
 from stepwatch.server.engine.lanes import DenoiserCounter
 from stepwatch.server.engine.model import LoadedModel
 from stepwatch.server.engine.monitor import run_monitored
@@ -64,7 +65,7 @@ def pixels(result: Finished) -> np.ndarray:
     return np.array(Image.open(io.BytesIO(result.image.data)))
 
 
-@pytest.mark.parametrize("model_name", ["shapes_model", "sd_model"])
+@pytest.mark.parametrize("model_name", ["shapes_model", "sd_model", "sdxl_model", "sd3_model"])
 def test_each_candidate_of_best_of_n_is_the_single_run_of_its_seed(
     model_name: str, request: pytest.FixtureRequest
 ) -> None:
@@ -89,7 +90,7 @@ def test_each_candidate_of_best_of_n_is_the_single_run_of_its_seed(
     assert result.compute.verifier_calls == 3 * 4 and result.compute.preview_decodes == 12
 
 
-@pytest.mark.parametrize("model_name", ["shapes_model", "sd_model"])
+@pytest.mark.parametrize("model_name", ["shapes_model", "sd_model", "sdxl_model"])
 def test_prune_shrinks_the_batch_and_the_survivor_is_unchanged(
     model_name: str, request: pytest.FixtureRequest
 ) -> None:
@@ -111,10 +112,14 @@ def test_prune_shrinks_the_batch_and_the_survivor_is_unchanged(
     assert same_image(result, alone)
 
 
-def test_fk_resamples_and_a_copy_continues_exactly_as_its_parent(sd_model: LoadedModel) -> None:
+@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model"])
+def test_fk_resamples_and_a_copy_continues_exactly_as_its_parent(
+    model_name: str, request: pytest.FixtureRequest
+) -> None:
+    model: LoadedModel = request.getfixturevalue(model_name)
     # λ large and the ESS threshold at 1: every check with unequal scores resamples.
     settings = SearchSettings("fk", fk_lambda=200.0, ess_threshold=1.0, resample_every=1)
-    result, events, sizes = search(sd_model, "a fox", 4, settings, cfg=3.0, sampler="dpmpp_2m")
+    result, events, sizes = search(model, "a fox", 4, settings, cfg=3.0, sampler="dpmpp_2m")
     assert sizes == [8] * 8  # FK keeps k lanes
     resampled = [s for c in events.checks for s in c.candidates if s.fate == "resampled"]
     assert resampled, "λ=200 with the threshold at 1 must resample"
@@ -147,3 +152,13 @@ def test_strategies_that_reindex_refuse_pipelines_that_cannot(sd3_model: LoadedM
     result, _, _ = search(sd3_model, "a cat", 2, SearchSettings("prune"), steps=2)
     assert result.reason == "failed" and result.error is not None
     assert "best_of_n" in result.error.message
+
+
+def test_search_settings_out_of_bounds_are_a_parameter_error() -> None:
+    with pytest.raises(ParamError) as refused:
+        RequestedParams("red circle", candidates=2, search=SearchSettings("prune", 2.0))
+    assert refused.value.field == "search.keep_fraction"
+    assert refused.value.code is ErrorCode.INVALID_VALUE
+    with pytest.raises(ParamError) as too_many:
+        RequestedParams("red circle", candidates=65)
+    assert too_many.value.field == "candidates"
