@@ -18,11 +18,18 @@ import sys
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Final, cast
+from typing import Final, cast, get_args
 
 from rich.console import Console
 
-from stepwatch.protocol import ErrorCode, Welcome, to_json
+from stepwatch.protocol import (
+    ErrorCode,
+    SearchSettings,
+    SearchStrategy,
+    SelectRule,
+    Welcome,
+    to_json,
+)
 
 from .errors import Refused, RunFailed, StepwatchError
 from .history import MAX_PAGE, list_runs
@@ -199,9 +206,37 @@ def generate(parser: argparse.ArgumentParser) -> None:
         const=False,
         help="run every step, however good the image is early",
     )
+    search_arguments(parser)
     parser.add_argument("--out", type=Path, help="where to write the PNG (default: RUN_ID.png)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per event")
     parser.set_defaults(handler=_handler("generate", _generate))
+
+
+def search_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a search run (``stepwatch generate`` and ``stepwatch sample``)."""
+    group = parser.add_argument_group("search (several candidates, one batch)")
+    group.add_argument("--candidates", type=int, help="candidates to denoise together")
+    group.add_argument(
+        "--search", choices=get_args(SearchStrategy), help="best_of_n (default), prune or fk"
+    )
+    group.add_argument("--keep-fraction", type=float, help="prune: share kept at each check")
+    group.add_argument("--fk-lambda", type=float, help="fk: sharpness of the potential")
+    group.add_argument("--select", choices=get_args(SelectRule), help="best (default) or first")
+
+
+def search_settings(args: argparse.Namespace) -> SearchSettings | None:
+    """The search settings the command line asks for; ``None`` when it names none."""
+    given = {
+        name: getattr(args, attribute)
+        for name, attribute in (
+            ("strategy", "search"),
+            ("keep_fraction", "keep_fraction"),
+            ("fk_lambda", "fk_lambda"),
+            ("select", "select"),
+        )
+        if getattr(args, attribute) is not None
+    }
+    return SearchSettings(**given) if given else None
 
 
 #: The ``generate`` arguments that become ``start`` fields when given.
@@ -230,6 +265,8 @@ _RUN_OPTIONS: Final = (
 def run_options(args: argparse.Namespace) -> RunOptions:
     """The ``start`` fields the user gave on the command line."""
     given = {name: getattr(args, name) for name in _RUN_OPTIONS}
+    given["candidates"] = getattr(args, "candidates", None)
+    given["search"] = search_settings(args) if hasattr(args, "search") else None
     return cast(RunOptions, {name: value for name, value in given.items() if value is not None})
 
 

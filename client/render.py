@@ -36,7 +36,7 @@ from stepwatch.protocol import (
 from .history import RunSummary
 from .runs import RunHandle
 
-__all__ = ["JsonView", "LiveView", "RunView", "runs_table"]
+__all__ = ["JsonView", "LiveView", "RunView", "candidate_table", "runs_table"]
 
 
 class RunView(Protocol):
@@ -186,8 +186,12 @@ class LiveView:
             self._task, score=score, cfg=f"{check.cfg:.2f}", decision=check.decision
         )
         self._log(f"step {check.step:>4}  {score}  cfg {check.cfg:.2f}  {check.decision}")
+        for line in candidate_table(check):
+            self._log(escape(line))
 
     def _finished(self, finished: Finished) -> None:
+        if finished.compute is not None:
+            self._log(escape(compute_line(finished)))
         steps = finished.steps_run
         self._progress.update(
             self._task, completed=steps, total=steps, steps=f"step {steps}/{steps}", eta="0:00"
@@ -198,6 +202,32 @@ class LiveView:
             f"[{colour}]{finished.reason}[/] after {finished.steps_run} steps, "
             f"{finished.elapsed:.1f} s, final score {score}"
         )
+
+
+def candidate_table(check: Check) -> list[str]:
+    """A search's candidates at ``check`` as a compact text table (none for a single run):
+    one row per candidate, best first, with its score and fate."""
+    if not check.candidates:
+        return []
+    rows = ["      cand  score  fate"]
+    for c in sorted(check.candidates, key=lambda c: (-c.score, c.candidate)):
+        fate = c.fate if c.parent is None else f"{c.fate} from {c.parent}"
+        rows.append(f"      {c.candidate:>4}  {c.score:.3f}  {fate}")
+    return rows
+
+
+def compute_line(finished: Finished) -> str:
+    """What a search spent, against one run alone, as one line."""
+    compute = finished.compute
+    if compute is None:
+        return ""
+    ratio = compute.denoiser_evaluations / max(compute.single_run_evaluations, 1)
+    chosen = next((c.candidate for c in finished.candidates if c.fate == "chosen"), None)
+    return (
+        f"search: candidate {chosen} chosen; {compute.denoiser_evaluations} denoiser "
+        f"evaluations ({ratio:.2f}x one run), {compute.verifier_calls} verifier calls, "
+        f"{compute.preview_decodes} preview decodes"
+    )
 
 
 def runs_table(summaries: Sequence[RunSummary]) -> Table:

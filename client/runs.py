@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol, Self, TypedDict
 
 from stepwatch.protocol import (
     Applied,
+    CandidateResult,
     Finished,
     FinishReason,
     HistoryEntry,
@@ -31,6 +32,8 @@ from stepwatch.protocol import (
     RunError,
     RunEvent,
     RunParameters,
+    SearchCompute,
+    SearchSettings,
     Set,
     Started,
     Stop,
@@ -84,6 +87,11 @@ class Result:
     parameters: RunParameters | None
     #: Why the run failed; given exactly when :attr:`reason` is ``failed``.
     error: RunError | None
+    #: A search's candidates at its end, by number (empty for a single run); the image, history
+    #: and final score above are the chosen candidate's.
+    candidates: tuple[CandidateResult, ...] = ()
+    #: What a search spent (denoiser evaluations, verifier calls, preview decodes).
+    compute: SearchCompute | None = None
 
     @classmethod
     def from_finished(cls, finished: Finished, parameters: RunParameters | None) -> Result:
@@ -98,6 +106,8 @@ class Result:
             png=None if finished.image is None else finished.image.data,
             parameters=parameters,
             error=finished.error,
+            candidates=finished.candidates,
+            compute=finished.compute,
         )
 
     def image(self) -> PIL.Image.Image | None:
@@ -139,6 +149,8 @@ class RunOptions(TypedDict, total=False):
     preview_size: int
     preview_format: PreviewFormat
     preview_decoder: str | None
+    candidates: int
+    search: SearchSettings | None
 
 
 class RunHandle:

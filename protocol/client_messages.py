@@ -12,7 +12,8 @@ from typing import Annotated, ClassVar, TypeAlias
 
 from . import limits
 from .errors import ErrorCode, MessageError
-from .schema import Length
+from .schema import ADDED, Length
+from .search import Candidates, SearchSettings
 from .values import (
     ApiToken,
     Cfg,
@@ -77,7 +78,7 @@ class Hello:
     #: The fields added to version 1 after its first release that this client reads, by name
     #: (see :mod:`stepwatch.protocol.evolution`); the server leaves out the others.
     features: Annotated[tuple[Name, ...], Length(0, limits.MAX_LISTED)] = field(
-        default=(), metadata={"added": True}
+        default=(), metadata=ADDED
     )
 
 
@@ -134,7 +135,11 @@ class Start:
     #: Encoding of the preview thumbnails.
     preview_format: PreviewFormat = "jpeg"
     #: One of the model's ``preview_decoders``; ``None`` for its default.
-    preview_decoder: Name | None = field(default=None, metadata={"added": True})
+    preview_decoder: Name | None = field(default=None, metadata=ADDED)
+    #: Candidates to denoise as one batch (1: a single run); see :mod:`.search`.
+    candidates: Candidates = field(default=1, metadata=ADDED)
+    #: The search's strategy and settings; ``None`` for best-of-N with the defaults.
+    search: SearchSettings | None = field(default=None, metadata=ADDED)
 
 
 @dataclass(frozen=True, slots=True)

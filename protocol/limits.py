@@ -86,6 +86,10 @@ MIN_PATIENCE: Final = 1
 MAX_PATIENCE: Final = 100
 #: Longest side of a preview thumbnail in pixels (``preview_size`` 0 turns previews off).
 MAX_PREVIEW_SIZE: Final = 512
+#: Candidates of one search run (``start.candidates``).
+MAX_CANDIDATES: Final = 64
+#: Feynman–Kac's λ.
+MAX_FK_LAMBDA: Final = 1000.0
 #: Durations (``elapsed``, ``eta``) in seconds, about 115 days.
 MAX_SECONDS: Final = 10_000_000.0
 
@@ -104,4 +108,5 @@ def protocol_limits() -> dict[str, int]:
         "max_height": MAX_SIZE,
         "max_preview_size": MAX_PREVIEW_SIZE,
         "max_resume_runs": MAX_RESUME_RUNS,
+        "max_candidates": MAX_CANDIDATES,
     }

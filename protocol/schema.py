@@ -21,11 +21,23 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Protocol, TypeAlias, TypeVar
+from typing import Annotated, Any, Final, Literal, Protocol, TypeAlias, TypeVar
 
 from .errors import ErrorCode, MessageError
 
-__all__ = ["Length", "Range", "RecordSpec", "compile_record", "describe", "unpack_limits"]
+__all__ = [
+    "ADDED",
+    "Length",
+    "Range",
+    "RecordSpec",
+    "compile_record",
+    "describe",
+    "unpack_limits",
+]
+
+#: The metadata of a field added to version 1 after its first release: the writer leaves it
+#: out while it holds its default (see :class:`FieldSpec`).
+ADDED: Final[Mapping[str, bool]] = {"added": True}
 
 
 @dataclass(frozen=True, slots=True)

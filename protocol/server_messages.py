@@ -15,7 +15,8 @@ from typing import Annotated, ClassVar, Final, TypeAlias, TypeVar
 
 from . import limits
 from .errors import ErrorCode, MessageError, ProtocolError, error_for
-from .schema import Length, Range
+from .schema import ADDED, Length, Range
+from .search import CandidateFate, CandidateIndex, Candidates, SearchSettings
 from .values import (
     SETTINGS,
     Cfg,
@@ -48,6 +49,9 @@ from .values import (
 
 __all__ = [
     "Accepted",
+    "CandidateResult",
+    "CandidateScore",
+    "SearchCompute",
     "Adjusted",
     "Applied",
     "Check",
@@ -108,7 +112,7 @@ class ModelInfo:
     fixed_size: bool = False
     #: The preview decoders ``start.preview_decoder`` may name, the model's default first;
     #: ``()``: not announced (a server that predates the field).
-    preview_decoders: Names = field(default=(), metadata={"added": True})
+    preview_decoders: Names = field(default=(), metadata=ADDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +155,11 @@ class RunParameters:
     preview_format: PreviewFormat
     #: The preview decoder the checks use, when ``start`` named one; ``None``: the model's
     #: default (the first of its ``ModelInfo.preview_decoders``).
-    preview_decoder: Name | None = field(default=None, metadata={"added": True})
+    preview_decoder: Name | None = field(default=None, metadata=ADDED)
+    #: How many candidates the run denoises (1: a single run; see :mod:`.search`).
+    candidates: Candidates = field(default=1, metadata=ADDED)
+    #: The search's strategy and settings; ``None`` for a single run.
+    search: SearchSettings | None = field(default=None, metadata=ADDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +354,47 @@ class Progress:
 
 
 @dataclass(frozen=True, slots=True)
+class CandidateScore:
+    """One candidate of a search at a check (see :mod:`.search`)."""
+
+    candidate: CandidateIndex
+    score: Score
+    components: Components
+    fate: CandidateFate
+    #: For ``resampled``: the candidate whose state this one continues from now on.
+    parent: CandidateIndex | None = None
+    #: Its thumbnail (shared out as ``protocol/README.md`` says), or ``None``.
+    preview: Preview | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateResult:
+    """One candidate of a search at its end."""
+
+    candidate: CandidateIndex
+    #: Its last score (of the final image for those that finished); ``None`` if never scored.
+    final_score: Score | None
+    #: ``chosen``, ``finished`` or ``pruned``.
+    fate: CandidateFate
+    #: The steps it was denoised for.
+    steps_run: Step
+    #: The candidates it descends from by resampling, oldest first.
+    lineage: Annotated[tuple[CandidateIndex, ...], Length(0, limits.MAX_STEPS)] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SearchCompute:
+    """What a search spent: the denoiser's evaluations (one per candidate and pass; CFG's
+    two passes count two), the verifier's scored images and the preview decoder's images."""
+
+    denoiser_evaluations: Count
+    verifier_calls: Count
+    preview_decodes: Count
+    #: What one candidate run alone to the end would have cost the denoiser.
+    single_run_evaluations: Count
+
+
+@dataclass(frozen=True, slots=True)
 class Check:
     """The x0 estimate was scored at a check step, and the policy decided."""
 
@@ -366,6 +415,10 @@ class Check:
     cfg: Cfg
     #: The thumbnail; ``None`` when previews are off or were collapsed in a replay.
     preview: Preview | None
+    #: A search's candidates (``score`` and ``preview`` above are the best one's).
+    candidates: Annotated[tuple[CandidateScore, ...], Length(0, limits.MAX_CANDIDATES)] = field(
+        default=(), metadata=ADDED
+    )
 
     def entry(self, elapsed: float) -> HistoryEntry:
         """The check as the run's quality history keeps it, made ``elapsed`` seconds into
@@ -437,6 +490,12 @@ class Finished:
     image: Image | None
     #: Why it failed; given exactly when ``reason`` is ``failed``.
     error: RunError | None
+    #: A search's candidates at its end (``image`` and ``history`` are the chosen one's).
+    candidates: Annotated[tuple[CandidateResult, ...], Length(0, limits.MAX_CANDIDATES)] = field(
+        default=(), metadata=ADDED
+    )
+    #: What a search spent.
+    compute: SearchCompute | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
         if (self.reason == "failed") != (self.error is not None):

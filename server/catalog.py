@@ -37,6 +37,7 @@ from stepwatch.server.engine.params import (
     default_cfg_max,
 )
 from stepwatch.server.engine.policy import cfg_refusal
+from stepwatch.server.engine.search import search_refusal
 from stepwatch.server.engine.verifiers import BUILTIN_COMPONENTS, VerifierRegistry
 
 __all__ = ["Catalog", "ResolvedRun"]
@@ -141,6 +142,10 @@ class Catalog:
         except ParamError as exc:
             raise _refused(exc) from exc
         self._check_limits(params.parameters)
+        if params.parameters.search is not None:
+            why = search_refusal(model, params.parameters.search)
+            if why:
+                raise _invalid("search.strategy", why)
         return ResolvedRun(model, params)
 
     def _model(self, name: str | None) -> LoadedModel:
@@ -169,6 +174,8 @@ class Catalog:
             raise _invalid(
                 "preview_size", f"at most {limits.max_preview_size} pixels on this server"
             )
+        if parameters.candidates > limits.max_candidates:
+            raise _invalid("candidates", f"at most {limits.max_candidates} on this server")
 
     # -- set -----------------------------------------------------------------------------------
 

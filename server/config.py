@@ -76,8 +76,8 @@ class ServiceLimits:
     - ``hello_timeout``: seconds a new connection has to send ``hello``.
 
     Runs: ``max_queue`` (runs waiting for a sampler; ``queue_full``), ``max_steps``,
-    ``max_image_side`` (width and height), ``max_preview_size``, ``max_prompt_chars`` (all
-    ``invalid_value`` naming the field).
+    ``max_image_side`` (width and height), ``max_preview_size``, ``max_candidates`` (of a
+    search), ``max_prompt_chars`` (all ``invalid_value`` naming the field).
 
     Delivery: ``outbox_size`` (frames waiting for one connection; a full outbox, or one whose
     oldest frame waits longer than ``send_timeout`` seconds, closes the connection with
@@ -100,6 +100,7 @@ class ServiceLimits:
     max_steps: int = wire.MAX_STEPS
     max_image_side: int = wire.MAX_SIZE
     max_preview_size: int = wire.MAX_PREVIEW_SIZE
+    max_candidates: int = 8
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
     outbox_size: int = 4096
     send_timeout: float = 10.0
@@ -133,6 +134,10 @@ class ServiceLimits:
         _require(
             0 <= self.max_preview_size <= wire.MAX_PREVIEW_SIZE,
             f"max_preview_size must be 0..{wire.MAX_PREVIEW_SIZE}",
+        )
+        _require(
+            1 <= self.max_candidates <= wire.MAX_CANDIDATES,
+            f"max_candidates must be 1..{wire.MAX_CANDIDATES}",
         )
         _require(
             1 <= self.max_prompt_chars <= wire.MAX_PROMPT_CHARS,
@@ -174,6 +179,7 @@ class ServiceLimits:
             max_width=self.max_image_side,
             max_height=self.max_image_side,
             max_preview_size=self.max_preview_size,
+            max_candidates=self.max_candidates,
             max_queue=self.max_queue,
             max_runs_per_connection=self.max_runs_per_connection,
             messages_per_second=math.floor(self.messages_per_second),

@@ -70,7 +70,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: What a version-1 server of this kind can do (``welcome.capabilities``).
-CAPABILITIES = ("previews", "resume", "steer", "early_stop")
+CAPABILITIES = ("previews", "resume", "steer", "early_stop", "search")
 #: Seconds a closing handshake, or the last error to a stuck client, may take.
 CLOSE_TIMEOUT = 1.0
 #: What sending on a connection the client has closed raises.

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from stepwatch.protocol import ErrorCode, RunParameters
+from stepwatch.protocol import DEFAULT_SEARCH, ErrorCode, RunParameters
 from stepwatch.protocol import limits as wire
 
 from . import samplers
@@ -201,6 +201,10 @@ class LoadedModel:
             preview_format=request.wire_default("preview_format"),
             # Reported only when asked for: a client that names none may predate the field.
             preview_decoder=decoder if request.preview_decoder is not None else None,
+            candidates=request.wire_default("candidates"),
+            search=(request.search or DEFAULT_SEARCH)
+            if request.wire_default("candidates") > 1
+            else None,
         )
         return ResolvedParams(parameters, decoder, request.initial_latent)
 

@@ -23,6 +23,8 @@ AuraFlow, ...) is left by raising from the step callback at that step boundary i
 engine decodes the estimate with the model's VAE. An ``abort`` leaves the pipeline at once and
 returns no image.
 
+A run of more than one candidate is a search (:mod:`.search`).
+
 Everything that goes wrong inside a run (an exception anywhere, NaN in x0 or the image, a failing
 verifier, running out of memory, a failing sink) ends the run with reason ``failed`` and the
 protocol's :class:`~stepwatch.protocol.ErrorCode`; nothing escapes into the caller's thread.
@@ -74,13 +76,13 @@ from .model import LoadedModel
 from .params import ResolvedParams
 from .policy import CFG_OFF_AT, PolicyDecision, PolicySettings, Scored, cfg_refusal, decide
 from .previews import PreviewDecoder, encode_png, encode_thumbnail, to_uint8
+from .steptimer import StepTimer
 from .verifiers import Verifier, VerifierRegistry, score_batch
 from .x0 import StepCapture
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-_ETA_SMOOTHING = 0.3
 
 
 class _Failed(Exception):
@@ -145,6 +147,11 @@ def run_monitored(
     if curve is None:
         curve = model.curves.get(curve_key(wanted, params.parameters.sampler))
     decoder = model.decoders[params.preview_decoder]
+    if params.parameters.candidates > 1:
+        from .search import run_search  # the search builds on this module's helpers
+
+        with model.lock:
+            return run_search(model, params, verifier, decoder, control, sink, clock=clock)
     run = _MonitoredRun(model, params, verifier, decoder, control, sink, clock, curve)
     with model.lock:
         return run.execute()
@@ -199,8 +206,7 @@ class _MonitoredRun:
         self.last_check = 0
         self.history: list[HistoryEntry] = []
         self.started = 0.0
-        self.last_step_at = 0.0
-        self.step_seconds: float | None = None
+        self.timer = StepTimer(clock)
         self.ending: FinishReason | None = None
         self.capture: StepCapture | None = None
         self.tail: Tail | None = None
@@ -209,7 +215,7 @@ class _MonitoredRun:
     # -- the run as a whole --------------------------------------------------------------------
 
     def execute(self) -> Finished:
-        self.started = self.last_step_at = self.clock()
+        self.started = self.timer.start()
         pipeline = self.model.pipeline
         own_scheduler = pipeline.scheduler
         try:
@@ -343,16 +349,8 @@ class _MonitoredRun:
         return self._stop_with_x0(pipeline, tensors, self._finite(self.tail.estimate))
 
     def _progress(self) -> Progress:
-        now = self.clock()
-        took, self.last_step_at = now - self.last_step_at, now
-        if self.step_seconds is None:
-            self.step_seconds = took
-        else:
-            self.step_seconds += _ETA_SMOOTHING * (took - self.step_seconds)
         # While a tail finishes the run, the steps it will take are the re-planned count.
-        total = self.finishing_total or self.total
-        eta = self.step_seconds * max(total - self.step, 0)
-        return Progress(self.step, total, fit_seconds(now - self.started), fit_seconds(eta))
+        return self.timer.progress(self.step, self.finishing_total or self.total)
 
     def _stop_with_x0(
         self, pipeline: Any, tensors: dict[str, Any], x0: torch.Tensor

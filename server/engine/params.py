@@ -29,7 +29,15 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from stepwatch.protocol import ErrorCode, MessageError, RunParameters, Set, Setting, Start
+from stepwatch.protocol import (
+    ErrorCode,
+    MessageError,
+    RunParameters,
+    SearchSettings,
+    Set,
+    Setting,
+    Start,
+)
 from stepwatch.protocol import limits as wire
 from stepwatch.protocol.schema import compile_record
 from stepwatch.protocol.values import SETTINGS, PreviewFormat
@@ -74,6 +82,7 @@ INVALID_PROMPT: Final = ErrorCode.INVALID_PROMPT
 
 _START: Final = compile_record(Start)
 _SET: Final = compile_record(Set)
+_SEARCH: Final = compile_record(SearchSettings)
 # The fields a request check fills in so that the protocol's schema can read the rest.
 _START_PLACEHOLDERS: Final = {"request_id": "-"}
 _SET_PLACEHOLDERS: Final = {"request_id": "-", "run_id": "-", "token": "-" * 16}
@@ -123,10 +132,12 @@ class RequestedParams:
     preview_size: int | None = None
     preview_format: PreviewFormat | None = None
     preview_decoder: str | None = None
+    candidates: int | None = None
+    search: SearchSettings | None = None
     initial_latent: LatentArray | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        given = {name: getattr(self, name) for name in WIRE_FIELDS}
+        given = {name: getattr(self, name) for name in WIRE_FIELDS if name != "search"}
         _wire_check(_START, {k: v for k, v in given.items() if v is not None}, _START_PLACEHOLDERS)
         if not self.prompt.strip():
             raise ParamError("prompt", "say what to draw: the prompt is empty", INVALID_PROMPT)
@@ -150,6 +161,16 @@ class RequestedParams:
             _check(latent.ndim >= 3, "initial_latent", f"needs a batch axis, got {latent.shape}")
             _check(latent.shape[0] == 1, "initial_latent", "must hold exactly one latent")
             _check(bool(np.isfinite(latent).all()), "initial_latent", "holds NaN or infinity")
+            _check(
+                (self.candidates or 1) == 1,
+                "initial_latent",
+                "a search draws each candidate's noise from its seed; give no initial latent",
+            )
+        if self.search is not None:
+            _check(isinstance(self.search, SearchSettings), "search", "must be search settings")
+            # Read back through the protocol's schema, which holds every setting to its bounds.
+            search = {"prompt": self.prompt, "search": _SEARCH.write(self.search)}
+            _wire_check(_START, search, _START_PLACEHOLDERS)
 
     @classmethod
     def from_start(cls, start: Start) -> RequestedParams:

@@ -21,6 +21,10 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+# The client's words for a search on the command line and its table, so that ``sample`` and
+# ``generate`` take the same options and print the same rows.
+from stepwatch.client.commands import search_arguments, search_settings
+from stepwatch.client.render import candidate_table, compute_line
 from stepwatch.protocol import (
     Adjusted,
     Applied,
@@ -75,6 +79,7 @@ def sample(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preview-format", default="jpeg", choices=["jpeg", "webp", "png"], help="thumbnails"
     )
+    search_arguments(parser)
     parser.add_argument("--out", type=Path, help="image file (default stepwatch-<seed>.png)")
     parser.add_argument("--json", action="store_true", help="one JSON object per event")
     parser.set_defaults(handler=_sample)
@@ -135,6 +140,8 @@ def _sample(args: argparse.Namespace) -> int:
                 early_stop=not args.no_early_stop,
                 preview_decoder=args.preview_decoder,
                 preview_format=args.preview_format,
+                candidates=args.candidates,
+                search=search_settings(args),
             )
         )
     except EngineError as exc:
@@ -203,6 +210,8 @@ class LinePrinter(EventPrinter):
                     f"  step {q.step:>3}  score {q.score:.3f}  [{parts}]  cfg {q.cfg:g}  "
                     f"{q.decision}: {q.reason}"
                 )
+                for line in candidate_table(q):
+                    self._line(line)
             case Adjusted(setting=setting, old=old, new=new, step=step):
                 self._line(f"  step {step:>3}  {setting} {old:g} -> {new:g}")
             case Applied(step=step, stop=stop) if stop is not None:
@@ -218,6 +227,8 @@ class LinePrinter(EventPrinter):
         self.stream.flush()
 
     def summary(self, result: Finished, out: Path) -> None:
+        if result.compute is not None:
+            self._line(compute_line(result))
         score = f"{result.final_score:.3f}" if result.final_score is not None else "-"
         self._line(
             f"{result.reason}: {result.steps_run}/{self.total} steps in "

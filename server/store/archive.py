@@ -21,6 +21,7 @@ from stepwatch.protocol import (
     Image,
     RunError,
     RunParameters,
+    SearchSettings,
     decode_server,
     encode,
 )
@@ -103,7 +104,10 @@ class RunArchive(Database):
         if row is None:
             return None
         summary = _summary(row[:11])
-        parameters = RunParameters(**json.loads(row[11]))
+        stored = json.loads(row[11])
+        if isinstance(stored.get("search"), dict):  # a search run's settings, a record of them
+            stored["search"] = SearchSettings(**stored["search"])
+        parameters = RunParameters(**stored)
         error = None if row[13] is None else RunError(ErrorCode(row[13]), row[14] or "")
         return RunRecord(summary, parameters, row[12], error, run_history(self._db, run_id))
 

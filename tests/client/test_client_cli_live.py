@@ -189,3 +189,37 @@ def test_a_bad_parameter_is_one_line_naming_it(
 def test_watching_an_unknown_run_is_one_line(server: ServerThread) -> None:
     result = stepwatch("watch", "no-such-run", "--server", server.url)
     assert_one_line_error(result, "unknown_run")
+
+
+def test_generate_a_search_prints_each_checks_candidates_and_the_compute(
+    server: ServerThread, tmp_path: Path
+) -> None:
+    env = {**os.environ, "STEPWATCH_SERVER": server.url, "COLUMNS": "160"}
+    result = stepwatch(
+        "generate", "green triangle", *QUICK, "--no-early-stop", "--candidates", "4",
+        "--search", "prune", "--sampler", "dpmpp_2m", env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    tables = [i for i, line in enumerate(lines) if line.split() == ["cand", "score", "fate"]]
+    assert len(tables) == 3  # one per check: steps 2, 4 and 6
+    first = [lines[i].split() for i in range(tables[0] + 1, tables[0] + 5)]
+    assert sorted(row[0] for row in first) == ["0", "1", "2", "3"]
+    assert [row[2] for row in first] == ["live", "live", "pruned", "pruned"]  # best first
+    assert any("candidate" in line and "denoiser evaluations" in line for line in lines)
+
+
+def test_generate_json_of_a_search_carries_the_candidates(
+    server: ServerThread, tmp_path: Path
+) -> None:
+    result = stepwatch(
+        "generate", "red circle", "--server", server.url, *QUICK, "--json", "--candidates", "2",
+        "--out", str(tmp_path / "best.png"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    events = json_lines(result.stdout)
+    checks = [event for event in events if event["type"] == "check"]
+    assert all(len(check["candidates"]) == 2 for check in checks)
+    finished = events[-1]
+    assert [c["candidate"] for c in finished["candidates"]] == [0, 1]
+    assert finished["compute"]["single_run_evaluations"] > 0

@@ -141,3 +141,20 @@ def test_sample_json_and_generate_json_print_the_same_events(
     assert [e["type"] for e in local_events] == [e["type"] for e in served_events]
     # The same run, in process and served: the same JSON, field for field.
     assert [_comparable(e) for e in local_events] == [_comparable(e) for e in served_events]
+
+
+def test_a_search_prints_a_table_per_check(model_folder: Path, tmp_path: Path) -> None:
+    result = stepwatch(
+        "sample", "red circle", "--model", f"{model_folder},device=cpu", "--steps", "6",
+        "--seed", "7", "--check-interval", "2", "--no-early-stop", "--candidates", "3",
+        "--search", "prune", "--keep-fraction", "0.3", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    tables = [i for i, line in enumerate(lines) if line.split() == ["cand", "score", "fate"]]
+    assert len(tables) == 3
+    assert [lines[i].split()[-1] for i in range(tables[0] + 1, tables[0] + 4)] == [
+        "live", "pruned", "pruned",
+    ]  # fmt: skip
+    assert "denoiser evaluations" in lines[-2]
+    assert (tmp_path / "stepwatch-7.png").exists()

@@ -84,6 +84,14 @@ export class RunState {
       reason: event.reason,
       cfg: event.cfg,
       preview: event.preview ? this.blobImage(event.preview) : null,
+      // A search's candidates at this check (none for a single run).
+      candidates: (event.candidates ?? []).map((c) => ({
+        candidate: c.candidate,
+        score: c.score,
+        fate: c.fate,
+        parent: c.parent ?? null,
+        preview: c.preview ? this.blobImage(c.preview) : null,
+      })),
     });
   }
 
@@ -118,6 +126,8 @@ export class RunState {
       elapsed: event.elapsed,
       finalScore: event.final_score,
       error: event.error,
+      candidates: event.candidates ?? [],
+      compute: event.compute ?? null,
     };
     if (event.image) this.image = this.blobImage({ ...event.image, format: "png" });
     // A late watcher may have missed checks whose events it never saw (never in v1, but the

@@ -8,6 +8,7 @@
 // how it ended (the server was killed and restarted). Thumbnails a replay collapsed come from
 // the HTTP API's kept previews, so the filmstrip has every check for every viewer.
 
+import { renderCandidates } from "./candidates.js";
 import { QualityChart, fmt, settingName } from "./chart.js";
 import { fill, h, reasonText, score, seconds } from "./dom.js";
 import { Filmstrip } from "./filmstrip.js";
@@ -69,6 +70,7 @@ export function renderRun(main, app, runId) {
     drawTable(view, run);
     drawImage(view, run, strip, images, redrawAll);
     filmstrip.update(run, strip.selected);
+    renderCandidates(view.candidates, run, images);
     drawLog(view, run);
     tellTheEnd(view, run, ending);
     askTheStore();
@@ -198,6 +200,12 @@ function buildLayout(main, runId, app, getRun) {
     image: h("figure", { class: "large-image", id: "run-image" }),
     filmstrip: h("ol", { class: "filmstrip", id: "filmstrip", "aria-label": "Earlier previews" }),
     steer: h("section", { class: "card steer", "aria-labelledby": "steer-title" }),
+    candidates: h("section", {
+      class: "card candidates-card",
+      id: "candidates",
+      "aria-labelledby": "candidates-title",
+      hidden: true,
+    }),
     log: h("ol", { class: "log", id: "run-log" }),
   };
   const page = `${window.location.origin}${window.location.pathname}`;
@@ -274,6 +282,7 @@ function buildLayout(main, runId, app, getRun) {
       h("h2", { id: "strip-title" }, "Previews"),
       view.filmstrip,
     ),
+    view.candidates,
     h(
       "div",
       { class: "run-lower" },

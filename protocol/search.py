@@ -1,0 +1,78 @@
+"""The words of a search run: many candidates of one prompt, pruned or resampled by the verifier.
+
+A ``start`` with ``candidates`` N > 1 asks for a search: N candidates denoised as one batch,
+candidate *i* seeded with ``seed + i`` (so candidate *i* is the single run of that seed). Its
+``search`` names the strategy and its settings (:class:`SearchSettings`); each ``check`` then
+carries every candidate's score (``CandidateScore``) and ``finished`` every candidate's
+outcome (``CandidateResult``) and the compute the search spent (``SearchCompute``), all in
+:mod:`.server_messages`.
+Every field here is optional on the wire: a run of one candidate looks exactly as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Final, Literal, TypeAlias
+
+from . import limits
+from .schema import ADDED, Range
+
+__all__ = [
+    "ADDED",
+    "DEFAULT_SEARCH",
+    "CandidateFate",
+    "CandidateIndex",
+    "Candidates",
+    "Fraction",
+    "SearchSettings",
+    "SearchStrategy",
+    "SelectRule",
+]
+
+#: ``best_of_n``: every candidate runs to the end, the best is kept. ``prune``: at checks the
+#: lower-scoring candidates stop (see :class:`SearchSettings`). ``fk``: Feynman–Kac resampling.
+SearchStrategy: TypeAlias = Literal["best_of_n", "prune", "fk"]
+#: ``best``: the candidate with the best final score is the result; ``first``: the
+#: lowest-numbered candidate still running at the end.
+SelectRule: TypeAlias = Literal["best", "first"]
+#: ``live``: still denoising; ``pruned``: stopped at this check; ``resampled``: replaced at this
+#: check by a copy of ``parent``; ``finished``: ran to the end; ``chosen``: the result.
+CandidateFate: TypeAlias = Literal["live", "pruned", "resampled", "finished", "chosen"]
+#: How many candidates a run denoises at once.
+Candidates: TypeAlias = Annotated[int, Range(1, limits.MAX_CANDIDATES)]
+#: A candidate's number, 0 to ``candidates`` - 1.
+CandidateIndex: TypeAlias = Annotated[int, Range(0, limits.MAX_CANDIDATES - 1)]
+#: A share, 0 to 1.
+Fraction: TypeAlias = Annotated[float, Range(0.0, 1.0)]
+#: Feynman–Kac's λ: how sharply the potential favours higher scores.
+Sharpness: TypeAlias = Annotated[float, Range(0.0, limits.MAX_FK_LAMBDA)]
+Every: TypeAlias = Annotated[int, Range(1, limits.MAX_STEPS)]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSettings:
+    """How a search run spends its candidates.
+
+    ``prune``: at every ``prune_every``-th check (before the last step) the live candidates are
+    ranked by score and the best ``ceil(keep_fraction × live)`` (at least one) go on; the rest
+    stop and cost nothing more. With the defaults, 8 candidates checked every 5 of 20 steps run
+    8, 4, 2 and 1 lanes.
+
+    ``fk``: Feynman–Kac steering (Singhal et al. 2025, "A General Framework for Inference-time
+    Scaling and Steering of Diffusion Models"). At every ``resample_every``-th check each
+    candidate's potential is exp(``fk_lambda`` × max(r, r_prev)), r its score now and r_prev
+    the best it had; when the effective sample size of the normalised potentials falls below
+    ``ess_threshold`` × k, k candidates are drawn from them (multinomial, with replacement) and
+    each slot continues from its drawn parent's state. The batch keeps k lanes.
+    """
+
+    strategy: SearchStrategy = "best_of_n"
+    keep_fraction: Fraction = 0.5
+    prune_every: Every = 1
+    fk_lambda: Sharpness = 10.0
+    resample_every: Every = 1
+    ess_threshold: Fraction = 0.5
+    select: SelectRule = "best"
+
+
+DEFAULT_SEARCH: Final = SearchSettings()

@@ -1,0 +1,467 @@
+"""A search run: N candidates of one prompt denoised as lanes of one batch, watched together.
+
+:func:`run_search` runs a ``candidates`` > 1 run (``run_monitored`` hands those over). It makes
+one pipeline call for every candidate at once, candidate *i* with its own generator seeded
+:func:`~.strategies.candidate_seed` (``seed + i``), so candidate *i* starts from exactly the
+noise of the single run of that seed. At every check it decodes each lane's x0 estimate, scores
+all of them with the verifier in one call and asks the strategy (:mod:`.strategies`) for the
+batch's new order; :mod:`.lanes` re-indexes the latents, the conditioning and the scheduler's
+state with it, so a pruned candidate costs nothing more and a resampled one continues from its
+parent's state. A search always checks at its last step; each candidate's final score is its
+last check's, and the ``select`` rule picks the result by them.
+
+Each lane keeps its own trajectory, generator, scores and fate (:class:`Lane`): a later batch of
+lanes of different runs needs nothing more than this. The policy of single runs (CFG raises,
+early stops) does not act in a search; a ``stop`` ends every lane (``abort`` with no image).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from stepwatch.protocol import (
+    Applied,
+    CandidateResult,
+    CandidateScore,
+    Check,
+    Error,
+    ErrorCode,
+    Finished,
+    FinishReason,
+    HistoryEntry,
+    Progress,
+    RunError,
+    SearchCompute,
+    SearchSettings,
+    SettingChange,
+    Started,
+)
+from stepwatch.protocol import limits as wire
+
+from .control import PendingControls, RunControl
+from .errors import UnsupportedScheduler, VerifierError
+from .events import EventSink, fit_cfg, fit_components, fit_score, fit_seconds, fit_text
+from .lanes import REINDEXABLE, DenoiserCounter, reindex_rows, reindex_scheduler
+from .model import LoadedModel
+
+# monitor hands search runs over lazily, so importing it here makes no cycle.
+from .monitor import _classify, _emit_finished
+from .params import MIN_PREVIEW_SIZE, ResolvedParams
+from .previews import PreviewDecoder, encode_png, encode_thumbnail, to_uint8
+from .steptimer import StepTimer
+from .strategies import Plan, candidate_seed, plan
+from .verifiers import Verifier, score_batch
+from .x0 import StepCapture
+
+__all__ = ["Lane", "candidate_preview_size", "run_search", "search_refusal"]
+
+Clock = Callable[[], float]
+
+
+@dataclasses.dataclass
+class Lane:
+    """One candidate's place in the batch: its generator, its scores, its fate."""
+
+    candidate: int
+    generator: torch.Generator
+    history: list[HistoryEntry] = dataclasses.field(default_factory=list)
+    best: float = 0.0
+    lineage: list[int] = dataclasses.field(default_factory=list)
+
+    def copy_as(self, candidate: int, generator: torch.Generator) -> Lane:
+        """A copy of this lane in another candidate's slot (FK resampling)."""
+        return Lane(
+            candidate, generator, list(self.history), self.best, [*self.lineage, self.candidate]
+        )
+
+
+class _Ended(Exception):
+    def __init__(self, reason: FinishReason, error: RunError | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.error = reason, error
+
+
+def search_refusal(model: LoadedModel, settings: SearchSettings) -> str:
+    """Why ``model`` cannot run ``settings``' strategy (empty when it can)."""
+    if settings.strategy == "best_of_n":
+        return ""
+    if type(model.pipeline).__name__ not in REINDEXABLE:
+        return (
+            f"{type(model.pipeline).__name__} keeps batch tensors its step callback never "
+            f"sees, so {settings.strategy} cannot re-index its batch; use best_of_n"
+        )
+    return ""
+
+
+def candidate_preview_size(preview_size: int, live: int) -> int:
+    """The longest side of each candidate's thumbnail in a check: ``preview_size`` shared out
+    so that all of them together cover about the area of one preview (0: none)."""
+    if preview_size == 0:
+        return 0
+    return max(MIN_PREVIEW_SIZE, preview_size // math.ceil(math.sqrt(live)))
+
+
+def run_search(
+    model: LoadedModel,
+    params: ResolvedParams,
+    verifier: Verifier,
+    decoder: PreviewDecoder,
+    control: RunControl,
+    sink: EventSink,
+    *,
+    clock: Clock = time.perf_counter,
+) -> Finished:
+    """Run the search ``params`` ask for (``candidates`` > 1); return its ``finished``. Never
+    raises; call it on a worker thread holding ``model.lock``."""
+    return _Search(model, params, verifier, decoder, control, sink, clock).execute()
+
+
+class _Search:
+    def __init__(
+        self,
+        model: LoadedModel,
+        resolved: ResolvedParams,
+        verifier: Verifier,
+        decoder: PreviewDecoder,
+        control: RunControl,
+        sink: EventSink,
+        clock: Clock,
+    ) -> None:
+        self.model, self.verifier, self.decoder = model, verifier, decoder
+        self.params = params = resolved.parameters
+        self.settings = params.search or SearchSettings()
+        self.control, self.sink, self.clock = control, sink, clock
+        self.cfg = params.cfg
+        self.interval = params.check_interval
+        self.total = params.steps
+        self.step = 0
+        self.last_check = 0
+        self.checks = 0
+        self.generators = [
+            torch.Generator("cpu").manual_seed(candidate_seed(params.seed, i))
+            for i in range(params.candidates)
+        ]
+        self.lanes = [Lane(i, g) for i, g in enumerate(self.generators)]
+        self.results: dict[int, CandidateResult] = {}
+        self.rng = np.random.default_rng([params.seed, params.candidates])
+        self.counter = DenoiserCounter()
+        self.verifier_calls = self.preview_decodes = 0
+        self.capture: StepCapture | None = None
+        self.timer = StepTimer(clock)
+        self.started = 0.0
+        self.ending: FinishReason | None = None
+
+    # -- the run as a whole --------------------------------------------------------------------
+
+    def execute(self) -> Finished:
+        self.started = self.timer.start()
+        pipeline = self.model.pipeline
+        own_scheduler = pipeline.scheduler
+        try:
+            why = search_refusal(self.model, self.settings)
+            if why:
+                raise _Ended("failed", RunError(ErrorCode.INVALID_VALUE, fit_text(why)))
+            scheduler = self.model.build_scheduler(self.params.sampler, self.params.scheduler)
+            self.capture = StepCapture(scheduler)
+            pipeline.scheduler = scheduler
+            self.counter.attach(pipeline)
+            self._emit(Started(self.params))
+            self._controls(self.control.take())
+            output = pipeline(**self._call_arguments())
+            images = getattr(output, "images", None)
+            if not isinstance(images, torch.Tensor):
+                raise _Ended("failed", RunError(ErrorCode.INTERNAL, "the pipeline gave no images"))
+            return self._finish(images.float(), self.ending or "completed")
+        except _Ended as ended:
+            return self._end(ended.reason, ended.error)
+        except Exception as exc:  # no error inside a run may escape into the caller's thread
+            return self._end("failed", _classify(exc))
+        finally:
+            self.counter.detach()
+            if self.capture is not None:
+                self.capture.remove()
+            pipeline.scheduler = own_scheduler
+            pipeline._guidance_scale = self.params.cfg
+            if hasattr(pipeline, "_interrupt"):
+                pipeline._interrupt = False
+
+    def _call_arguments(self) -> dict[str, Any]:
+        params = self.params
+        inputs = list(getattr(self.model.pipeline, "_callback_tensor_inputs", ["latents"]))
+        arguments: dict[str, Any] = {
+            "prompt": params.prompt,
+            "negative_prompt": params.negative_prompt or None,
+            "num_inference_steps": params.steps,
+            "guidance_scale": self.cfg,
+            "height": params.height,
+            "width": params.width,
+            "num_images_per_prompt": params.candidates,
+            "generator": self.generators,
+            "output_type": "pt",
+            "return_dict": True,
+            "callback_on_step_end": self._on_step,
+            "callback_on_step_end_tensor_inputs": inputs,
+        }
+        accepted = self.model.call_parameters
+        return {k: v for k, v in arguments.items() if k in accepted}
+
+    def _finish(self, images: torch.Tensor, reason: FinishReason) -> Finished:
+        if not bool(torch.isfinite(images).all()):
+            raise _Ended("failed", RunError(ErrorCode.NAN_DETECTED, "a final image is not finite"))
+        # A lane's final score is its last check's, as a single run's is (the search always
+        # checks at the last step).
+        scores = [lane.history[-1].score if lane.history else 0.0 for lane in self.lanes]
+        steps_run = self.total if reason == "completed" else self.step
+        for lane in self.lanes:
+            final = lane.history[-1].score if lane.history else None
+            self.results[lane.candidate] = CandidateResult(
+                lane.candidate, final, "finished", steps_run, tuple(lane.lineage)
+            )
+        chosen = self._select(scores)
+        lane = self.lanes[chosen]
+        self.results[lane.candidate] = dataclasses.replace(
+            self.results[lane.candidate], fate="chosen"
+        )
+        image = encode_png(to_uint8(images[chosen : chosen + 1])[0])
+        return self._end(reason, None, image=image, chosen=lane, steps_run=steps_run)
+
+    def _select(self, scores: list[float]) -> int:
+        if self.settings.select == "first":
+            return min(range(len(self.lanes)), key=lambda i: self.lanes[i].candidate)
+        return max(range(len(scores)), key=lambda i: (scores[i], -self.lanes[i].candidate))
+
+    def _end(
+        self,
+        reason: FinishReason,
+        error: RunError | None,
+        *,
+        image: Any = None,
+        chosen: Lane | None = None,
+        steps_run: int | None = None,
+    ) -> Finished:
+        history = tuple(chosen.history) if chosen is not None else ()
+        final = self.results[chosen.candidate].final_score if chosen is not None else None
+        evaluations_per_step = 2 if self.params.cfg > 1.0 else 1
+        compute = SearchCompute(
+            denoiser_evaluations=self.counter.evaluations,
+            verifier_calls=self.verifier_calls,
+            preview_decodes=self.preview_decodes,
+            single_run_evaluations=self.total * evaluations_per_step,
+        )
+        result = Finished(
+            reason=reason,
+            steps_run=self.step if steps_run is None else steps_run,
+            elapsed=fit_seconds(self.clock() - self.started),
+            final_score=final,
+            history=history,
+            image=image,
+            error=error,
+            candidates=tuple(self.results[c] for c in sorted(self.results)),
+            compute=compute,
+        )
+        _emit_finished(self.sink, result)
+        return result
+
+    def _emit(self, event: Any) -> None:
+        try:
+            self.sink(event)
+        except Exception as exc:
+            raise _Ended(
+                "failed", RunError(ErrorCode.INTERNAL, fit_text(f"the event sink failed: {exc!r}"))
+            ) from exc
+
+    # -- every step ----------------------------------------------------------------------------
+
+    def _on_step(
+        self, pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.step = index + 1
+        if index == 0:
+            self.total = len(pipeline.scheduler.timesteps)
+        self._emit(self._progress())
+        if self._controls(self.control.take()):
+            pipeline._interrupt = True
+            x0 = self._x0()
+            latents = tensors["latents"]
+            return {"latents": x0.to(latents.dtype)}
+        if self.step - self.last_check >= self.interval or self.step == self.total:
+            return self._check(pipeline, tensors)
+        return {}
+
+    def _progress(self) -> Progress:
+        return self.timer.progress(self.step, self.total)
+
+    def _controls(self, pending: PendingControls) -> bool:
+        """Apply pending requests; True when the search must end after this step."""
+        for request in pending.changes:
+            applied: list[SettingChange] = []
+            refused: list[str] = []
+            for name, value in request.change.items():
+                if name == "check_interval":
+                    applied.append(SettingChange(name, float(self.interval), float(value)))
+                    self.interval = int(value)
+                else:
+                    refused.append(f"a search does not change {name} mid-run")
+            if request.request_id is not None and applied:
+                self._emit(Applied(request.request_id, self.step, tuple(applied), None))
+            if request.request_id is not None and refused:
+                message = fit_text("; ".join(refused))
+                self._emit(Error(ErrorCode.INVALID_VALUE, message, request_id=request.request_id))
+        stop = pending.stop
+        if stop is None:
+            return False
+        if stop.request_id is not None:
+            self._emit(Applied(stop.request_id, self.step, (), stop.mode))
+        if stop.mode == "abort" or self.step == 0:
+            raise _Ended(stop.reason)
+        self.ending = stop.reason
+        return True
+
+    def _x0(self) -> torch.Tensor:
+        assert self.capture is not None
+        try:
+            x0 = self.capture.x0()
+        except UnsupportedScheduler as exc:
+            error = RunError(ErrorCode.UNSUPPORTED_SCHEDULER, fit_text(str(exc)))
+            raise _Ended("failed", error) from exc
+        if not bool(torch.isfinite(x0).all()):
+            message = f"the x0 estimate at step {self.step} is not finite"
+            raise _Ended("failed", RunError(ErrorCode.NAN_DETECTED, message))
+        return x0
+
+    def _score(self, images: torch.Tensor) -> list[float]:
+        try:
+            scores = score_batch(self.verifier, images, self.params.prompt)
+        except VerifierError as exc:
+            message = fit_text(f"verifier {self.params.verifier}: {exc}")
+            raise _Ended("failed", RunError(ErrorCode.VERIFIER_FAILED, message)) from exc
+        self.verifier_calls += images.shape[0]
+        self._last_components = [fit_components(s.components) for s in scores]
+        return [fit_score(s.value) for s in scores]
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def _check(self, pipeline: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        self.last_check = self.step
+        self.checks += 1
+        params = self.params
+        x0 = self.model.to_spatial(self._x0(), params.width, params.height)
+        images = self.decoder.decode(x0)
+        self.preview_decodes += images.shape[0]
+        scores = self._score(images)
+        components = self._last_components
+        live = len(self.lanes)
+        last = self.step >= self.total
+        decided = plan(
+            self.settings,
+            self.checks,
+            scores,
+            [lane.best for lane in self.lanes],
+            self.rng,
+            last_step=last,
+        )
+        elapsed = fit_seconds(self.clock() - self.started)
+        for lane, score, parts in zip(self.lanes, scores, components, strict=True):
+            lane.history.append(
+                HistoryEntry(
+                    self.step,
+                    score,
+                    parts,
+                    "continue",
+                    fit_cfg(self.cfg),
+                    fit_score(params.quality_threshold),
+                    elapsed,
+                )
+            )
+        self._emit(self._check_event(images, scores, components, decided))
+        for lane, score in zip(self.lanes, scores, strict=True):
+            lane.best = max(lane.best, score)
+        if decided.keeps_all(live):
+            return {}
+        return self._reorder(pipeline, tensors, decided.order, scores)
+
+    def _check_event(
+        self,
+        images: torch.Tensor,
+        scores: list[float],
+        components: list[dict[str, float]],
+        decided: Plan,
+    ) -> Check:
+        params = self.params
+        live = len(self.lanes)
+        kept = set(decided.order)
+        best = max(range(live), key=lambda i: (scores[i], -i))
+        pixels = to_uint8(images) if params.preview_size else []
+        size = candidate_preview_size(params.preview_size, live)
+        entries = []
+        for position, lane in enumerate(self.lanes):
+            fate: Any = "live"
+            parent = None
+            if position not in kept:
+                fate = "pruned" if len(decided.order) < live else "resampled"
+            if len(decided.order) == live and decided.order[position] != position:
+                fate, parent = "resampled", self.lanes[decided.order[position]].candidate
+            preview = (
+                encode_thumbnail(pixels[position], size, params.preview_format) if size else None
+            )
+            entries.append(
+                CandidateScore(
+                    lane.candidate, scores[position], components[position], fate, parent, preview
+                )
+            )
+        main = (
+            encode_thumbnail(pixels[best], params.preview_size, params.preview_format)
+            if params.preview_size
+            else None
+        )
+        return Check(
+            step=self.step,
+            score=scores[best],
+            components=components[best],
+            threshold=fit_score(params.quality_threshold),
+            decision="continue",
+            reason=fit_text(f"search {self.settings.strategy}: {decided.reason}"),
+            cfg=fit_cfg(self.cfg),
+            preview=main,
+            candidates=tuple(entries),
+        )
+
+    def _reorder(
+        self, pipeline: Any, tensors: dict[str, Any], order: tuple[int, ...], scores: list[float]
+    ) -> dict[str, Any]:
+        """Re-index every per-lane tensor and the lanes themselves to ``order``."""
+        live = len(self.lanes)
+        latents: torch.Tensor = tensors["latents"]
+        reindex_scheduler(pipeline.scheduler, order, latents.shape)
+        returned = {
+            name: reindex_rows(value, order, live)
+            for name, value in tensors.items()
+            if isinstance(value, torch.Tensor)
+        }
+        if len(order) < live:  # prune: the lanes left out stop here
+            for position in set(range(live)) - set(order):
+                lane = self.lanes[position]
+                self.results[lane.candidate] = CandidateResult(
+                    lane.candidate, scores[position], "pruned", self.step, tuple(lane.lineage)
+                )
+            lanes = [self.lanes[i] for i in order]
+        else:  # fk: slot j continues from order[j]; a repeated parent gets a fresh generator
+            lanes = []
+            for slot, parent in enumerate(order):
+                source = self.lanes[parent]
+                if parent == slot:
+                    lanes.append(source)
+                    continue
+                seed = candidate_seed(self.params.seed, wire.MAX_CANDIDATES * self.step + slot)
+                generator = torch.Generator("cpu").manual_seed(seed)
+                lanes.append(source.copy_as(self.lanes[slot].candidate, generator))
+        self.lanes = lanes
+        self.generators[:] = [lane.generator for lane in lanes]
+        return returned

@@ -1,0 +1,164 @@
+"""Search runs: candidates as lanes of one batch, pruned or resampled by the verifier."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_models import Recorder
+
+from stepwatch.protocol import Check, ErrorCode, Finished, SearchSettings
+from stepwatch.server.engine.control import RunControl
+from stepwatch.server.engine.errors import ParamError
+from stepwatch.server.engine.lanes import DenoiserCounter
+from stepwatch.server.engine.model import LoadedModel
+from stepwatch.server.engine.monitor import run_monitored
+from stepwatch.server.engine.params import RequestedParams
+from stepwatch.server.engine.verifiers import VerifierRegistry
+
+BASE: dict[str, Any] = {"steps": 8, "check_interval": 2, "early_stop": False, "seed": 11}
+
+
+def registry_for(model: LoadedModel) -> VerifierRegistry:
+    registry = VerifierRegistry()
+    registry.register_model_verifiers(model.verifiers)
+    return registry
+
+
+def search(
+    model: LoadedModel, prompt: str, candidates: int, settings: SearchSettings, **overrides: Any
+) -> tuple[Finished, Recorder, list[int]]:
+    params = model.resolve(
+        RequestedParams(prompt, candidates=candidates, search=settings, **{**BASE, **overrides})
+    )
+    events = Recorder()
+    counter = DenoiserCounter()
+    counter.attach(model.pipeline)
+    try:
+        result = run_monitored(model, params, registry_for(model), RunControl(), events)
+    finally:
+        counter.detach()
+    return result, events, counter.batch_sizes
+
+
+def single(model: LoadedModel, prompt: str, seed: int, **overrides: Any) -> Finished:
+    params = model.resolve(RequestedParams(prompt, **{**BASE, "seed": seed, **overrides}))
+    return run_monitored(model, params, registry_for(model), RunControl(), Recorder())
+
+
+# Batched CPU kernels (oneDNN convolutions, GEMM) block their sums by batch size, so a lane of
+# a batch of N and the same sample alone differ by float rounding (measured: at most one
+# uint8 level in a pixel, scores within 1e-6); sometimes they agree bit for bit.
+PIXEL_TOLERANCE = 1
+SCORE_TOLERANCE = 1e-5
+
+
+def same_image(a: Finished, b: Finished) -> bool:
+    return int(np.abs(pixels(a).astype(int) - pixels(b).astype(int)).max()) <= PIXEL_TOLERANCE
+
+
+def pixels(result: Finished) -> np.ndarray:
+    assert result.image is not None
+    return np.array(Image.open(io.BytesIO(result.image.data)))
+
+
+@pytest.mark.parametrize("model_name", ["shapes_model", "sd_model", "sdxl_model", "sd3_model"])
+def test_each_candidate_of_best_of_n_is_the_single_run_of_its_seed(
+    model_name: str, request: pytest.FixtureRequest
+) -> None:
+    model: LoadedModel = request.getfixturevalue(model_name)
+    prompt = "red circle" if model_name == "shapes_model" else "a cat"
+    result, events, sizes = search(model, prompt, 3, SearchSettings("best_of_n"), cfg=3.0)
+    assert result.reason == "completed" and result.compute is not None
+    chosen = next(c for c in result.candidates if c.fate == "chosen")
+    alone = single(model, prompt, BASE["seed"] + chosen.candidate, cfg=3.0)
+    assert same_image(result, alone)
+    assert alone.final_score == pytest.approx(chosen.final_score, abs=SCORE_TOLERANCE)
+    # Every check scored every candidate, each exactly as the single run of its seed did.
+    checks = events.checks
+    assert [len(c.candidates) for c in checks] == [3, 3, 3, 3]
+    assert [h.score for h in alone.history] == pytest.approx(
+        [next(s.score for s in c.candidates if s.candidate == chosen.candidate) for c in checks],
+        abs=SCORE_TOLERANCE,
+    )
+    # One batch of three, CFG's two passes in it: 8 steps × 6 rows.
+    assert sizes == [6] * 8 and result.compute.denoiser_evaluations == 48
+    assert result.compute.single_run_evaluations == 16
+    assert result.compute.verifier_calls == 3 * 4 and result.compute.preview_decodes == 12
+
+
+@pytest.mark.parametrize("model_name", ["shapes_model", "sd_model", "sdxl_model"])
+def test_prune_shrinks_the_batch_and_the_survivor_is_unchanged(
+    model_name: str, request: pytest.FixtureRequest
+) -> None:
+    model: LoadedModel = request.getfixturevalue(model_name)
+    prompt = "blue square" if model_name == "shapes_model" else "a dog"
+    settings = SearchSettings("prune", keep_fraction=0.5)
+    result, events, sizes = search(model, prompt, 4, settings, cfg=3.0, sampler="dpmpp_2m")
+    # Checks at steps 2, 4, 6 prune 4 → 2 → 1; the last check (step 8) scores the survivor.
+    assert sizes == [8, 8, 4, 4, 2, 2, 2, 2]
+    assert result.compute is not None and result.compute.denoiser_evaluations == sum(sizes)
+    fates = {c.candidate: c.fate for c in result.candidates}
+    assert sorted(fates.values()) == ["chosen", "pruned", "pruned", "pruned"]
+    assert [len(c.candidates) for c in events.checks] == [4, 2, 1, 1]
+    pruned_at = sorted(c.steps_run for c in result.candidates if c.fate == "pruned")
+    assert pruned_at == [2, 2, 4]
+    survivor = next(c for c, f in fates.items() if f == "chosen")
+    # The multistep solver's state followed the survivor through two re-indexings.
+    alone = single(model, prompt, BASE["seed"] + survivor, cfg=3.0, sampler="dpmpp_2m")
+    assert same_image(result, alone)
+
+
+@pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model"])
+def test_fk_resamples_and_a_copy_continues_exactly_as_its_parent(
+    model_name: str, request: pytest.FixtureRequest
+) -> None:
+    model: LoadedModel = request.getfixturevalue(model_name)
+    # λ large and the ESS threshold at 1: every check with unequal scores resamples.
+    settings = SearchSettings("fk", fk_lambda=200.0, ess_threshold=1.0, resample_every=1)
+    result, events, sizes = search(model, "a fox", 4, settings, cfg=3.0, sampler="dpmpp_2m")
+    assert sizes == [8] * 8  # FK keeps k lanes
+    resampled = [s for c in events.checks for s in c.candidates if s.fate == "resampled"]
+    assert resampled, "λ=200 with the threshold at 1 must resample"
+    first = events.checks[0]
+    parents = {s.parent for s in first.candidates if s.fate == "resampled"}
+    assert all(p is not None for p in parents)
+    final = {c.candidate: c for c in result.candidates}
+    for child in (c for c in result.candidates if c.lineage):
+        assert child.lineage[0] in final
+    # Deterministic solver, re-indexed state: copies of one parent end on the same image, so
+    # their final scores agree exactly with the parent that kept its own slot.
+    groups: dict[tuple[int, ...], set[float | None]] = {}
+    for c in result.candidates:
+        root = c.lineage[-1:] or (c.candidate,)
+        groups.setdefault(tuple(root), set()).add(c.final_score)
+    assert all(len(scores) == 1 for scores in groups.values())
+    assert len(groups) < 4
+
+
+def test_a_single_candidate_is_todays_run(shapes_model: LoadedModel) -> None:
+    params = shapes_model.resolve(RequestedParams("red circle", **BASE))
+    assert params.parameters.candidates == 1 and params.parameters.search is None
+    events = Recorder()
+    result = run_monitored(shapes_model, params, registry_for(shapes_model), RunControl(), events)
+    assert result.candidates == () and result.compute is None
+    assert all(c.candidates == () for c in events.of(Check))
+
+
+def test_strategies_that_reindex_refuse_pipelines_that_cannot(sd3_model: LoadedModel) -> None:
+    result, _, _ = search(sd3_model, "a cat", 2, SearchSettings("prune"), steps=2)
+    assert result.reason == "failed" and result.error is not None
+    assert "best_of_n" in result.error.message
+
+
+def test_search_settings_out_of_bounds_are_a_parameter_error() -> None:
+    with pytest.raises(ParamError) as refused:
+        RequestedParams("red circle", candidates=2, search=SearchSettings("prune", 2.0))
+    assert refused.value.field == "search.keep_fraction"
+    assert refused.value.code is ErrorCode.INVALID_VALUE
+    with pytest.raises(ParamError) as too_many:
+        RequestedParams("red circle", candidates=65)
+    assert too_many.value.field == "candidates"
