@@ -74,8 +74,10 @@ from .events import (
 from .finish import Tail, plan_tail, schedule_position
 from .model import LoadedModel
 from .params import ResolvedParams
+from .pipeline_call import call_arguments, classify_failure, emit_finished
 from .policy import CFG_OFF_AT, PolicyDecision, PolicySettings, Scored, cfg_refusal, decide
 from .previews import PreviewDecoder, encode_png, encode_thumbnail, to_uint8
+from .search import run_search
 from .steptimer import StepTimer
 from .verifiers import Verifier, VerifierRegistry, score_batch
 from .x0 import StepCapture
@@ -142,26 +144,17 @@ def run_monitored(
     except VerifierError as exc:
         code = ErrorCode.VERIFIER_FAILED if wanted in verifiers else ErrorCode.INVALID_VALUE
         result = Finished("failed", 0, 0.0, None, (), None, RunError(code, fit_text(str(exc))))
-        _emit_finished(sink, result)
+        emit_finished(sink, result)
         return result
     if curve is None:
         curve = model.curves.get(curve_key(wanted, params.parameters.sampler))
     decoder = model.decoders[params.preview_decoder]
     if params.parameters.candidates > 1:
-        from .search import run_search  # the search builds on this module's helpers
-
         with model.lock:
             return run_search(model, params, verifier, decoder, control, sink, clock=clock)
     run = _MonitoredRun(model, params, verifier, decoder, control, sink, clock, curve)
     with model.lock:
         return run.execute()
-
-
-def _emit_finished(sink: EventSink, result: Finished) -> None:
-    try:
-        sink(result)
-    except Exception:  # the run is over; a broken sink cannot change its result
-        logger.exception("the event sink failed on the finished event")
 
 
 class _MonitoredRun:
@@ -236,7 +229,7 @@ class _MonitoredRun:
         except _Failed as failed:
             return self._end("failed", failed.error)
         except Exception as exc:  # no error inside a run may escape into the caller's thread
-            return self._end("failed", _classify(exc))
+            return self._end("failed", classify_failure(exc))
         finally:
             if self.capture is not None:
                 self.capture.remove()
@@ -245,26 +238,20 @@ class _MonitoredRun:
                 pipeline._interrupt = False
 
     def _call_arguments(self, device: torch.device) -> dict[str, Any]:
-        params = self.params
-        arguments: dict[str, Any] = {
-            "prompt": params.prompt,
-            "negative_prompt": params.negative_prompt or None,
-            "num_inference_steps": params.steps,
-            "guidance_scale": self.cfg,
-            "height": params.height,
-            "width": params.width,
-            "num_images_per_prompt": 1,
-            "generator": torch.Generator("cpu").manual_seed(params.seed),
-            "output_type": "pt",
-            "return_dict": True,
-            "callback_on_step_end": self._on_step,
-            "callback_on_step_end_tensor_inputs": ["latents"],
-        }
+        latents = None
         if self.initial_latent is not None:
             dtype = getattr(self.model.pipeline, "dtype", torch.float32)
-            arguments["latents"] = torch.from_numpy(self.initial_latent).to(device, dtype)
-        accepted = self.model.call_parameters
-        return {k: v for k, v in arguments.items() if k in accepted}
+            latents = torch.from_numpy(self.initial_latent).to(device, dtype)
+        return call_arguments(
+            self.model,
+            self.params,
+            cfg=self.cfg,
+            images=1,
+            generator=torch.Generator("cpu").manual_seed(self.params.seed),
+            callback=self._on_step,
+            tensor_inputs=["latents"],
+            latents=latents,
+        )
 
     def _finish_result(self, images: Any, reason: FinishReason) -> Finished:
         image = None
@@ -291,7 +278,7 @@ class _MonitoredRun:
             image=image,
             error=error,
         )
-        _emit_finished(self.sink, result)
+        emit_finished(self.sink, result)
         return result
 
     def _emit(self, event: EngineEvent) -> None:
@@ -378,7 +365,7 @@ class _MonitoredRun:
         except _Failed as failed:
             return self._end("failed", failed.error)
         except Exception as exc:  # as in execute: nothing escapes into the caller's thread
-            return self._end("failed", _classify(exc))
+            return self._end("failed", classify_failure(exc))
 
     def _x0(self) -> torch.Tensor:
         assert self.capture is not None
@@ -520,12 +507,3 @@ def _as_uint8(images: Any) -> np.ndarray[Any, np.dtype[np.uint8]]:
     if not bool(torch.isfinite(tensor).all()):
         raise _Failed(ErrorCode.NAN_DETECTED, "the final image is not finite")
     return to_uint8(tensor)[0]
-
-
-def _classify(exc: Exception) -> RunError:
-    """Turn an unexpected exception from inside a run into a coded failure."""
-    text = str(exc)
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in text.lower():
-        return RunError(ErrorCode.OUT_OF_MEMORY, fit_text(f"out of memory: {text}"))
-    logger.exception("a run failed")
-    return RunError(ErrorCode.INTERNAL, fit_text(f"{type(exc).__name__}: {text}"))

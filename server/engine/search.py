@@ -50,10 +50,8 @@ from .errors import UnsupportedScheduler, VerifierError
 from .events import EventSink, fit_cfg, fit_components, fit_score, fit_seconds, fit_text
 from .lanes import REINDEXABLE, DenoiserCounter, reindex_rows, reindex_scheduler
 from .model import LoadedModel
-
-# monitor hands search runs over lazily, so importing it here makes no cycle.
-from .monitor import _classify, _emit_finished
 from .params import MIN_PREVIEW_SIZE, ResolvedParams
+from .pipeline_call import call_arguments, classify_failure, emit_finished
 from .previews import PreviewDecoder, encode_png, encode_thumbnail, to_uint8
 from .steptimer import StepTimer
 from .strategies import Plan, candidate_seed, plan
@@ -182,7 +180,7 @@ class _Search:
         except _Ended as ended:
             return self._end(ended.reason, ended.error)
         except Exception as exc:  # no error inside a run may escape into the caller's thread
-            return self._end("failed", _classify(exc))
+            return self._end("failed", classify_failure(exc))
         finally:
             self.counter.detach()
             if self.capture is not None:
@@ -193,24 +191,17 @@ class _Search:
                 pipeline._interrupt = False
 
     def _call_arguments(self) -> dict[str, Any]:
-        params = self.params
+        # Every tensor the pipeline hands back, so that a prune re-indexes its conditioning too.
         inputs = list(getattr(self.model.pipeline, "_callback_tensor_inputs", ["latents"]))
-        arguments: dict[str, Any] = {
-            "prompt": params.prompt,
-            "negative_prompt": params.negative_prompt or None,
-            "num_inference_steps": params.steps,
-            "guidance_scale": self.cfg,
-            "height": params.height,
-            "width": params.width,
-            "num_images_per_prompt": params.candidates,
-            "generator": self.generators,
-            "output_type": "pt",
-            "return_dict": True,
-            "callback_on_step_end": self._on_step,
-            "callback_on_step_end_tensor_inputs": inputs,
-        }
-        accepted = self.model.call_parameters
-        return {k: v for k, v in arguments.items() if k in accepted}
+        return call_arguments(
+            self.model,
+            self.params,
+            cfg=self.cfg,
+            images=self.params.candidates,
+            generator=self.generators,
+            callback=self._on_step,
+            tensor_inputs=inputs,
+        )
 
     def _finish(self, images: torch.Tensor, reason: FinishReason) -> Finished:
         if not bool(torch.isfinite(images).all()):
@@ -266,7 +257,7 @@ class _Search:
             candidates=tuple(self.results[c] for c in sorted(self.results)),
             compute=compute,
         )
-        _emit_finished(self.sink, result)
+        emit_finished(self.sink, result)
         return result
 
     def _emit(self, event: Any) -> None:
