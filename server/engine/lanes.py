@@ -12,11 +12,12 @@ A lane is one candidate's place in the pipeline's batch. When a strategy answers
   latents' exact shape;
 - the generators the scheduler draws its noise from, re-ordered in place (the pipeline holds
   the same list);
-- every batch tensor the pipeline holds across steps without handing it to the callback (SD3's
-  and Flux's pooled embeddings, Flux's guidance vector, true CFG's negative embeddings, IP-Adapter
-  embeddings in ``joint_attention_kwargs``): :class:`HeldRows`, a forward pre-hook on the
-  denoiser, re-indexes them on their way in with a cumulative map from each lane to its row in
-  the batch the pipeline built.
+- every batch tensor the pipeline holds across steps without handing it to the callback (Flux's
+  pooled embeddings and guidance vector, and, where a caller asks for them, Flux's true-CFG
+  negatives, SD3's skip-layer-guidance embeddings, IP-Adapter embeddings in
+  ``joint_attention_kwargs``; SD3 in diffusers 0.42 hands its pooled embeddings back):
+  :class:`HeldRows`, a forward pre-hook on the denoiser, re-indexes them on their way in with a
+  cumulative map from each lane to its row in the batch the pipeline built.
 
 :data:`REINDEXABLE` lists the pipelines whose every per-lane tensor is covered, each tested
 (prune shrinks the batch, an FK copy continues as its parent). Others are refused: a pipeline
@@ -45,8 +46,8 @@ REINDEXABLE = frozenset(
     }
 )
 
-#: Denoiser keywords that hold one row per token position, not per lane (Flux's rotary ids): a
-#: prompt of as many tokens as the batch has lanes must not make them look per-lane.
+#: Denoiser keywords that hold one row per token position, not per lane (Flux's rotary ids): an
+#: image or prompt of as many tokens as the batch has lanes must not make them look per-lane.
 POSITION_KEYWORDS = frozenset({"txt_ids", "img_ids"})
 
 
