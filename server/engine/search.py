@@ -55,7 +55,7 @@ from .params import MIN_PREVIEW_SIZE, ResolvedParams
 from .pipeline_call import call_arguments, classify_failure, emit_finished
 from .previews import PreviewDecoder, encode_png, encode_thumbnail, to_uint8
 from .steptimer import StepTimer
-from .strategies import Plan, candidate_seed, plan
+from .strategies import Plan, candidate_seed, plan, schedule_checks
 from .verifiers import Verifier, score_batch
 from .x0 import StepCapture
 
@@ -290,7 +290,11 @@ class _Search:
             x0 = self._x0()
             latents = tensors["latents"]
             return {"latents": x0.to(latents.dtype)}
-        if self.step - self.last_check >= self.interval or self.step == self.total:
+        if (
+            self.step - self.last_check >= self.interval
+            or self.step == self.total
+            or schedule_checks(self.settings, self.step)
+        ):
             return self._check(pipeline, tensors)
         return {}
 
@@ -365,6 +369,7 @@ class _Search:
             [lane.best for lane in self.lanes],
             self.rng,
             last_step=last,
+            step=self.step,
         )
         elapsed = fit_seconds(self.clock() - self.started)
         for lane, score, parts in zip(self.lanes, scores, components, strict=True):

@@ -131,6 +131,20 @@ def test_prune_shrinks_the_batch_and_the_survivor_is_unchanged(
     assert same_image(result, alone)
 
 
+def test_a_prune_schedule_checks_and_prunes_at_its_steps_only(shapes_model: LoadedModel) -> None:
+    settings = SearchSettings("prune", keep_top=1, prune_steps=(3,))
+    result, events, sizes = search(shapes_model, "blue square", 4, settings, check_interval=8)
+    # The check interval alone would check at step 8; the schedule adds step 3 and prunes 4 → 1.
+    assert [c.step for c in events.checks] == [3, 8]
+    assert sizes == [8, 8, 8, 2, 2, 2, 2, 2]  # CFG 3: two rows a lane
+    assert result.compute is not None and result.compute.verifier_calls == 4 + 1
+    assert sorted(c.steps_run for c in result.candidates if c.fate == "pruned") == [3, 3, 3]
+    survivor = next(c.candidate for c in result.candidates if c.fate == "chosen")
+    scores = {s.candidate: s.score for s in events.checks[0].candidates}
+    assert scores[survivor] == max(scores.values())
+    assert same_image(result, single(shapes_model, "blue square", BASE["seed"] + survivor))
+
+
 @pytest.mark.parametrize("model_name", ["sd_model", "sdxl_model"])
 def test_fk_resamples_and_a_copy_continues_exactly_as_its_parent(
     model_name: str, request: pytest.FixtureRequest
