@@ -40,6 +40,7 @@ from .messages import (
 from .search import (
     DEFAULT_SEARCH,
     SEARCH_SETTINGS,
+    STRATEGY_SETTINGS,
     SearchSetting,
     SearchSettingChange,
     SearchSettings,
@@ -120,6 +121,7 @@ __all__ = [
     "DEFAULT_SEARCH",
     "SearchCompute",
     "SEARCH_SETTINGS",
+    "STRATEGY_SETTINGS",
     "SearchSetting",
     "SearchSettingChange",
     "SearchSettings",

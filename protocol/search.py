@@ -26,6 +26,7 @@ __all__ = [
     "Fraction",
     "ImagesRule",
     "SEARCH_SETTINGS",
+    "STRATEGY_SETTINGS",
     "SearchSetting",
     "SearchSettingChange",
     "SearchSettings",
@@ -52,6 +53,12 @@ SearchSetting: TypeAlias = Literal[
 ]
 #: Every :data:`SearchSetting`, in order.
 SEARCH_SETTINGS: Final[tuple[str, ...]] = get_args(SearchSetting)
+#: The search settings each strategy uses; a ``set`` of any other is refused.
+STRATEGY_SETTINGS: Final[dict[str, tuple[str, ...]]] = {
+    "best_of_n": (),
+    "prune": ("keep_fraction", "prune_every"),
+    "fk": ("fk_lambda", "resample_every", "ess_threshold"),
+}
 #: How many candidates a run denoises at once.
 Candidates: TypeAlias = Annotated[int, Range(1, limits.MAX_CANDIDATES)]
 #: A candidate's number, 0 to ``candidates`` - 1.
