@@ -29,7 +29,7 @@ from .codec import (
     peek,
 )
 from .errors import ErrorCode, FrameError, MessageError, ProtocolError, error_for
-from .evolution import ADDED_SERVER_FIELDS, for_peer, visible_to
+from .evolution import ADDED_SERVER_FIELDS, added_in_use, for_peer, visible_to
 from .jsonform import to_json
 from .messages import (
     CLIENT_MESSAGE_TYPES,
@@ -173,6 +173,7 @@ __all__ = [
     "encode",
     "peek",
     "error_for",
+    "added_in_use",
     "for_peer",
     "visible_to",
     "stamp",

@@ -24,7 +24,7 @@ from typing import Any, Final, TypeVar
 from .errors import MessageError
 from .messages import SERVER_MESSAGE_TYPES
 
-__all__ = ["ADDED_SERVER_FIELDS", "for_peer", "visible_to"]
+__all__ = ["ADDED_SERVER_FIELDS", "added_in_use", "for_peer", "visible_to"]
 
 M = TypeVar("M")
 
@@ -69,6 +69,26 @@ def for_peer(message: M, known: Collection[str]) -> M:
         if kept is not value:
             changes[field.name] = kept
     return dataclasses.replace(message, **changes) if changes else message
+
+
+def added_in_use(message: object) -> frozenset[str]:
+    """The added fields that hold other than their default in ``message`` and the records it
+    holds: a peer whose ``features`` name them all gets ``message`` as it is."""
+    names: set[str] = set()
+    pending = [message]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, tuple):
+            pending.extend(value)
+            continue
+        if not dataclasses.is_dataclass(value) or isinstance(value, type):
+            continue
+        for field in dataclasses.fields(value):
+            item = getattr(value, field.name)
+            if field.metadata.get("added") and item != field.default:
+                names.add(field.name)
+            pending.append(item)
+    return frozenset(names)
 
 
 def visible_to(message: M, known: Collection[str]) -> M | None:

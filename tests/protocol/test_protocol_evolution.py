@@ -22,6 +22,7 @@ from stepwatch.protocol import (
     SettingChange,
     Stop,
     Welcome,
+    added_in_use,
     all_images_fit,
     decode_client,
     decode_server,
@@ -127,3 +128,21 @@ def test_a_stop_names_candidate_or_keep_not_both() -> None:
     with pytest.raises(MessageError):
         Stop("q", "r", "t" * 16, candidate=1, keep=2)
     assert Set("q", "r", "t" * 16, ess_threshold=0.0).ess_threshold == 0.0
+
+
+def test_added_in_use_names_the_added_fields_a_message_needs() -> None:
+    assert added_in_use(Pong(1)) == frozenset()
+    plain = Applied("q", 1, (), "finish", run_id="r", seq=1)
+    assert added_in_use(plain) == frozenset()
+    finished = Finished(
+        "completed",
+        1,
+        0.0,
+        None,
+        (),
+        None,
+        None,
+        candidates=(CandidateResult(0, None, "pruned", 1, by_owner=True),),
+    )
+    assert added_in_use(finished) == {"candidates", "by_owner"}
+    assert added_in_use(welcome_with_decoders()) == {"preview_decoders"}
