@@ -270,7 +270,9 @@ SERVER_EXAMPLES: tuple[Message, ...] = (
         stop=None,
         search_changes=(SearchSettingChange("fk_lambda", 10.0, 0.0),),
     ),
-    Applied(run_id=RUN, seq=12, request_id="q7", step=9, changes=(), stop=None, candidate_stopped=63),
+    Applied(
+        run_id=RUN, seq=12, request_id="q7", step=9, changes=(), stop=None, candidate_stopped=63
+    ),
     Applied(run_id=RUN, seq=13, request_id="q8", step=9, changes=(), stop=None, candidate_kept=0),
     Finished(
         run_id=RUN,
