@@ -330,7 +330,7 @@ class Run(RunHandle):
         >>> run = await session.generate("a cat", candidates=8)  # doctest: +SKIP
         >>> await run.stop_candidate(3)  # doctest: +SKIP
         """
-        return await self._candidate(candidate=candidate)
+        return await self._candidate(candidate, None)
 
     async def keep_candidate(self, candidate: int) -> Applied:
         """Keep one candidate of a search: every other live one stops at the next step
@@ -344,14 +344,15 @@ class Run(RunHandle):
         >>> (await run.result()).candidates[5].fate  # doctest: +SKIP
         'chosen'
         """
-        return await self._candidate(keep=candidate)
+        return await self._candidate(None, candidate)
 
-    async def _candidate(self, **which: int) -> Applied:
+    async def _candidate(self, candidate: int | None, keep: int | None) -> Applied:
         request = Stop(
             request_id=self._steering.next_request_id(),
             run_id=self.run_id,
             token=self.control_token,
-            **which,
+            candidate=candidate,
+            keep=keep,
         )
         return await self._steering.steer(request)
 

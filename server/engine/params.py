@@ -204,7 +204,7 @@ class ResolvedParams:
             for name, v in change.items()
             if name not in SEARCH_SETTINGS
         }
-        searched = {
+        searched: dict[str, Any] = {
             name: int(v) if name in _WHOLE else v
             for name, v in change.items()
             if name in SEARCH_SETTINGS

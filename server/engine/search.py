@@ -234,9 +234,8 @@ class _Search:
         if self.settings.images == "all":
             for position, other in enumerate(self.lanes):
                 if position != chosen:
-                    final = encode_png(pixels[position])
                     self.results[other.candidate] = dataclasses.replace(
-                        self.results[other.candidate], image=final
+                        self.results[other.candidate], image=encode_png(pixels[position])
                     )
         image = encode_png(pixels[chosen])
         return self._end(reason, None, image=image, chosen=lane, steps_run=steps_run)
@@ -321,10 +320,10 @@ class _Search:
                     applied.append(SettingChange(name, float(self.interval), float(value)))
                     self.interval = int(value)
                 elif name in STRATEGY_SETTINGS[self.settings.strategy]:
-                    old = float(getattr(self.settings, name))
-                    new = int(value) if name.endswith("_every") else float(value)
-                    self.settings = dataclasses.replace(self.settings, **{name: new})
-                    searched.append(SearchSettingChange(name, old, float(value)))  # type: ignore[arg-type]
+                    was = float(getattr(self.settings, name))
+                    new: dict[str, Any] = {name: int(value) if name.endswith("_every") else value}
+                    self.settings = dataclasses.replace(self.settings, **new)
+                    searched.append(SearchSettingChange(name, was, float(value)))  # type: ignore[arg-type]
                 elif name in SEARCH_SETTINGS:
                     refused.append(f"a {self.settings.strategy} search has no {name}")
                 else:
