@@ -149,9 +149,25 @@ def _console() -> Console:
     return Console(stderr=True, highlight=False)
 
 
+def save_candidates(result: Result, out: Path) -> list[Path]:
+    """Write every finished candidate's image but the chosen one's (that is ``out``) next to
+    ``out``, as ``OUT-candidate-N.png``; the paths written, in candidate order."""
+    chosen = next((c.candidate for c in result.candidates if c.fate == "chosen"), None)
+    written = []
+    for number, png in result.candidate_pngs().items():
+        if number != chosen:
+            path = out.with_name(f"{out.stem}-candidate-{number}{out.suffix}")
+            path.write_bytes(png)
+            written.append(path)
+    return written
+
+
 def _finish(result: Result, out: Path | None, args: argparse.Namespace) -> int:
     """Save the image, print the summary line on standard output, return the exit status."""
     saved = out is not None and result.save(out)
+    if saved and out is not None:
+        for path in save_candidates(result, out):
+            print(f"candidate image saved to {path}", file=sys.stderr)
     score = "-" if result.final_score is None else f"{result.final_score:.3f}"
     where = f", image {out}" if saved else ", no image"
     if not args.json:
@@ -229,6 +245,13 @@ def search_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--fk-lambda", type=float, help="fk: sharpness of the potential")
     group.add_argument("--select", choices=get_args(SelectRule), help="best (default) or first")
+    group.add_argument(
+        "--all-images",
+        action="store_const",
+        const="all",
+        dest="images",
+        help="also write every other finished candidate's image, as OUT-candidate-N.png",
+    )
 
 
 def _steps(text: str) -> tuple[int, ...]:
@@ -249,8 +272,9 @@ def search_settings(args: argparse.Namespace) -> SearchSettings | None:
             ("prune_steps", "prune_steps"),
             ("fk_lambda", "fk_lambda"),
             ("select", "select"),
+            ("images", "images"),
         )
-        if getattr(args, attribute) is not None
+        if getattr(args, attribute, None) is not None
     }
     return SearchSettings(**given) if given else None
 

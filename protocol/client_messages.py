@@ -13,7 +13,15 @@ from typing import Annotated, ClassVar, TypeAlias
 from . import limits
 from .errors import ErrorCode, MessageError
 from .schema import ADDED, Length
-from .search import Candidates, SearchSettings
+from .search import (
+    SEARCH_SETTINGS,
+    CandidateIndex,
+    Candidates,
+    Every,
+    Fraction,
+    SearchSettings,
+    Sharpness,
+)
 from .values import (
     ApiToken,
     Cfg,
@@ -156,6 +164,15 @@ class Stop:
     token: ControlToken
     #: ``finish`` returns the decoded x0 estimate of the current step; ``abort`` returns none.
     mode: StopMode = "finish"
+    #: In a search: stop only this candidate (it leaves the batch as a pruned one does; the
+    #: search goes on, and ``mode`` does not apply).
+    candidate: CandidateIndex | None = field(default=None, metadata=ADDED)
+    #: In a search: stop every other candidate; this one finishes as the run's result.
+    keep: CandidateIndex | None = field(default=None, metadata=ADDED)
+
+    def __post_init__(self) -> None:
+        if self.candidate is not None and self.keep is not None:
+            raise MessageError(ErrorCode.INVALID_MESSAGE, "stop names candidate or keep, not both")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +198,22 @@ class Set:
     check_interval: Steps | None = None
     #: The CFG to use from the next step on.
     cfg: Cfg | None = None
+    #: A search's :class:`~.search.SearchSettings` of the same names, from the next check on;
+    #: each is refused where the run's strategy has no use for it.
+    keep_fraction: Fraction | None = field(default=None, metadata=ADDED)
+    prune_every: Every | None = field(default=None, metadata=ADDED)
+    fk_lambda: Sharpness | None = field(default=None, metadata=ADDED)
+    resample_every: Every | None = field(default=None, metadata=ADDED)
+    ess_threshold: Fraction | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
-        changes = (self.quality_threshold, self.scale_factor, self.check_interval, self.cfg)
+        changes = (
+            self.quality_threshold,
+            self.scale_factor,
+            self.check_interval,
+            self.cfg,
+            *(getattr(self, name) for name in SEARCH_SETTINGS),
+        )
         if all(change is None for change in changes):
             raise MessageError(ErrorCode.INVALID_MESSAGE, "set changes nothing")
 

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from stepwatch.protocol import (
+    SEARCH_SETTINGS,
+    STRATEGY_SETTINGS,
     ErrorCode,
     ModelInfo,
     ProtocolError,
@@ -197,7 +199,13 @@ class Catalog:
             "scale_factor": request.scale_factor,
             "check_interval": request.check_interval,
             "cfg": request.cfg,
+            **{name: getattr(request, name) for name in SEARCH_SETTINGS},
         }
+        strategy = parameters.search.strategy if parameters.search is not None else None
+        for name in SEARCH_SETTINGS:
+            if named[name] is not None and name not in STRATEGY_SETTINGS.get(strategy or "", ()):
+                kind = f"a {strategy} search" if strategy else "a single run"
+                raise _invalid(name, f"{kind} has no {name}")
         try:
             return check_change({k: float(v) for k, v in named.items() if v is not None})  # type: ignore[misc]
         except ParamError as exc:

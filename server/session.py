@@ -70,7 +70,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: What a version-1 server of this kind can do (``welcome.capabilities``).
-CAPABILITIES = ("previews", "resume", "steer", "early_stop", "search")
+CAPABILITIES = ("previews", "resume", "steer", "early_stop", "search", "search_controls")
 #: Seconds a closing handshake, or the last error to a stuck client, may take.
 CLOSE_TIMEOUT = 1.0
 #: What sending on a connection the client has closed raises.
@@ -238,6 +238,7 @@ class Session:
         self.protocol.accept()
         # Added fields the client does not read stay out (a client older than them names none).
         self.outbox.reply(for_peer(self._welcome(), hello.features))
+        self.outbox.features = frozenset(hello.features)  # and from its run events
         for point in hello.resume:
             try:
                 await self.services.runs.watching.subscribe(

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from stepwatch.protocol import DEFAULT_SEARCH, ErrorCode, RunParameters
+from stepwatch.protocol import DEFAULT_SEARCH, ErrorCode, RunParameters, all_images_fit
 from stepwatch.protocol import limits as wire
 
 from . import samplers
@@ -178,6 +178,14 @@ class LoadedModel:
         if min_steps > steps:
             raise ParamError("min_steps", f"must not exceed steps ({steps})")
         threshold = request.quality_threshold
+        candidates = request.wire_default("candidates")
+        if request.search is not None and request.search.images == "all" and candidates > 1:
+            if not all_images_fit(candidates, width, height):
+                raise ParamError(
+                    "search.images",
+                    f"{candidates} final images of {width} x {height} may not fit in one "
+                    "frame; ask for fewer candidates, smaller images or images 'chosen'",
+                )
         parameters = RunParameters(
             model=self.name,
             prompt=request.prompt,

@@ -388,6 +388,10 @@ class _MonitoredRun:
         """Apply pending requests; return how the run must now end, if it must."""
         for request in pending.changes:
             self._apply_change(request)
+        for asked in pending.candidates:  # the service refuses these for a single run
+            if asked.request_id is not None:
+                message = f"a single run has no candidate {asked.candidate} to {asked.action}"
+                self._emit(Error(ErrorCode.INVALID_VALUE, message, "candidate", asked.request_id))
         if pending.stop is None:
             return None
         return self._apply_stop(pending.stop)
@@ -426,6 +430,9 @@ class _MonitoredRun:
                     self._set_cfg(value)
                     # The owner's CFG holds: automatic CFG pauses for the rest of the run.
                     self.settings = dataclasses.replace(self.settings, owner_cfg_step=self.step)
+                case _:  # a search's setting
+                    refused.append(f"a single run has no {name}")
+                    continue
             applied.append(SettingChange(name, old, float(value)))
         if request.request_id is None:
             return

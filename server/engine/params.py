@@ -30,9 +30,11 @@ import numpy as np
 import numpy.typing as npt
 
 from stepwatch.protocol import (
+    SEARCH_SETTINGS,
     ErrorCode,
     MessageError,
     RunParameters,
+    SearchSetting,
     SearchSettings,
     Set,
     Setting,
@@ -60,8 +62,8 @@ __all__ = [
 ]
 
 LatentArray = npt.NDArray[np.float32]
-#: A change of some of a running run's live settings, by name.
-SettingsChange = Mapping[Setting, float]
+#: A change of some of a running run's live settings, by name (a search's settings too).
+SettingsChange = Mapping[Setting | SearchSetting, float]
 
 #: The parameters the wire carries, in the order ``started`` lists them.
 WIRE_FIELDS: Final = tuple(f.name for f in dataclasses.fields(RunParameters))
@@ -198,8 +200,17 @@ class ResolvedParams:
     def with_settings(self, change: SettingsChange) -> ResolvedParams:
         """These parameters with ``change`` applied before the run starts."""
         values: dict[str, Any] = {
-            name: int(v) if name == "check_interval" else v for name, v in change.items()
+            name: int(v) if name in _WHOLE else v
+            for name, v in change.items()
+            if name not in SEARCH_SETTINGS
         }
+        searched: dict[str, Any] = {
+            name: int(v) if name in _WHOLE else v
+            for name, v in change.items()
+            if name in SEARCH_SETTINGS
+        }
+        if searched and self.parameters.search is not None:
+            values["search"] = dataclasses.replace(self.parameters.search, **searched)
         return dataclasses.replace(self, parameters=dataclasses.replace(self.parameters, **values))
 
 
@@ -209,14 +220,18 @@ def default_cfg_max(cfg: float) -> float:
     return min(max(cfg, 2 * cfg), wire.MAX_CFG)
 
 
-def check_change(change: SettingsChange) -> dict[Setting, float]:
+#: The live settings that count steps or checks: whole numbers on the wire.
+_WHOLE: Final = ("check_interval", "prune_every", "resample_every")
+
+
+def check_change(change: SettingsChange) -> dict[Setting | SearchSetting, float]:
     """``change`` checked against the protocol's bounds for ``set``; a plain dict of it."""
     _check(bool(change), "settings", "a change must set at least one of " + ", ".join(SETTINGS))
-    unknown = [name for name in change if name not in SETTINGS]
+    unknown = [name for name in change if name not in (*SETTINGS, *SEARCH_SETTINGS)]
     _check(not unknown, ", ".join(map(str, unknown)), "is not a live setting")
     # ``check_interval`` is a whole number of steps; the wire carries it as an integer.
     wire_values: dict[str, object] = {
-        name: int(value) if name == "check_interval" and float(value).is_integer() else value
+        name: int(value) if name in _WHOLE and float(value).is_integer() else value
         for name, value in change.items()
     }
     _wire_check(_SET, wire_values, _SET_PLACEHOLDERS)

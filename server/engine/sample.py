@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, TextIO
 
 # The client's words for a search on the command line and its table, so that ``sample`` and
 # ``generate`` take the same options and print the same rows.
-from stepwatch.client.commands import search_arguments, search_settings
+from stepwatch.client.commands import save_candidates, search_arguments, search_settings
 from stepwatch.client.render import candidate_table, compute_line
+from stepwatch.client.runs import Result
 from stepwatch.protocol import (
     Adjusted,
     Applied,
@@ -166,6 +167,8 @@ def _sample(args: argparse.Namespace) -> int:
     [result] = results
     if result.image is not None:
         out.write_bytes(result.image.data)
+        for path in save_candidates(Result.from_finished(result, params.parameters), out):
+            print(f"candidate image saved to {path}", file=sys.stderr)
     if not args.json:
         printer.summary(result, out)
     return 1 if result.reason == "failed" else 0

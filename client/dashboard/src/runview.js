@@ -8,9 +8,9 @@
 // how it ended (the server was killed and restarted). Thumbnails a replay collapsed come from
 // the HTTP API's kept previews, so the filmstrip has every check for every viewer.
 
-import { renderCandidates } from "./candidates.js";
+import { candidateCurves, renderCandidates } from "./candidates.js";
 import { QualityChart, fmt, settingName } from "./chart.js";
-import { fill, h, reasonText, score, seconds } from "./dom.js";
+import { fill, h, reasonText, score, seconds, showNotice } from "./dom.js";
 import { Filmstrip } from "./filmstrip.js";
 import { describeError } from "./protocol.js";
 import {
@@ -70,7 +70,7 @@ export function renderRun(main, app, runId) {
     drawTable(view, run);
     drawImage(view, run, strip, images, redrawAll);
     filmstrip.update(run, strip.selected);
-    renderCandidates(view.candidates, run, images);
+    renderCandidates(view.candidates, run, images, candidateControls(app, runId));
     drawLog(view, run);
     tellTheEnd(view, run, ending);
     askTheStore();
@@ -350,9 +350,25 @@ function stateLabel(run) {
 
 // The chart is a picture; the same facts in words and a table (and the data attributes the
 // browser tests read) sit beside it.
+// The owner's stop and keep of one candidate (null for a watcher without the run's token); a
+// refusal (a candidate no longer live) is shown as a notice.
+function candidateControls(app, runId) {
+  const token = app.controlToken(runId);
+  if (!token) return null;
+  const send = (fields) =>
+    app.request("stop", { run_id: runId, token, ...fields }, (reply) => {
+      if (reply.type === "error") showNotice(describeError(reply));
+    });
+  return {
+    stop: (candidate) => send({ candidate }),
+    keep: (candidate) => send({ keep: candidate }),
+  };
+}
+
 function describeChart(view, run) {
   const last = run.checks.at(-1);
   view.chartBox.dataset.checks = String(run.checks.length);
+  view.chartBox.dataset.curves = String(candidateCurves(run).length);
   view.chartBox.dataset.steps = run.checks.map((c) => c.step).join(",");
   view.chartBox.dataset.threshold = run.threshold === null ? "" : String(run.threshold);
   fill(
