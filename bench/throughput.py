@@ -18,7 +18,10 @@ prompt and seed. Runs: CFG 1 (``--cfg``; a run with CFG above 1 is batched only 
 policy cannot raise it, so the benchmark sets ``cfg_max`` = ``cfg``), early stopping off (an
 early stop in a batch ends with the lane's estimate instead of a lone run's finishing tail, so
 the images would differ by design), checks every 5 steps, 20 steps of the model's default
-sampler, one torch thread for the sampler. Prints the table and writes
+sampler, one torch thread for the sampler. It also times the UNet alone at batch 1, 4 and 8:
+a batch of N can finish at most N × t(1) / t(N) times sooner than N lone runs, whatever the
+service does (on a CPU, where a batch of 8 costs several batches of 1, that bounds the ratio
+well below N). Prints the table and writes
 ``bench/results/throughput.json``::
 
     nice -n 10 .venv/bin/python bench/throughput.py [--rounds 3] [--runs 1 4 8]
@@ -131,6 +134,29 @@ def in_child(url: str, mode: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
 # -- the server side -------------------------------------------------------------------------
 
 
+def denoiser_scaling(
+    model: Any, batches: tuple[int, ...] = (1, 4, 8), repeats: int = 10
+) -> dict[str, float]:
+    """Seconds per UNet call at each batch size (one thread, CFG off), measured here: a batch
+    of N can finish at most N × t(1) / t(N) times sooner than N lone runs."""
+    import torch
+
+    pipeline = model.pipeline
+    embeds, _ = pipeline.encode_prompt("red circle", torch.device("cpu"), 1, None)
+    size = pipeline.unet.config.sample_size
+    timing: dict[str, float] = {}
+    with torch.no_grad():
+        for batch in batches:
+            sample = torch.randn(batch, 3, size, size)
+            conditions = embeds.repeat(batch, 1)
+            pipeline.unet(sample, torch.tensor(500), class_labels=conditions)
+            begun = time.perf_counter()
+            for _ in range(repeats):
+                pipeline.unet(sample, torch.tensor(500), class_labels=conditions)
+            timing[str(batch)] = (time.perf_counter() - begun) / repeats
+    return timing
+
+
 def pixels(png: bytes) -> np.ndarray[Any, Any]:
     return np.asarray(Image.open(io.BytesIO(png)), dtype=np.int16)
 
@@ -179,7 +205,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                         f"{mode} {measured[mode]['wall']:.2f} s" for mode in order
                     ) + f", max pixel difference {diff}", flush=True)  # fmt: skip
                 results[count] = summarise(rounds)
-    return {str(count): value for count, value in results.items()}
+        scaling = denoiser_scaling(model)
+    return {"runs": {str(count): value for count, value in results.items()}, "denoiser": scaling}
 
 
 def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -209,7 +236,8 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=ServerConfig.max_batch)
     parser.add_argument("--note", default="", help="a line about the machine, kept in the JSON")
     args = parser.parse_args()
-    results = measure(args)
+    measured = measure(args)
+    results, scaling = measured["runs"], measured["denoiser"]
     rows = []
     for count, value in results.items():
         c, s = value["concurrent"], value["sequential"]
@@ -244,8 +272,15 @@ def main() -> None:
         ],
         rows,
     )
+    print(
+        "\ndenoiser seconds per call by batch size (one thread): "
+        + ", ".join(f"{b}: {t * 1000:.1f} ms" for b, t in scaling.items())
+        + "; the most N runs at once can gain over N lone runs: "
+        + ", ".join(f"{b}: {int(b) * scaling['1'] / t:.2f}x" for b, t in scaling.items())
+    )
     settings = {k: v for k, v in vars(args).items()}
-    path = write_results("throughput", {"settings": settings, "results": results})
+    payload = {"settings": settings, "results": results, "denoiser_seconds_per_call": scaling}
+    path = write_results("throughput", payload)
     print(f"\nwrote {path}")
 
 

@@ -7,7 +7,9 @@ candidate each, no initial latent, a pipeline whose every batch tensor the step 
 (:data:`~.lanes.REINDEXABLE`, so that a lane can leave), and **a CFG that cannot move**: a
 pipeline's guidance scale is one number per call, so a run whose policy may raise CFG (guidance
 on, a ``cfg_max`` above its ``cfg``, a ``scale_factor`` above 1, a model that reads its guidance
-at every step) is never batched and runs alone, exactly as before.
+at every step, and no shipped curve that says raising CFG hurts with its verifier and sampler,
+as the built-in model's say for its default DPM-Solver++) is never batched and runs alone,
+exactly as before.
 
 Each lane is its own run: its own prompt, its own generator seeded with its own seed (the
 pipeline draws lane *i*'s starting noise and every later noise with generator *i*, so lane *i*
@@ -95,11 +97,15 @@ def batch_key(model: LoadedModel, resolved: ResolvedParams) -> Hashable | None:
         return None
     if type(model.pipeline).__name__ not in REINDEXABLE:
         return None
+    # The policy raises no CFG where the model's shipped curve (which the service prefers to a
+    # learned one) says that raising has left such runs worse off.
+    shipped = model.curves.get(curve_key(params.verifier, params.sampler))
     cfg_may_move = (
         params.cfg > CFG_OFF_AT
         and model.guidance_live
         and params.cfg_max > params.cfg
         and params.scale_factor > 1.0
+        and not (shipped is not None and shipped.raising_hurts)
     )
     if cfg_may_move:
         return None

@@ -9,6 +9,7 @@ all waiting when the device frees (the admission rule gathers exactly those).
 
 from __future__ import annotations
 
+import argparse
 import io
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -30,7 +31,8 @@ from stepwatch.protocol import (
     Started,
     Stop,
 )
-from stepwatch.server.config import ServerConfig
+from stepwatch.server.cli import config_from, serve
+from stepwatch.server.config import ConfigError, ServerConfig
 from stepwatch.server.engine.lanes import DenoiserCounter
 from stepwatch.server.engine.model import LoadedModel
 
@@ -150,6 +152,25 @@ async def test_a_lane_that_stops_leaves_the_others_results_unchanged(
         assert np.abs(pixels(finished) - pixels(lone_result)).max() <= TOLERANCE
 
 
+async def test_runs_at_the_models_defaults_share_a_batch(
+    shapes_model: LoadedModel, tmp_path: Path
+) -> None:
+    # CFG 3 with DPM-Solver++: the shipped curve says raising CFG hurts, so it never moves
+    runs = [
+        {"prompt": p, "seed": 40 + i, "steps": 6, "early_stop": False}
+        for i, p in enumerate(PROMPTS)
+    ]
+    async with serving(shapes_model, tmp_path) as client:
+        with counting(shapes_model) as batched:
+            ids = await queued_behind_blocker(client, runs)
+            events = await all_events(client, ids)
+    assert 6 in batched.batch_sizes  # three lanes, both halves of classifier-free guidance
+    for run_events in events:
+        started, finished = run_events[0], run_events[-1]
+        assert isinstance(started, Started) and started.parameters.cfg == 3.0
+        assert isinstance(finished, Finished) and finished.reason == "completed"
+
+
 async def test_max_batch_is_honoured(shapes_model: LoadedModel, tmp_path: Path) -> None:
     runs = [dict(SHARED, prompt=p, seed=30 + i) for i, p in enumerate(PROMPTS)]
     async with serving(shapes_model, tmp_path, max_batch=2) as client:
@@ -166,8 +187,10 @@ async def test_runs_that_cannot_share_a_call_run_separately(
     runs = [
         dict(SHARED, prompt="red circle", seed=1),
         dict(SHARED, prompt="red circle", seed=2, steps=9),  # another step count
-        dict(SHARED, prompt="red circle", seed=3, cfg=3.0, cfg_max=6.0),  # CFG may be raised
-        dict(SHARED, prompt="red circle", seed=4, sampler="euler"),  # another sampler
+        dict(SHARED, prompt="red circle", seed=3, sampler="euler"),  # another sampler
+        # CFG the policy may raise (Euler: the shipped curve says raising can help): alone
+        dict(SHARED, prompt="red circle", seed=4, cfg=3.0, cfg_max=6.0, sampler="euler"),
+        dict(SHARED, prompt="red circle", seed=5, cfg=3.0, cfg_max=6.0, sampler="euler"),
     ]
     async with serving(shapes_model, tmp_path) as client:
         with counting(shapes_model) as batched:
@@ -180,3 +203,15 @@ async def test_runs_that_cannot_share_a_call_run_separately(
     first = events[0][-1]
     assert isinstance(first, Finished)
     assert pixels(first).tobytes() == pixels(off[0]).tobytes()  # alone: exactly today's path
+
+
+def test_the_batch_settings_come_from_the_command_line_and_are_checked() -> None:
+    parser = argparse.ArgumentParser()
+    serve(parser)
+    config = config_from(parser.parse_args(["--max-batch", "3", "--batch-window", "0"]))
+    assert (config.max_batch, config.batch_window) == (3, 0.0)
+    assert config_from(parser.parse_args([])).max_batch == 8
+    with pytest.raises(ConfigError, match="max_batch"):
+        ServerConfig(max_batch=0)
+    with pytest.raises(ConfigError, match="batch_window"):
+        ServerConfig(batch_window=-1.0)
