@@ -206,6 +206,7 @@ def generate(parser: argparse.ArgumentParser) -> None:
         const=False,
         help="run every step, however good the image is early",
     )
+    input_arguments(parser)
     search_arguments(parser)
     parser.add_argument("--out", type=Path, help="where to write the PNG (default: RUN_ID.png)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per event")
@@ -222,6 +223,21 @@ def search_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--keep-fraction", type=float, help="prune: share kept at each check")
     group.add_argument("--fk-lambda", type=float, help="fk: sharpness of the potential")
     group.add_argument("--select", choices=get_args(SelectRule), help="best (default) or first")
+
+
+#: The input-image options, by the ``start`` field each sets.
+INPUT_OPTIONS: Final = {"image": "image", "mask": "mask", "control_image": "control_image"}
+
+
+def input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The input images of img2img, inpainting and ControlNet models (``stepwatch generate``
+    uploads them first; ``stepwatch sample`` reads them in process)."""
+    group = parser.add_argument_group("input images (PNG, JPEG or WebP files)")
+    group.add_argument("--image", type=Path, metavar="PATH", help="the init image")
+    group.add_argument("--mask", type=Path, metavar="PATH", help="inpainting: white is repainted")
+    group.add_argument("--control-image", type=Path, metavar="PATH", help="ControlNet's input")
+    group.add_argument("--strength", type=float, help="share of the init image re-noised, 0..1")
+    group.add_argument("--control-scale", type=float, help="ControlNet conditioning scale")
 
 
 def search_settings(args: argparse.Namespace) -> SearchSettings | None:
@@ -259,6 +275,8 @@ _RUN_OPTIONS: Final = (
     "cfg_max",
     "min_steps",
     "early_stop",
+    "strength",
+    "control_scale",
 )
 
 
@@ -271,8 +289,13 @@ def run_options(args: argparse.Namespace) -> RunOptions:
 
 
 async def _start(session: Session, args: argparse.Namespace) -> Run:
+    options = run_options(args)
+    for field in INPUT_OPTIONS:
+        path = getattr(args, field, None)
+        if path is not None:
+            options[field] = (await session.upload(path)).id  # type: ignore[literal-required]
     try:
-        return await session.generate(args.prompt, **run_options(args))
+        return await session.generate(args.prompt, **options)
     except Refused as exc:
         line = _unknown_name(exc, session.welcome, args.model)
         if line is not None:
