@@ -28,6 +28,7 @@ __all__ = ["ROLES", "InputImages", "InputSlots", "check_inputs", "input_argument
 #: The protocol's input roles, in the order ``start`` lists them.
 ROLES: Final = ("image", "mask", "control_image")
 _NOUN: Final = {"image": "init image", "mask": "mask", "control_image": "control image"}
+_ARTICLE: Final = {"image": "an", "mask": "a", "control_image": "a"}
 _INVALID: Final = ErrorCode.INVALID_UPLOAD
 
 
@@ -96,7 +97,9 @@ def check_inputs(slots: InputSlots, ids: Mapping[str, str | None], images: Input
             raise ParamError(role, f"this model takes no {_NOUN[role]}", _INVALID)
         if not named and role in slots.arguments:
             raise ParamError(
-                role, f"this model needs a {_NOUN[role]}: upload one and name its id", _INVALID
+                role,
+                f"this model needs {_ARTICLE[role]} {_NOUN[role]}: upload one and name its id",
+                _INVALID,
             )
         if named and getattr(images, role) is None:
             raise ParamError(role, f"upload {ids[role]} was not loaded", ErrorCode.INTERNAL)
