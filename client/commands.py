@@ -275,8 +275,6 @@ _RUN_OPTIONS: Final = (
     "cfg_max",
     "min_steps",
     "early_stop",
-    "strength",
-    "control_scale",
 )
 
 
@@ -284,6 +282,8 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     """The ``start`` fields the user gave on the command line."""
     given = {name: getattr(args, name) for name in _RUN_OPTIONS}
     given["candidates"] = getattr(args, "candidates", None)
+    for name in ("strength", "control_scale"):  # the input-image options, where a command has them
+        given[name] = getattr(args, name, None)
     given["search"] = search_settings(args) if hasattr(args, "search") else None
     return cast(RunOptions, {name: value for name, value in given.items() if value is not None})
 

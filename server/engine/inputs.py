@@ -23,7 +23,17 @@ from stepwatch.protocol import ErrorCode
 
 from .errors import ParamError
 
-__all__ = ["ROLES", "InputImages", "InputSlots", "check_inputs", "input_arguments", "input_slots"]
+__all__ = [
+    "ROLES",
+    "InputImages",
+    "InputSettings",
+    "InputSlots",
+    "check_inputs",
+    "image_size",
+    "input_arguments",
+    "input_slots",
+    "resolve_inputs",
+]
 
 #: The protocol's input roles, in the order ``start`` lists them.
 ROLES: Final = ("image", "mask", "control_image")
@@ -112,6 +122,65 @@ def check_inputs(slots: InputSlots, ids: Mapping[str, str | None], images: Input
             f"the image {width}x{height}: they must be the same size",
             _INVALID,
         )
+
+
+@dataclass(frozen=True)
+class InputSettings:
+    """What a run's input images make of it: the strength and ControlNet scale it uses
+    (``None`` where its model takes none) and the steps it runs (``strength x steps``)."""
+
+    strength: float | None
+    control_scale: float | None
+    steps_run: int
+
+
+def resolve_inputs(
+    slots: InputSlots,
+    ids: Mapping[str, str | None],
+    images: InputImages,
+    *,
+    strength: float | None,
+    control_scale: float | None,
+    steps: int,
+    candidates: int,
+) -> InputSettings:
+    """Check a run's images (:func:`check_inputs`) and fill in the settings its model takes
+    (``strength``, ``control_scale``: as asked, ``None`` for the model's default);
+    raise :class:`~.errors.ParamError` naming the field a run cannot use."""
+    check_inputs(slots, ids, images)
+    strength = _setting(strength, slots.strength, "strength")
+    control_scale = _setting(control_scale, slots.control_scale, "control_scale")
+    steps_run = steps if strength is None else min(int(steps * strength), steps)
+    if steps_run < 1:
+        raise ParamError("strength", "strength x steps must make at least one step")
+    if images.given() and candidates > 1:
+        raise ParamError("candidates", "a search takes no input images yet; use one candidate")
+    return InputSettings(strength, control_scale, steps_run)
+
+
+def _setting(asked: float | None, default: float | None, name: str) -> float | None:
+    """A setting only some models take: the asked value or the model's default; refused by a
+    model that takes none."""
+    if default is None:
+        if asked is not None:
+            raise ParamError(name, f"this model takes no {name}")
+        return None
+    return default if asked is None else asked
+
+
+def image_size(
+    size: tuple[int, int], width: int | None, height: int | None, fixed: bool
+) -> tuple[int, int]:
+    """The size of a run from an init image of ``size``: as the pipeline's image processor
+    makes it (each side rounded down to a multiple of 8), or the asked ``width`` / ``height``
+    where the model resizes (``fixed``: it cannot)."""
+    fitted = tuple(side - side % 8 for side in size)
+    for name, side, asked in zip(("width", "height"), fitted, (width, height), strict=True):
+        if side < 8:
+            raise ParamError("image", f"the init image is {size[0]}x{size[1]}: too small", _INVALID)
+        if asked is not None and asked != side and fixed:
+            raise ParamError(name, f"this model makes images of the init image's size, {side}")
+    return (fitted[0] if width is None else width, fitted[1] if height is None else height)
 
 
 def input_arguments(

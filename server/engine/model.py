@@ -30,7 +30,7 @@ from stepwatch.protocol import limits as wire
 from . import samplers
 from .curves import ExpectedCurve
 from .errors import ModelError, ParamError
-from .inputs import ROLES, InputImages, InputSlots, check_inputs, input_slots
+from .inputs import ROLES, InputImages, InputSlots, image_size, input_slots, resolve_inputs
 from .params import DEFAULT_THRESHOLD, RequestedParams, ResolvedParams, default_cfg_max
 from .previews import (
     FLUX_FACTORS,
@@ -170,16 +170,16 @@ class LoadedModel:
         if most is not None and steps > most:
             raise ParamError("steps", f"sampler {sampler!r} takes at most {most} steps here")
         images = request.inputs or InputImages()
-        check_inputs(self.inputs, {role: getattr(request, role) for role in ROLES}, images)
-        strength = self._optional_setting(request.strength, self.inputs.strength, "strength")
-        control_scale = self._optional_setting(
-            request.control_scale, self.inputs.control_scale, "control_scale"
+        ids = {role: getattr(request, role) for role in ROLES}
+        taken = resolve_inputs(
+            self.inputs,
+            ids,
+            images,
+            strength=request.strength,
+            control_scale=request.control_scale,
+            steps=steps,
+            candidates=request.wire_default("candidates"),
         )
-        run_steps = steps if strength is None else min(int(steps * strength), steps)
-        if run_steps < 1:
-            raise ParamError("strength", "strength x steps must make at least one step")
-        if images.given() and request.wire_default("candidates") > 1:
-            raise ParamError("candidates", "a search takes no input images yet; use one candidate")
         width, height = self._size(request, images)
         decoder = request.preview_decoder or d.preview_decoder
         if decoder not in self.decoders:
@@ -188,7 +188,7 @@ class LoadedModel:
                 f"unknown preview decoder {decoder!r}; one of {', '.join(self.decoders)}",
             )
         self._check_latent(request, width, height)
-        min_steps = request.min_steps if request.min_steps is not None else run_steps // 2
+        min_steps = request.min_steps if request.min_steps is not None else taken.steps_run // 2
         if min_steps > steps:
             raise ParamError("min_steps", f"must not exceed steps ({steps})")
         threshold = request.quality_threshold
@@ -222,21 +222,10 @@ class LoadedModel:
             image=request.image,
             mask=request.mask,
             control_image=request.control_image,
-            strength=strength,
-            control_scale=control_scale,
+            strength=taken.strength,
+            control_scale=taken.control_scale,
         )
         return ResolvedParams(parameters, decoder, request.initial_latent, request.inputs)
-
-    def _optional_setting(
-        self, asked: float | None, default: float | None, name: str
-    ) -> float | None:
-        """A setting only some models take (``strength``, ``control_scale``): the asked value or
-        the model's default; refused by a model that takes none."""
-        if default is None:
-            if asked is not None:
-                raise ParamError(name, f"this model takes no {name}")
-            return None
-        return default if asked is None else asked
 
     @property
     def preview_decoders(self) -> tuple[str, ...]:
@@ -292,29 +281,12 @@ class LoadedModel:
         d = self.defaults
         if images.image is not None:
             # The run is the init image's size, as the pipeline's image processor makes it.
-            return self._image_size(params, images.image.size)
+            return image_size(images.image.size, params.width, params.height, self.fixed_size)
         width = params.width if params.width is not None else d.width
         height = params.height if params.height is not None else d.height
         if self.fixed_size and (width, height) != (d.width, d.height):
             field_name = "width" if width != d.width else "height"
             raise ParamError(field_name, f"this model makes {d.width}x{d.height} images only")
-        return width, height
-
-    def _image_size(self, params: RequestedParams, size: tuple[int, int]) -> tuple[int, int]:
-        fitted = tuple(side - side % 8 for side in size)
-        for name, side, asked in zip(
-            ("width", "height"), fitted, (params.width, params.height), strict=True
-        ):
-            if side < 8:
-                raise ParamError(
-                    "image",
-                    f"the init image is {size[0]}x{size[1]}: too small",
-                    ErrorCode.INVALID_UPLOAD,
-                )
-            if asked is not None and asked != side and self.fixed_size:
-                raise ParamError(name, f"this model makes images of the init image's size, {side}")
-        width = params.width if params.width is not None else fitted[0]
-        height = params.height if params.height is not None else fitted[1]
         return width, height
 
     def _check_latent(self, params: RequestedParams, width: int, height: int) -> None:

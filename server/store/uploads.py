@@ -41,8 +41,3 @@ class UploadArchive(Database):
         if row is None:
             return None
         return CheckedUpload(upload_id, row[0], row[1], row[2], bytes(row[3]))
-
-    async def upload_count(self) -> int:
-        """How many uploads are kept."""
-        row = await self._call(lambda: self._db.execute("SELECT count(*) FROM uploads").fetchone())
-        return int(row[0])
