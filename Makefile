@@ -94,6 +94,8 @@ SERVICE_MODULES := app bridge catalog cli config connections devicequeue eventlo
 	store.database store.history store.previews store.recording comfyui.adapter comfyui.chart \
 	comfyui.install engine.control engine.events engine.model engine.monitor engine.params \
 	engine.pipeline_call engine.policy engine.lanes engine.batch engine.search engine.steptimer engine.strategies
+# Input images: the upload checks, their table, and what a pipeline takes.
+SERVICE_MODULES += uploads store.uploads engine.inputs
 
 # mypy cannot follow setuptools' package-dir mapping, so it reads the packages through a tree of
 # links that spells their import names (stepwatch/protocol -> protocol/, ...).

@@ -166,6 +166,12 @@ class RunOptions(TypedDict, total=False):
     preview_decoder: str | None
     candidates: int
     search: SearchSettings | None
+    #: Input images by upload id (:meth:`Session.upload`), and their settings.
+    image: str | None
+    mask: str | None
+    control_image: str | None
+    strength: float | None
+    control_scale: float | None
 
 
 class RunHandle:

@@ -25,6 +25,7 @@ from .search import (
 from .values import (
     ApiToken,
     Cfg,
+    ControlScale,
     ControlToken,
     Count,
     ImageSize,
@@ -42,6 +43,8 @@ from .values import (
     Step,
     Steps,
     StopMode,
+    Strength,
+    UploadId,
 )
 
 __all__ = [
@@ -148,6 +151,17 @@ class Start:
     candidates: Candidates = field(default=1, metadata=ADDED)
     #: The search's strategy and settings; ``None`` for best-of-N with the defaults.
     search: SearchSettings | None = field(default=None, metadata=ADDED)
+    #: Input images by upload id (``POST /api/uploads``): the init image of an image-to-image
+    #: or inpainting model, the inpainting mask (white is repainted; the init image's size),
+    #: the ControlNet's control image. A model that needs one refuses a ``start`` without it.
+    image: UploadId | None = field(default=None, metadata=ADDED)
+    mask: UploadId | None = field(default=None, metadata=ADDED)
+    control_image: UploadId | None = field(default=None, metadata=ADDED)
+    #: How much of the init image is re-noised; ``None`` for the model's default. The run
+    #: takes about ``strength x steps`` steps.
+    strength: Strength | None = field(default=None, metadata=ADDED)
+    #: The ControlNet's conditioning scale; ``None`` for the model's default.
+    control_scale: ControlScale | None = field(default=None, metadata=ADDED)
 
 
 @dataclass(frozen=True, slots=True)

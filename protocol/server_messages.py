@@ -27,6 +27,7 @@ from .search import (
 from .values import (
     SETTINGS,
     Cfg,
+    ControlScale,
     ControlToken,
     Count,
     Decision,
@@ -51,7 +52,9 @@ from .values import (
     Step,
     Steps,
     StopMode,
+    Strength,
     Text,
+    UploadId,
 )
 
 __all__ = [
@@ -167,6 +170,13 @@ class RunParameters:
     candidates: Candidates = field(default=1, metadata=ADDED)
     #: The search's strategy and settings; ``None`` for a single run.
     search: SearchSettings | None = field(default=None, metadata=ADDED)
+    #: The input images' upload ids (see ``start``), and the strength and ControlNet scale
+    #: the run uses (``None`` where the model takes none).
+    image: UploadId | None = field(default=None, metadata=ADDED)
+    mask: UploadId | None = field(default=None, metadata=ADDED)
+    control_image: UploadId | None = field(default=None, metadata=ADDED)
+    strength: Strength | None = field(default=None, metadata=ADDED)
+    control_scale: ControlScale | None = field(default=None, metadata=ADDED)
 
 
 @dataclass(frozen=True, slots=True)

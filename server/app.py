@@ -121,7 +121,7 @@ class Service:
         self.name = server_name()
         self._closed = anyio.Event()
         self.session_services = SessionServices(
-            self.name, self.gate, catalog, runs, config.limits, self.sessions
+            self.name, self.gate, catalog, runs, config.limits, self.sessions, store
         )
         self.http_services = http.HttpServices(
             self.name, self.gate, catalog, runs, store, self.sessions

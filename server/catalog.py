@@ -28,6 +28,7 @@ from stepwatch.protocol import (
 from stepwatch.protocol import limits as wire
 from stepwatch.server.config import ServiceLimits
 from stepwatch.server.engine.errors import ParamError
+from stepwatch.server.engine.inputs import InputImages
 from stepwatch.server.engine.model import LoadedModel
 from stepwatch.server.engine.params import (
     DEFAULT_THRESHOLD,
@@ -128,8 +129,9 @@ class Catalog:
 
     # -- start ---------------------------------------------------------------------------------
 
-    def resolve(self, start: Start) -> ResolvedRun:
-        """Check ``start`` in full and fill in its defaults.
+    def resolve(self, start: Start, inputs: InputImages | None = None) -> ResolvedRun:
+        """Check ``start`` in full and fill in its defaults; ``inputs`` are the images of the
+        uploads it names.
 
         Raises :class:`~stepwatch.protocol.ProtocolError` with the code and the field.
         """
@@ -140,7 +142,7 @@ class Catalog:
                 ErrorCode.UNKNOWN_VERIFIER, f"no verifier {verifier!r} is registered", "verifier"
             )
         try:
-            params = model.resolve(RequestedParams.from_start(start))
+            params = model.resolve(RequestedParams.from_start(start, inputs))
         except ParamError as exc:
             raise _refused(exc) from exc
         self._check_limits(params.parameters)

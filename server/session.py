@@ -55,6 +55,7 @@ from stepwatch.server.config import ServiceLimits
 from stepwatch.server.gate import Gate, TokenBucket
 from stepwatch.server.outbox import Outbox, OutboxOverflow
 from stepwatch.server.runs import RunManager
+from stepwatch.server.uploads import UploadSource, load_inputs
 
 __all__ = [
     "CAPABILITIES",
@@ -136,6 +137,8 @@ class SessionServices:
     runs: RunManager
     limits: ServiceLimits
     sessions: OpenSessions
+    #: Where the input images a ``start`` names are read from.
+    uploads: UploadSource
 
 
 async def serve_connection(websocket: WebSocket) -> None:
@@ -289,7 +292,8 @@ class Session:
                 f"this connection already has {self.limits.max_runs_per_connection} "
                 "unfinished runs",
             )
-        resolved = self.services.catalog.resolve(request)
+        inputs = await load_inputs(self.services.uploads, request)
+        resolved = self.services.catalog.resolve(request, inputs)
         await runs.start(resolved, request.request_id, self.outbox)
 
     # -- sending -------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from stepwatch.protocol.schema import compile_record
 from stepwatch.protocol.values import SETTINGS, PreviewFormat
 
 from .errors import ParamError
+from .inputs import InputImages
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -136,7 +137,14 @@ class RequestedParams:
     preview_decoder: str | None = None
     candidates: int | None = None
     search: SearchSettings | None = None
+    image: str | None = None
+    mask: str | None = None
+    control_image: str | None = None
+    strength: float | None = None
+    control_scale: float | None = None
     initial_latent: LatentArray | None = field(default=None, compare=False, repr=False)
+    #: The decoded images of the uploads ``image``, ``mask`` and ``control_image`` name.
+    inputs: InputImages | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         given = {name: getattr(self, name) for name in WIRE_FIELDS if name != "search"}
@@ -175,9 +183,9 @@ class RequestedParams:
             _wire_check(_START, search, _START_PLACEHOLDERS)
 
     @classmethod
-    def from_start(cls, start: Start) -> RequestedParams:
-        """The parameters a ``start`` message asks for."""
-        return cls(**{name: getattr(start, name) for name in WIRE_FIELDS})
+    def from_start(cls, start: Start, inputs: InputImages | None = None) -> RequestedParams:
+        """The parameters a ``start`` message asks for, with the images its uploads hold."""
+        return cls(**{name: getattr(start, name) for name in WIRE_FIELDS}, inputs=inputs)
 
     def wire_default(self, name: str) -> Any:
         """The value of ``name``, or the protocol's default for it when left out."""
@@ -190,12 +198,14 @@ class ResolvedParams:
     """A run's parameters resolved against its model (see :meth:`~.model.LoadedModel.resolve`).
 
     ``parameters`` hold every protocol parameter, filled in and checked; ``preview_decoder`` is
-    the decoder checks use; ``initial_latent`` the caller's starting noise, if any.
+    the decoder checks use; ``initial_latent`` the caller's starting noise, if any; ``inputs``
+    the run's input images, if any.
     """
 
     parameters: RunParameters
     preview_decoder: str
     initial_latent: LatentArray | None = field(default=None, compare=False, repr=False)
+    inputs: InputImages | None = field(default=None, compare=False, repr=False)
 
     def with_settings(self, change: SettingsChange) -> ResolvedParams:
         """These parameters with ``change`` applied before the run starts."""

@@ -22,6 +22,7 @@ import {
   tabTitle,
 } from "./runfacts.js";
 import { ImageSources, drawImage } from "./runimage.js";
+import { drawInputs } from "./runinputs.js";
 import { RunState } from "./runstate.js";
 import { renderSteering } from "./steering.js";
 
@@ -69,6 +70,7 @@ export function renderRun(main, app, runId) {
     describeChart(view, run);
     drawTable(view, run);
     drawImage(view, run, strip, images, redrawAll);
+    drawInputs(view.inputs, run, images);
     filmstrip.update(run, strip.selected);
     renderCandidates(view.candidates, run, images, candidateControls(app, runId));
     drawLog(view, run);
@@ -198,6 +200,12 @@ function buildLayout(main, runId, app, getRun) {
     tableSummary: h("summary", {}, "Checks as a table"),
     tableBox: null,
     image: h("figure", { class: "large-image", id: "run-image" }),
+    inputs: h("div", {
+      class: "run-inputs",
+      id: "run-inputs",
+      "aria-label": "Input images",
+      hidden: true,
+    }),
     filmstrip: h("ol", { class: "filmstrip", id: "filmstrip", "aria-label": "Earlier previews" }),
     steer: h("section", { class: "card steer", "aria-labelledby": "steer-title" }),
     candidates: h("section", {
@@ -274,7 +282,7 @@ function buildLayout(main, runId, app, getRun) {
         view.latestReason,
         view.tableBox,
       ),
-      h("section", { class: "card image-card", "aria-label": "Image" }, view.image),
+      h("section", { class: "card image-card", "aria-label": "Image" }, view.image, view.inputs),
     ),
     h(
       "section",
