@@ -91,7 +91,7 @@ lint: $(VENV)/.installed $(DASHBOARD)/node_modules/.package-lock.json
 # are read, not reported.
 SERVICE_MODULES := app bridge catalog cli config connections devicequeue eventlog execution gate \
 	harness http liverun outbox runs serving steering watching session store store.archive \
-	store.database store.history store.previews store.recording comfyui.adapter comfyui.chart \
+	store.database store.history store.previews store.recording comfyui.adapter comfyui.candidates comfyui.chart \
 	comfyui.install engine.control engine.events engine.model engine.monitor engine.params \
 	engine.pipeline_call engine.policy engine.lanes engine.batch engine.search engine.steptimer engine.strategies
 # Input images: the upload checks, their table, and what a pipeline takes.

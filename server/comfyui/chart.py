@@ -3,7 +3,11 @@
 Scores (0 to 1, left axis) are a line with a dot per check, coloured by decision (grey
 continue, orange raise CFG, green early stop); the threshold is a dashed line; CFG (right axis,
 0 to its highest value in the run) is a blue step line. Steps run along the bottom axis, from 0
-to the run's planned steps. It imports neither torch nor ComfyUI.
+to the run's planned steps.
+
+:func:`candidates_chart` draws a best-of-N run: a line per candidate (the chosen one thick and
+black, the others thin, each in its own colour and labelled with its number at its end) over
+the same axes, with the threshold dashed. It imports neither torch nor ComfyUI.
 """
 
 from __future__ import annotations
@@ -76,6 +80,60 @@ def quality_chart(history: Sequence[Check], steps: int, final_cfg: float) -> np.
     for (px, py), record in zip(points, history, strict=True):
         colour = _DECISION_COLOURS[record.decision]
         draw.ellipse((px - 4, py - 4, px + 4, py + 4), fill=colour, outline=_SCORE)
+    return _as_array(image)
+
+
+#: The thin lines of the candidates that were not chosen, in turn.
+_CANDIDATE_COLOURS = (
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (23, 190, 207),
+)
+
+
+def candidates_chart(
+    histories: Sequence[Sequence[Check]], steps: int, chosen: int
+) -> np.ndarray[Any, Any]:
+    """Draw each candidate's checks (``histories[i]``: candidate *i*'s) of a run planned for
+    ``steps`` steps, ``chosen`` the result. Returns an H×W×3 float32 array in [0, 1]."""
+    image = Image.new("RGB", (WIDTH, HEIGHT), _BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    left, top, right, bottom = _MARGIN, _MARGIN // 2, WIDTH - _MARGIN, HEIGHT - _MARGIN
+    draw.rectangle((left, top, right, bottom), outline=_AXES)
+    draw.text((4, top), "1.0", fill=_AXES)
+    draw.text((4, bottom - 10), "0.0", fill=_AXES)
+    draw.text((left, bottom + 6), "step 0", fill=_AXES)
+    draw.text((right - 40, bottom + 6), f"step {steps}", fill=_AXES)
+    draw.text((left + 60, bottom + 6), f"{len(histories)} candidates, #{chosen} chosen", fill=_AXES)
+
+    def point(record: Check) -> tuple[float, float]:
+        x = left + (right - left) * record.step / max(steps, 1)
+        return x, bottom - (bottom - top) * min(max(record.score, 0.0), 1.0)
+
+    if not any(histories):
+        draw.text((left + 8, top + 8), "no checks ran", fill=_AXES)
+        return _as_array(image)
+    threshold = next(history[0].threshold for history in histories if history)
+    y = bottom - (bottom - top) * threshold
+    for x in range(left, right, 8):
+        draw.line((x, y, min(x + 4, right), y), fill=_THRESHOLD)
+    order = [i for i in range(len(histories)) if i != chosen] + [chosen]  # chosen on top
+    for i in order:
+        points = [point(record) for record in histories[i]]
+        if not points:
+            continue
+        colour = _SCORE if i == chosen else _CANDIDATE_COLOURS[i % len(_CANDIDATE_COLOURS)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=3 if i == chosen else 1)
+        for px, py in points:
+            draw.ellipse((px - 2, py - 2, px + 2, py + 2), fill=colour)
+        px, py = points[-1]
+        draw.text((min(px + 4, right + 2), py - 6), f"{i}", fill=colour)
     return _as_array(image)
 
 

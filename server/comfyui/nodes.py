@@ -7,7 +7,12 @@
 - **InferenceScalingNode** (``StepwatchInferenceScaling``): samples with checks (see
   :mod:`stepwatch.server.comfyui.sampling`) and outputs the denoised ``latent``, the quality
   history as JSON and a chart of it. Its ``quality_threshold`` overrides the verifier's when it
-  is above 0; at 0 the VerifierSelectionNode's threshold applies.
+  is above 0; at 0 the VerifierSelectionNode's threshold applies. Its ``candidates`` N > 1 is
+  best-of-N (:mod:`stepwatch.server.comfyui.candidates`): N candidates, candidate *i* from the
+  noise of ``seed + i``, denoised as one batch of ComfyUI's sampler, each scored at every check
+  and at the last step; ``latent`` is the best by final score and ``all_candidates`` the batch of
+  all N (at N = 1, the ``latent`` itself). ``best_of_n`` is the only strategy the node offers,
+  and in it CFG stays at ``cfg`` and nothing stops early.
 
 ComfyUI loads them through :func:`comfy_entrypoint`, which the shim that
 ``stepwatch comfyui-install`` writes into ``custom_nodes/`` re-exports. Only ComfyUI's Python
@@ -39,9 +44,10 @@ from .adapter import (
     make_registry,
     verifier_choices,
 )
-from .chart import quality_chart
+from .candidates import CandidateWatch, candidate_seeds
+from .chart import candidates_chart, quality_chart
 from .history import HISTORY_FILE, QualityHistory
-from .sampling import SamplingRequest, make_decoder, sample_monitored
+from .sampling import SamplingRequest, make_decoder, sample_candidates, sample_monitored
 
 __all__ = [
     "InferenceScalingNode",
@@ -106,7 +112,11 @@ class InferenceScalingNode(io.ComfyNode):
             description=(
                 "KSampler that scores the x0 estimate every check_interval steps with a "
                 "stepwatch verifier, raises CFG by scale_factor below the threshold and can "
-                "stop early above it."
+                "stop early above it. candidates N > 1: best-of-N, N candidates (seeds seed to "
+                "seed + N - 1) in one batch of the sampler, every one scored at each check, the "
+                "best by final score returned as latent and all N as all_candidates; the only "
+                "strategy offered is best_of_n (no pruning), and it keeps CFG at cfg with no "
+                "early stop."
             ),
             inputs=[
                 io.String.Input("verifier_id", force_input=True),
@@ -180,11 +190,21 @@ class InferenceScalingNode(io.ComfyNode):
                     optional=True,
                     tooltip="cap on CFG raises; 0: twice cfg",
                 ),
+                io.Int.Input(
+                    "candidates",
+                    default=1,
+                    min=1,
+                    max=wire.MAX_CANDIDATES,
+                    optional=True,
+                    tooltip="best-of-N: candidate i from seed + i, all in one batch; the best "
+                    "by final score is the latent (no CFG raise or early stop when above 1)",
+                ),
             ],
             outputs=[
                 io.Latent.Output("latent", display_name="latent"),
                 io.String.Output("quality_history", display_name="quality_history"),
                 io.Image.Output("quality_chart", display_name="quality_chart"),
+                io.Latent.Output("all_candidates", display_name="all_candidates"),
             ],
             hidden=[io.Hidden.unique_id],
         )
@@ -212,6 +232,7 @@ class InferenceScalingNode(io.ComfyNode):
         finish_steps: int = 2,
         cfg_max: float = 0.0,
         prompt: str = "",
+        candidates: int = 1,
     ) -> io.NodeOutput:
         selection = VerifierSelection.parse(verifier_id)
         history_book = QualityHistory(Path(folder_paths.get_user_directory()) / HISTORY_FILE)
@@ -250,11 +271,32 @@ class InferenceScalingNode(io.ComfyNode):
             if server is not None and node_id is not None:
                 server.send_progress_text(text, node_id)
 
+        if candidates > 1:
+            search = CandidateWatch(
+                verifier,
+                selection.verifier,
+                candidate_seeds(seed, candidates),
+                steps=steps,
+                cfg=cfg,
+                check_interval=check_interval,
+                quality_threshold=settings.quality_threshold,
+                prompt=prompt,
+            )
+            chosen, everyone = sample_candidates(request, search, decode, report)
+            for history in search.histories:
+                history_book.record(selection.verifier, sampler_name, steps, history)
+            picture = candidates_chart(search.histories, steps, search.leader())
+            return io.NodeOutput(
+                chosen.latent,
+                search.history_json(chosen.steps_run),
+                torch.from_numpy(picture)[None],
+                everyone,
+            )
         result = sample_monitored(request, watch, decode, report)
         history_book.record(selection.verifier, sampler_name, steps, watch.history)
         history = watch.history_json(result.finish, result.steps_run)
         chart = torch.from_numpy(quality_chart(watch.history, steps, watch.cfg))[None]
-        return io.NodeOutput(result.latent, history, chart)
+        return io.NodeOutput(result.latent, history, chart, result.latent)
 
 
 class StepwatchExtension(ComfyExtension):

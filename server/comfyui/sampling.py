@@ -20,10 +20,28 @@ family's latent-to-RGB table when no VAE is given) and hands it to the
   hook sends ``progress`` and preview images), the score and decision as progress text.
 - **Interrupt**: the callback calls ``throw_exception_if_processing_interrupted`` at every step,
   so the interrupt button stops the node at the next step.
+
+:func:`sample_candidates` is the node's best-of-N (``candidates`` > 1, see :mod:`.candidates`):
+one ``comfy.sample.sample_custom`` call over a batch of N copies of the latent, on the sigmas
+``comfy.sample.sample`` would use, so the model sees batches of N (one sampler run, not N).
+Candidate *i* equals a lone run of ``seed + i`` because every random draw is made per lane:
+
+- **Starting noise**: ``comfy.sample.prepare_noise`` draws a batch's noise from one generator of
+  the run's seed (image *b* of a batch gets that generator's *b*-th draw, ``batch_index`` picks
+  draws), so the N lanes' noise is drawn with one ``prepare_noise`` call per candidate seed on
+  the one-image latent, as the lone run of that seed draws it.
+- **Noise during sampling**: ancestral and SDE samplers draw it for the whole batch from one
+  generator of the run's seed, so the sampler function is called with a ``noise_sampler`` of
+  one generator per lane (:class:`LaneNoise`), each made as the sampler would make its own for
+  a lone run of the lane's seed: ``default_noise_sampler``'s Gaussian draws, or a
+  ``BrownianTreeNoiseSampler`` over the same sigma range for the Brownian-tree samplers.
+- ``dpm_adaptive`` is refused: its step sizes follow an error norm over the whole batch, so no
+  candidate would be the lone run of its seed.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,12 +51,24 @@ import comfy.sample
 import comfy.samplers
 import comfy.utils
 import torch
-from comfy.k_diffusion.sampling import get_sigmas_karras
+from comfy.k_diffusion.sampling import (
+    BrownianTreeNoiseSampler,
+    default_noise_sampler,
+    get_sigmas_karras,
+)
 from PIL import Image
 
-from .adapter import QualityWatch, linear_preview, to_uint8
+from .adapter import NodeError, QualityWatch, linear_preview, to_uint8
+from .candidates import CandidateWatch
 
-__all__ = ["LiveGuidance", "SamplingRequest", "SamplingResult", "sample_monitored"]
+__all__ = [
+    "LaneNoise",
+    "LiveGuidance",
+    "SamplingRequest",
+    "SamplingResult",
+    "sample_candidates",
+    "sample_monitored",
+]
 
 #: The longest side of a preview sent to ComfyUI's UI.
 PREVIEW_SIZE = 512
@@ -228,3 +258,134 @@ def _latent(source: dict[str, Any], samples: torch.Tensor) -> dict[str, Any]:
 
 def _preview_image(images: torch.Tensor) -> Image.Image:
     return Image.fromarray(to_uint8(images[:1])[0])
+
+
+#: ComfyUI's samplers (at the pinned a125cd8) that make a ``BrownianTreeNoiseSampler`` when they
+#: are given no ``noise_sampler``; the others that take one make a ``default_noise_sampler``.
+BROWNIAN_SAMPLERS = frozenset(
+    {
+        "dpmpp_sde",
+        "dpmpp_sde_gpu",
+        "dpmpp_2m_sde",
+        "dpmpp_2m_sde_gpu",
+        "dpmpp_2m_sde_heun",
+        "dpmpp_2m_sde_heun_gpu",
+        "dpmpp_3m_sde",
+        "dpmpp_3m_sde_gpu",
+    }
+)
+#: Samplers whose steps depend on the whole batch, so a lane is never its lone run.
+BATCH_COUPLED_SAMPLERS = frozenset({"dpm_adaptive"})
+
+
+class LaneNoise:
+    """A ``noise_sampler`` for a batch of lanes: lane *i*'s noise drawn by the noise sampler the
+    sampler would make for a lone run of ``seeds[i]`` on ``x[i]`` and ``sigmas``."""
+
+    def __init__(
+        self, x: torch.Tensor, sigmas: torch.Tensor, seeds: list[int], sampler_name: str
+    ) -> None:
+        self.lanes: list[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+        if sampler_name in BROWNIAN_SAMPLERS:
+            sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
+            cpu = not sampler_name.endswith("_gpu")
+            self.lanes = [
+                BrownianTreeNoiseSampler(x[i : i + 1], sigma_min, sigma_max, seed=seed, cpu=cpu)
+                for i, seed in enumerate(seeds)
+            ]
+        else:
+            self.lanes = [
+                default_noise_sampler(x[i : i + 1], seed=seed) for i, seed in enumerate(seeds)
+            ]
+
+    def __call__(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        return torch.cat([lane(sigma, sigma_next) for lane in self.lanes])
+
+
+def lane_sampler(sampler_name: str, seeds: list[int]) -> Any:
+    """ComfyUI's sampler object for ``sampler_name``, drawing its noise per lane: a sampler
+    function that takes a ``noise_sampler`` is handed a :class:`LaneNoise`; the others draw
+    none after the start."""
+    if sampler_name in BATCH_COUPLED_SAMPLERS:
+        raise NodeError(
+            f"stepwatch: {sampler_name} sizes its steps by the whole batch, so candidates "
+            "would not be lone runs of their seeds; choose another sampler or candidates 1"
+        )
+    sampler = comfy.samplers.sampler_object(sampler_name)
+    function = sampler.sampler_function
+    if "noise_sampler" not in inspect.signature(function).parameters:
+        return sampler
+
+    def with_lane_noise(
+        model: Any, x: torch.Tensor, sigmas: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        kwargs["noise_sampler"] = LaneNoise(x, sigmas, seeds, sampler_name)
+        result: torch.Tensor = function(model, x, sigmas, *args, **kwargs)
+        return result
+
+    return comfy.samplers.KSAMPLER(with_lane_noise, sampler.extra_options, sampler.inpaint_options)
+
+
+def sample_candidates(
+    request: SamplingRequest, watch: CandidateWatch, decode: Decode, report: Report
+) -> tuple[SamplingResult, dict[str, Any]]:
+    """Best-of-N as one sampler run (see the module docstring): the chosen candidate's latent
+    and the batch of every candidate's, in candidate order. Runs in ComfyUI's execution thread."""
+    patched = request.model.clone()
+    latent_image = comfy.sample.fix_empty_latent_channels(patched, request.latent["samples"])
+    if latent_image.shape[0] != 1:
+        raise NodeError(
+            f"stepwatch: candidates > 1 takes a latent of one image, got a batch of "
+            f"{latent_image.shape[0]}; the candidates are the batch"
+        )
+    batch_index = request.latent.get("batch_index")
+    noise = torch.cat(
+        [comfy.sample.prepare_noise(latent_image, seed, batch_index) for seed in watch.seeds]
+    )
+    latents = latent_image.repeat(watch.candidates, *[1] * (latent_image.ndim - 1))
+    sigmas = comfy.samplers.KSampler(
+        patched,
+        steps=watch.steps,
+        device=patched.load_device,
+        sampler=request.sampler_name,
+        scheduler=request.scheduler,
+        denoise=request.denoise,
+        model_options=patched.model_options,
+    ).sigmas
+    sampler = lane_sampler(request.sampler_name, watch.seeds)
+    progress = comfy.utils.ProgressBar(watch.steps)
+
+    def on_step(index: int, x0: torch.Tensor, x: torch.Tensor, total: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        step = index + 1
+        preview = None
+        if watch.due(step):
+            images = decode(x0)
+            scores = watch.check(step, images)
+            report(watch.summary(step, total))
+            best = watch.leader(scores)
+            preview = ("JPEG", _preview_image(images[best : best + 1]), PREVIEW_SIZE)
+        progress.update_absolute(step, total, preview)
+
+    samples: torch.Tensor = comfy.sample.sample_custom(
+        patched,
+        noise,
+        watch.cfg,
+        sampler,
+        sigmas,
+        request.positive,
+        request.negative,
+        latents,
+        noise_mask=request.latent.get("noise_mask"),
+        callback=on_step,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=request.seed,
+    )
+    chosen = watch.leader()
+    steps_run = len(sigmas) - 1
+    result = SamplingResult(
+        _latent(request.latent, samples[chosen : chosen + 1]), "completed", steps_run
+    )
+    everyone = _latent(request.latent, samples)
+    everyone.pop("batch_index", None)
+    return result, everyone

@@ -194,7 +194,11 @@ def running_comfyui(base: Path) -> Iterator[ComfyUI]:
     env = {
         **os.environ,
         **measuring,
-        "PYTHONPATH": str(HERE / "node_pack"),
+        # The node pack first; a caller's PYTHONPATH after it (e.g. a tree that puts another
+        # checkout's stepwatch before the environment's editable install).
+        "PYTHONPATH": os.pathsep.join(
+            [str(HERE / "node_pack"), *filter(None, [os.environ.get("PYTHONPATH")])]
+        ),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     command = [

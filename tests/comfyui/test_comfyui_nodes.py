@@ -45,6 +45,8 @@ def test_nodes_load_with_no_import_errors(comfyui: ComfyUI) -> None:
         "scale_factor",
     }
     assert "vae" in scaling["optional"]
+    assert scaling["optional"]["candidates"][1]["default"] == 1
+    assert info["StepwatchInferenceScaling"]["output_name"][3] == "all_candidates"
     verifier_type = info["StepwatchVerifierSelection"]["input"]["required"]["verifier_type"]
     assert verifier_type[1]["options"][0] == "simple"
     assert verifier_type[1]["options"][-1] == "custom"
@@ -213,3 +215,90 @@ def test_the_documented_workflow_uses_the_nodes_as_they_load(comfyui: ComfyUI) -
         for value in node["inputs"].values():
             if isinstance(value, list):
                 assert value[0] in workflow, (node_id, value)
+
+
+def lone_ksampler(seed: int, sampler: str, prefix: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A plain KSampler on the test workflow's model and inputs, and a SaveLatent for it."""
+    return {
+        "class_type": "KSampler",
+        "inputs": {
+            "model": ["1", 0],
+            "seed": seed,
+            "steps": 6,
+            "cfg": 4.0,
+            "sampler_name": sampler,
+            "scheduler": "normal",
+            "positive": ["3", 0],
+            "negative": ["4", 0],
+            "latent_image": ["5", 0],
+            "denoise": 1.0,
+        },
+    }, {"class_type": "SaveLatent", "inputs": {"samples": None, "filename_prefix": prefix}}
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m_sde"])
+def test_candidates_are_one_batch_and_each_is_the_lone_run_of_its_seed(
+    comfyui: ComfyUI, tmp_path: Path, sampler: str
+) -> None:
+    record = tmp_path / "cfg.jsonl"
+    workflow = scaling_workflow(probe=str(record), candidates=3, sampler_name=sampler)
+    workflow[SAVE_NODE]["inputs"]["filename_prefix"] = f"cand-{sampler}-best"
+    workflow["20"] = {
+        "class_type": "SaveLatent",
+        "inputs": {"samples": [SCALING_NODE, 3], "filename_prefix": f"cand-{sampler}-all"},
+    }
+    # The reference: ComfyUI's own KSampler, once per candidate seed (7, 8 and 9).
+    for i, seed in enumerate((7, 8, 9)):
+        sampler_node, save = lone_ksampler(seed, sampler, f"lone-{sampler}-{seed}")
+        save["inputs"]["samples"] = [f"2{i + 1}", 0]
+        workflow[f"2{i + 1}"], workflow[f"3{i + 1}"] = sampler_node, save
+    execution = comfyui.run(workflow)
+    assert execution.outcome == "execution_success", execution.messages[-1]
+    history = history_of(execution)
+    candidates = history["candidates"]
+    assert [c["seed"] for c in candidates] == [7, 8, 9]
+    assert all([check["step"] for check in c["checks"]] == [2, 4, 6] for c in candidates)
+    finals = [c["final_score"] for c in candidates]
+    chosen = history["chosen"]
+    assert finals[chosen] == max(finals) and finals.index(max(finals)) == chosen
+    assert history["seed"] == 7 + chosen
+    assert [c["fate"] for c in candidates].count("chosen") == 1
+    assert history["checks"] == [
+        {**check, "elapsed": shown["elapsed"]}
+        for check, shown in zip(candidates[chosen]["checks"], history["checks"], strict=True)
+    ]
+    assert history["verifier_calls"] == 3  # every candidate scored in one call per check
+    texts = [t.decode(errors="replace") for t in execution.of("text")]
+    assert any("best_of_n of 3" in text for text in texts)
+    # One sampler run over a batch of three: one model call per step (these samplers make one),
+    # every one of them with all three candidates.
+    calls = probe_records(record)
+    assert [call["batch"] for call in calls] == [3] * 6
+    batch = load_file(str(comfyui.output_file(f"cand-{sampler}-all", ".latent")))["latent_tensor"]
+    best = load_file(str(comfyui.output_file(f"cand-{sampler}-best", ".latent")))["latent_tensor"]
+    assert batch.shape == (3, 4, 16, 16)
+    torch.testing.assert_close(best, batch[chosen : chosen + 1], rtol=0, atol=0)
+    lone = [
+        load_file(str(comfyui.output_file(f"lone-{sampler}-{seed}", ".latent")))["latent_tensor"]
+        for seed in (7, 8, 9)
+    ]
+    for i in range(3):
+        # Batched and lone matrix products round differently (on this CPU, by up to about 4e-4
+        # after six steps of the random tiny model); the candidates differ by far more.
+        torch.testing.assert_close(batch[i : i + 1], lone[i], rtol=1e-3, atol=2e-3)
+        assert (batch[i] - batch[(i + 1) % 3]).abs().max() > 0.1
+
+
+def test_one_candidate_outputs_the_latent_twice(comfyui: ComfyUI) -> None:
+    workflow = scaling_workflow(candidates=1, steps=2)
+    workflow["20"] = {
+        "class_type": "SaveLatent",
+        "inputs": {"samples": [SCALING_NODE, 3], "filename_prefix": "single-all"},
+    }
+    workflow[SAVE_NODE]["inputs"]["filename_prefix"] = "single-latent"
+    execution = comfyui.run(workflow)
+    assert execution.outcome == "execution_success", execution.messages[-1]
+    assert "candidates" not in history_of(execution)
+    one = load_file(str(comfyui.output_file("single-all", ".latent")))["latent_tensor"]
+    latent = load_file(str(comfyui.output_file("single-latent", ".latent")))["latent_tensor"]
+    torch.testing.assert_close(one, latent, rtol=0, atol=0)

@@ -3,10 +3,10 @@
 - ``StepwatchTestConditioning``: seeded random SD 1.x conditioning (1×77×768), standing in for
   a text encoder, which would be the largest model in the graph and is not what is under test.
 - ``StepwatchTestCFGProbe``: a model patch whose ``sampler_cfg_function`` records, at every
-  model call, the sigma and the guidance scale it was called with (one JSON line each) and
-  saves the last guided prediction, then computes standard CFG with that scale. Placed before
-  the stepwatch node, it is the function stepwatch's live guidance delegates to, so it sees the
-  scale the model really gets.
+  model call, the sigma, the guidance scale it was called with and the batch size (one JSON
+  line each) and saves the last guided prediction, then computes standard CFG with that scale.
+  Placed before the stepwatch node, it is the function stepwatch's live guidance delegates to,
+  so it sees the scale the model really gets.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ class TestCFGProbe(io.ComfyNode):
             guided = uncond + (cond - uncond) * scale
             with open(record_path, "a") as record:
                 sigma = float(args["sigma"].flatten()[0])
-                record.write(json.dumps({"sigma": sigma, "cond_scale": float(scale)}) + "\n")
+                line = {"sigma": sigma, "cond_scale": float(scale), "batch": cond.shape[0]}
+                record.write(json.dumps(line) + "\n")
             denoised = (args["input"] - guided).float().contiguous().cpu()
             save_file({"denoised": denoised}, record_path + ".last.safetensors")
             return guided
