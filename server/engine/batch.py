@@ -3,8 +3,9 @@
 :func:`run_batch` runs two or more monitored runs of one model at once. The service gathers them
 from a device queue when :func:`batch_key` gives them the same key: the same model, sampler,
 schedule, size, step count, CFG, preview decoder and whether they have a negative prompt, one
-candidate each, no initial latent, a pipeline whose every batch tensor the step callback sees
-(:data:`~.lanes.REINDEXABLE`, so that a lane can leave), and **a CFG that cannot move**: a
+candidate each, no initial latent, a pipeline whose batch tensors can follow a lane out
+(:data:`~.lanes.REINDEXABLE`: those the step callback sees, and those it holds outside, through
+:class:`~.lanes.HeldRows`), and **a CFG that cannot move**: a
 pipeline's guidance scale is one number per call, so a run whose policy may raise CFG (guidance
 on, a ``cfg_max`` above its ``cfg``, a ``scale_factor`` above 1, a model that reads its guidance
 at every step, and no shipped curve that says raising CFG hurts with its verifier and sampler,
@@ -59,7 +60,7 @@ from .control import PendingControls, RunControl
 from .curves import ExpectedCurve, curve_key
 from .errors import UnsupportedScheduler, VerifierError
 from .events import EventSink, fit_cfg, fit_components, fit_score, fit_seconds, fit_text
-from .lanes import REINDEXABLE, reindex_rows, reindex_scheduler
+from .lanes import REINDEXABLE, HeldRows, reindex_rows, reindex_scheduler
 from .model import LoadedModel
 from .params import ResolvedParams
 from .pipeline_call import call_arguments, classify_failure, emit_finished
@@ -313,6 +314,9 @@ class _Batch:
         self.step = 0
         self.clock = clock
         self.capture: StepCapture | None = None
+        #: Re-indexes the batch tensors the pipeline holds outside its step callback (Flux's
+        #: pooled embeddings and guidance vector) as lanes leave.
+        self.held: HeldRows | None = None
         #: The lanes (by id) that ended at this step and leave the batch at its end.
         self._leaving: set[int] = set()
 
@@ -332,6 +336,8 @@ class _Batch:
             scheduler = self.model.build_scheduler(self.params.sampler, self.params.scheduler)
             self.capture = StepCapture(scheduler)
             pipeline.scheduler = scheduler
+            self.held = HeldRows(len(self.lanes))
+            self.held.attach(pipeline)
             output = pipeline(**self._call_arguments())
             if self.lanes:
                 self._complete(getattr(output, "images", None))
@@ -343,6 +349,8 @@ class _Batch:
                 if id(lane) not in self._leaving:
                     lane.end("failed", self.step, error=error)
         finally:
+            if self.held is not None:
+                self.held.detach()
             if self.capture is not None:
                 self.capture.remove()
             pipeline.scheduler = own_scheduler
@@ -490,6 +498,8 @@ class _Batch:
             return {}
         latents: torch.Tensor = tensors["latents"]
         reindex_scheduler(pipeline.scheduler, kept, latents.shape)
+        if self.held is not None:
+            self.held.reorder(kept)
         self.generators[:] = [lane.generator for lane in self.lanes]
         return {
             name: reindex_rows(value, kept, before)
