@@ -40,7 +40,7 @@ from stepwatch.server.engine.params import (
     default_cfg_max,
 )
 from stepwatch.server.engine.policy import cfg_refusal
-from stepwatch.server.engine.search import search_refusal
+from stepwatch.server.engine.candidates import search_refusal
 from stepwatch.server.engine.verifiers import BUILTIN_COMPONENTS, VerifierRegistry
 
 __all__ = ["Catalog", "ResolvedRun"]

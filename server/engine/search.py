@@ -11,7 +11,7 @@ denoiser), so a pruned candidate costs nothing more and a resampled one continue
 parent's state. A search always checks at its last step; each candidate's final score is its
 last check's, and the ``select`` rule picks the result by them.
 
-Each lane keeps its own trajectory, generator, scores and fate (:class:`Lane`): a later batch of
+Each lane keeps its own trajectory, generator, scores and fate (:class:`~.candidates.Lane`): a later batch of
 lanes of different runs needs nothing more than this. The policy of single runs (CFG raises,
 early stops) does not act in a search. The owner's controls act at step boundaries: a
 ``stop`` ends every lane (``abort`` with no image); a stop of one candidate takes its lane out
@@ -22,7 +22,6 @@ settings applies from the next check on.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,8 +32,6 @@ import torch
 from stepwatch.protocol import (
     Applied,
     CandidateResult,
-    CandidateScore,
-    Check,
     Error,
     ErrorCode,
     Finished,
@@ -51,66 +48,29 @@ from stepwatch.protocol import (
 from stepwatch.protocol import limits as wire
 from stepwatch.protocol.search import SEARCH_SETTINGS, STRATEGY_SETTINGS
 
+from .candidates import Lane, check_event, compose_orders, search_refusal
 from .control import CandidateRequest, PendingControls, RunControl
 from .errors import UnsupportedScheduler, VerifierError
 from .events import EventSink, fit_cfg, fit_components, fit_score, fit_seconds, fit_text
-from .lanes import REINDEXABLE, DenoiserCounter, HeldRows, reindex_rows, reindex_scheduler
+from .lanes import DenoiserCounter, HeldRows, reindex_rows, reindex_scheduler
 from .model import LoadedModel
-from .params import MIN_PREVIEW_SIZE, ResolvedParams
+from .params import ResolvedParams
 from .pipeline_call import call_arguments, classify_failure, emit_finished
-from .previews import PreviewDecoder, encode_png, encode_thumbnail, to_uint8
+from .previews import PreviewDecoder, encode_png, to_uint8
 from .steptimer import StepTimer
-from .strategies import Plan, candidate_seed, plan, schedule_checks
+from .strategies import candidate_seed, plan, schedule_checks
 from .verifiers import Verifier, score_batch
 from .x0 import StepCapture
 
-__all__ = ["Lane", "candidate_preview_size", "run_search", "search_refusal"]
+__all__ = ["run_search"]
 
 Clock = Callable[[], float]
-
-
-@dataclasses.dataclass
-class Lane:
-    """One candidate's place in the batch: its generator, its scores, its fate."""
-
-    candidate: int
-    generator: torch.Generator
-    history: list[HistoryEntry] = dataclasses.field(default_factory=list)
-    best: float = 0.0
-    lineage: list[int] = dataclasses.field(default_factory=list)
-
-    def copy_as(self, candidate: int, generator: torch.Generator) -> Lane:
-        """A copy of this lane in another candidate's slot (FK resampling)."""
-        return Lane(
-            candidate, generator, list(self.history), self.best, [*self.lineage, self.candidate]
-        )
 
 
 class _Ended(Exception):
     def __init__(self, reason: FinishReason, error: RunError | None = None) -> None:
         super().__init__(reason)
         self.reason, self.error = reason, error
-
-
-def search_refusal(model: LoadedModel, settings: SearchSettings) -> str:
-    """Why ``model`` cannot run ``settings``' strategy (empty when it can)."""
-    if settings.strategy == "best_of_n":
-        return ""
-    if type(model.pipeline).__name__ not in REINDEXABLE:
-        return (
-            f"{type(model.pipeline).__name__} may keep per-candidate state outside its step "
-            f"callback and denoiser, so {settings.strategy} cannot re-index its batch; "
-            "use best_of_n"
-        )
-    return ""
-
-
-def candidate_preview_size(preview_size: int, live: int) -> int:
-    """The longest side of each candidate's thumbnail in a check: ``preview_size`` shared out
-    so that all of them together cover about the area of one preview (0: none)."""
-    if preview_size == 0:
-        return 0
-    return max(MIN_PREVIEW_SIZE, preview_size // math.ceil(math.sqrt(live)))
 
 
 def run_search(
@@ -407,7 +367,7 @@ class _Search:
                 self.kept = request.candidate
             current = {**tensors, **returned}
             returned.update(self._reorder(pipeline, current, order, None))
-            self.x0_order = _compose(self.x0_order, order)
+            self.x0_order = compose_orders(self.x0_order, order)
             if request.request_id is not None:
                 stopped = request.candidate if request.action == "stop" else None
                 kept = request.candidate if request.action == "keep" else None
@@ -458,58 +418,24 @@ class _Search:
                     elapsed,
                 )
             )
-        self._emit(self._check_event(images, scores, components, decided))
+        self._emit(
+            check_event(
+                self.params,
+                self.settings,
+                self.step,
+                self.cfg,
+                [lane.candidate for lane in self.lanes],
+                images,
+                scores,
+                components,
+                decided,
+            )
+        )
         for lane, score in zip(self.lanes, scores, strict=True):
             lane.best = max(lane.best, score)
         if decided.keeps_all(live):
             return {}
         return self._reorder(pipeline, tensors, decided.order, scores)
-
-    def _check_event(
-        self,
-        images: torch.Tensor,
-        scores: list[float],
-        components: list[dict[str, float]],
-        decided: Plan,
-    ) -> Check:
-        params = self.params
-        live = len(self.lanes)
-        kept = set(decided.order)
-        best = max(range(live), key=lambda i: (scores[i], -i))
-        pixels = to_uint8(images) if params.preview_size else []
-        size = candidate_preview_size(params.preview_size, live)
-        entries = []
-        for position, lane in enumerate(self.lanes):
-            fate: Any = "live"
-            parent = None
-            if position not in kept:
-                fate = "pruned" if len(decided.order) < live else "resampled"
-            if len(decided.order) == live and decided.order[position] != position:
-                fate, parent = "resampled", self.lanes[decided.order[position]].candidate
-            preview = (
-                encode_thumbnail(pixels[position], size, params.preview_format) if size else None
-            )
-            entries.append(
-                CandidateScore(
-                    lane.candidate, scores[position], components[position], fate, parent, preview
-                )
-            )
-        main = (
-            encode_thumbnail(pixels[best], params.preview_size, params.preview_format)
-            if params.preview_size
-            else None
-        )
-        return Check(
-            step=self.step,
-            score=scores[best],
-            components=components[best],
-            threshold=fit_score(params.quality_threshold),
-            decision="continue",
-            reason=fit_text(f"search {self.settings.strategy}: {decided.reason}"),
-            cfg=fit_cfg(self.cfg),
-            preview=main,
-            candidates=tuple(entries),
-        )
 
     def _reorder(
         self,
@@ -555,8 +481,3 @@ class _Search:
         self.lanes = lanes
         self.generators[:] = [lane.generator for lane in lanes]
         return returned
-
-
-def _compose(first: tuple[int, ...] | None, then: tuple[int, ...]) -> tuple[int, ...]:
-    """The order ``then`` applied after ``first`` (positions into the batch before both)."""
-    return then if first is None else tuple(first[i] for i in then)
