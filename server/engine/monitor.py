@@ -417,6 +417,8 @@ class _MonitoredRun:
                     old, self.interval = float(self.interval), int(value)
                 case "cfg":
                     why = cfg_refusal(self.start_cfg, value)
+                    if not self.model.guided:  # unconditional (DDPM, DDIM): nothing to guide
+                        why = "this model has no classifier-free guidance"
                     if not why and not self.model.guidance_live and self.step > 0:
                         why = "this model reads its guidance only once per run"
                     if why:

@@ -1,5 +1,5 @@
-"""Test helpers for the server tests: tiny random-weight SD, SDXL and SD3 pipelines built offline,
-and an event-recording sink.
+"""Test helpers for the server tests: tiny random-weight SD, SDXL, SD3 and pixel-space DDPM/DDIM
+pipelines built offline, and an event-recording sink.
 
 A module with its own name, not ``conftest``: test modules import it directly
 (``from tiny_models import ...``), which ``from conftest import`` cannot do safely once several
@@ -26,6 +26,10 @@ import torch  # noqa: E402
 from diffusers import (  # noqa: E402
     AutoencoderKL,
     AutoencoderTiny,
+    DDIMPipeline,
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -36,6 +40,7 @@ from diffusers import (  # noqa: E402
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
+    UNet2DModel,
 )
 from transformers import (  # noqa: E402
     CLIPConfig,
@@ -252,6 +257,33 @@ def make_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
         text_encoder_3=None,
         tokenizer_3=None,
     )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def tiny_pixel_unet(seed: int = 0) -> UNet2DModel:
+    """A tiny unconditional pixel-space UNet (3 channels, 8×8 images)."""
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=8,
+        block_out_channels=(4, 8),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=2,
+        layers_per_block=1,
+    )
+
+
+def make_ddpm_pipeline(seed: int = 0) -> DDPMPipeline:
+    """A tiny ``DDPMPipeline`` (no step callback), 8×8 images."""
+    pipeline = DDPMPipeline(unet=tiny_pixel_unet(seed), scheduler=DDPMScheduler())
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def make_ddim_pipeline(seed: int = 0) -> DDIMPipeline:
+    """A tiny ``DDIMPipeline`` (no step callback), 8×8 images."""
+    pipeline = DDIMPipeline(unet=tiny_pixel_unet(seed), scheduler=DDIMScheduler())
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
