@@ -92,7 +92,7 @@ lint: $(VENV)/.installed $(DASHBOARD)/node_modules/.package-lock.json
 SERVICE_MODULES := app bridge catalog cli config connections devicequeue eventlog execution gate \
 	harness http liverun outbox runs serving steering watching session store store.archive \
 	store.database store.history store.previews store.recording comfyui.adapter comfyui.chart \
-	comfyui.install engine.control engine.driven_loop engine.events engine.model engine.monitor engine.params \
+	comfyui.install engine.control engine.driven_loop engine.events engine.kandinsky engine.model engine.monitor engine.params \
 	engine.pipeline_call engine.policy engine.lanes engine.search engine.steptimer engine.strategies
 
 # mypy cannot follow setuptools' package-dir mapping, so it reads the packages through a tree of

@@ -32,7 +32,9 @@ import torch
 from diffusers import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-__all__ = ["DRIVEN_PIPELINES", "DrivenLoop", "drive"]
+from .errors import ModelError
+
+__all__ = ["DRIVEN_PIPELINES", "DrivenLoop", "drive", "step_options"]
 
 #: The pipeline classes whose own loop :class:`DrivenLoop` reproduces, by class name.
 DRIVEN_PIPELINES = ("DDPMPipeline", "DDIMPipeline")
@@ -42,10 +44,22 @@ DEFAULT_STEPS = 50
 
 
 def drive(pipeline: Any) -> Any:
-    """``pipeline`` under a :class:`DrivenLoop` when it is one of :data:`DRIVEN_PIPELINES`;
-    any other pipeline unchanged."""
-    if type(pipeline).__name__ in DRIVEN_PIPELINES and not isinstance(pipeline, DrivenLoop):
+    """``pipeline`` under the loop the engine drives for it: a :class:`DrivenLoop` for one of
+    :data:`DRIVEN_PIPELINES`, a :class:`~.kandinsky.PriorDecoderLoop` for Kandinsky 2.2's
+    combined pipeline; any other pipeline unchanged. Raises :class:`~.errors.ModelError` for
+    the Kandinsky 2.2 decoder alone, which takes image embeddings rather than a prompt."""
+    kind = type(pipeline).__name__
+    if kind in DRIVEN_PIPELINES:
         return DrivenLoop(pipeline)
+    if kind == "KandinskyV22CombinedPipeline":
+        from .kandinsky import PriorDecoderLoop
+
+        return PriorDecoderLoop(pipeline)
+    if kind == "KandinskyV22Pipeline":
+        raise ModelError(
+            "KandinskyV22Pipeline (the Kandinsky 2.2 decoder alone) takes image embeddings from "
+            "a prior, not a prompt; serve KandinskyV22CombinedPipeline (prior and decoder)"
+        )
     return pipeline
 
 
@@ -131,10 +145,10 @@ class DrivenLoop:
             latents = latents.to(device, unet.dtype)
         latents = latents * scheduler.init_noise_sigma
         scheduler.set_timesteps(num_inference_steps, device=device)
-        step_options = _step_options(scheduler, generator, eta)
+        options = step_options(scheduler, generator, eta)
         for i, t in enumerate(scheduler.timesteps):
             model_output = unet(scheduler.scale_model_input(latents, t), t).sample
-            latents = scheduler.step(model_output, t, latents, **step_options).prev_sample
+            latents = scheduler.step(model_output, t, latents, **options).prev_sample
             if callback_on_step_end is not None:
                 outputs = callback_on_step_end(self, i, t, {"latents": latents})
                 latents = outputs.pop("latents", latents)
@@ -155,7 +169,7 @@ def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, ...]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
-def _step_options(
+def step_options(
     scheduler: Any, generator: torch.Generator | list[torch.Generator] | None, eta: float
 ) -> dict[str, Any]:
     """The keyword arguments of ``scheduler.step`` the pipelines pass where the scheduler

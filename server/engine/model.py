@@ -335,6 +335,9 @@ def _preview_decoders(
         decoders["tiny"] = AutoencoderPreview(tiny_autoencoder, "tiny")
     if getattr(pipeline, "vae", None) is not None:
         decoders["vae"] = AutoencoderPreview(pipeline.vae, "vae")
+    own = getattr(pipeline, "own_preview_decoder", None)  # an engine-driven loop's (.kandinsky)
+    if own is not None:
+        decoders["vae"] = own
     if not decoders:
         raise ModelError("no preview decoder applies to this pipeline")
     return decoders

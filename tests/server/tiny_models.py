@@ -1,5 +1,5 @@
-"""Test helpers for the server tests: tiny random-weight SD, SDXL, SD3 and pixel-space DDPM/DDIM
-pipelines built offline, and an event-recording sink.
+"""Test helpers for the server tests: tiny random-weight SD, SDXL, SD3, Kandinsky 2.2 and
+pixel-space DDPM/DDIM pipelines built offline, and an event-recording sink.
 
 A module with its own name, not ``conftest``: test modules import it directly
 (``from tiny_models import ...``), which ``from conftest import`` cannot do safely once several
@@ -33,22 +33,29 @@ from diffusers import (  # noqa: E402
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    KandinskyV22CombinedPipeline,
     LatentConsistencyModelPipeline,
     LCMScheduler,
+    PriorTransformer,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
+    UnCLIPScheduler,
     UNet2DConditionModel,
     UNet2DModel,
+    VQModel,
 )
 from transformers import (  # noqa: E402
     CLIPConfig,
+    CLIPImageProcessor,
     CLIPModel,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
 )
 
 from stepwatch.protocol import Check, Progress  # noqa: E402
@@ -284,6 +291,78 @@ def make_ddpm_pipeline(seed: int = 0) -> DDPMPipeline:
 def make_ddim_pipeline(seed: int = 0) -> DDIMPipeline:
     """A tiny ``DDIMPipeline`` (no step callback), 8×8 images."""
     pipeline = DDIMPipeline(unet=tiny_pixel_unet(seed), scheduler=DDIMScheduler())
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def make_kandinsky22_pipeline(seed: int = 0) -> KandinskyV22CombinedPipeline:
+    """A tiny Kandinsky 2.2 text-to-image pipeline (prior and decoder), 32×32 images: a prior
+    transformer over a tiny CLIP text and image encoder, a UNet conditioned on image embeddings
+    with learned variance (8 output channels), MoVQ (whose spatial norms need 32-channel
+    blocks), DDPM for the decoder as the real model has."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        image_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        patch_size=8,
+        projection_dim=32,
+    )
+    unet = UNet2DConditionModel(
+        in_channels=4,
+        out_channels=8,
+        sample_size=16,
+        addition_embed_type="image",
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        encoder_hid_dim=32,
+        encoder_hid_dim_type="image_proj",
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        resnet_time_scale_shift="scale_shift",
+        norm_num_groups=4,
+    )
+    movq = VQModel(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+        up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        norm_type="spatial",
+        num_vq_embeddings=12,
+        vq_embed_dim=4,
+    )
+    pipeline = KandinskyV22CombinedPipeline(
+        unet=unet,
+        scheduler=DDPMScheduler(
+            beta_schedule="linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            clip_sample=False,
+            steps_offset=1,
+            variance_type="learned_range",
+        ),
+        movq=movq,
+        prior_prior=PriorTransformer(
+            num_attention_heads=2, attention_head_dim=16, embedding_dim=32, num_layers=1
+        ),
+        prior_image_encoder=CLIPVisionModelWithProjection(vision),
+        prior_text_encoder=CLIPTextModelWithProjection(_text_config(tokenizer)),
+        prior_tokenizer=tokenizer,
+        prior_scheduler=UnCLIPScheduler(
+            variance_type="fixed_small_log", prediction_type="sample", clip_sample_range=10.0
+        ),
+        prior_image_processor=CLIPImageProcessor(
+            crop_size=32, size=32, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        ),
+    )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
