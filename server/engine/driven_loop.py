@@ -58,7 +58,13 @@ def drive(pipeline: Any) -> Any:
     if kind == "KandinskyV22Pipeline":
         raise ModelError(
             "KandinskyV22Pipeline (the Kandinsky 2.2 decoder alone) takes image embeddings from "
-            "a prior, not a prompt; serve KandinskyV22CombinedPipeline (prior and decoder)"
+            "a prior, not a prompt; serve the combined pipeline (prior and decoder): the folder "
+            "AutoPipelineForText2Image.from_pretrained(SOURCE).save_pretrained(FOLDER) writes"
+        )
+    if kind == "Kandinsky3Pipeline":
+        raise ModelError(
+            "Kandinsky3Pipeline is not supported yet: its output_type='pt' images stay in "
+            "[-1, 1] and the engine reads images in [0, 1] (no test model for it yet)"
         )
     return pipeline
 

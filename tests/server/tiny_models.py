@@ -105,7 +105,8 @@ def _text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
     )
 
 
-def _vae(scaling_factor: float) -> AutoencoderKL:
+def tiny_vae(scaling_factor: float) -> AutoencoderKL:
+    """The tiny 4-channel VAE of the SD-layout pipelines, with the family's scaling factor."""
     return AutoencoderKL(
         block_out_channels=(4, 8),
         in_channels=3,
@@ -139,7 +140,7 @@ def tiny_sd_unet(**options: Any) -> UNet2DConditionModel:
 def tiny_sd_parts(tokenizer: CLIPTokenizer) -> dict[str, Any]:
     """The tiny SD 1.x VAE and text encoder for ``tokenizer``, as pipeline keyword arguments."""
     return {
-        "vae": _vae(0.18215),
+        "vae": tiny_vae(0.18215),
         "text_encoder": CLIPTextModel(_text_config(tokenizer)),
         "tokenizer": tokenizer,
     }
@@ -152,7 +153,7 @@ def make_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     unet = tiny_sd_unet()
     pipeline = StableDiffusionPipeline(
         unet=unet,
-        vae=_vae(0.18215),
+        vae=tiny_vae(0.18215),
         text_encoder=CLIPTextModel(_text_config(tokenizer)),
         tokenizer=tokenizer,
         scheduler=DPMSolverMultistepScheduler(**SD_BETAS),
@@ -210,7 +211,7 @@ def make_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     config = _text_config(tokenizer)
     pipeline = StableDiffusionXLPipeline(
         unet=unet,
-        vae=_vae(0.13025),
+        vae=tiny_vae(0.13025),
         text_encoder=CLIPTextModel(config),
         text_encoder_2=CLIPTextModelWithProjection(config),
         tokenizer=tokenizer,

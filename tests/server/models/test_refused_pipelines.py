@@ -1,6 +1,6 @@
 """Pipelines the engine cannot watch are refused when they load, in one line that says why:
-a video pipeline, a tiny VAE made for another latent space (a pipeline without a step callback
-that the engine does not drive itself is refused too: tests/server/engine/test_driven_loop.py)."""
+a video pipeline, a tiny VAE made for another latent space, Kandinsky 3 (a pipeline without a
+step callback that the engine does not drive itself is refused too: see test_driven_loop.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from tiny_models import (
     tiny_sd_unet,
     tiny_tokenizer,
 )
+from tiny_transformers import make_kandinsky3_pipeline
 
 from stepwatch.server.engine.errors import ModelError
 from stepwatch.server.engine.model import describe_pipeline
@@ -49,6 +50,12 @@ def tiny_animatediff_pipeline() -> AnimateDiffPipeline:
 def test_video_pipelines_are_refused_at_load() -> None:
     with pytest.raises(ModelError, match="AnimateDiffPipeline makes videos"):
         describe_pipeline("animatediff", tiny_animatediff_pipeline())
+
+
+def test_kandinsky3_is_refused_at_load_naming_why() -> None:
+    # Its "pt" images stay in [-1, 1]: served, its final image would be misread.
+    with pytest.raises(ModelError, match="Kandinsky3Pipeline is not supported yet: its "):
+        describe_pipeline("kandinsky3", make_kandinsky3_pipeline())
 
 
 def test_a_tiny_vae_of_another_latent_space_is_refused_at_load() -> None:
