@@ -27,7 +27,9 @@ import torch
 __all__ = ["REINDEXABLE", "DenoiserCounter", "reindex_rows", "reindex_scheduler"]
 
 #: Pipelines whose batch the callback can re-index completely.
-REINDEXABLE = frozenset({"ShapesPipeline", "StableDiffusionPipeline", "StableDiffusionXLPipeline"})
+REINDEXABLE = frozenset(
+    {"ShapesPipeline", "StableDiffusionPipeline", "StableDiffusionXLPipeline", "DrivenLoop"}
+)
 
 
 def reindex_rows(tensor: torch.Tensor, order: Sequence[int], lanes: int) -> torch.Tensor:

@@ -7,13 +7,16 @@ from typing import Any
 
 import pytest
 import torch
-from tiny_models import make_ddim_pipeline, make_ddpm_pipeline
+from tiny_models import Recorder, make_ddim_pipeline, make_ddpm_pipeline
 
-from stepwatch.protocol import ErrorCode, RunParameters
+from stepwatch.protocol import ErrorCode, Finished, RunParameters, SearchSettings
+from stepwatch.server.engine.control import RunControl
 from stepwatch.server.engine.driven_loop import DrivenLoop, drive
 from stepwatch.server.engine.errors import ModelError, ParamError
 from stepwatch.server.engine.model import Family, describe_pipeline
+from stepwatch.server.engine.monitor import run_monitored
 from stepwatch.server.engine.params import RequestedParams
+from stepwatch.server.engine.verifiers import VerifierRegistry
 
 
 def images(pipeline: Any, seed: int, **options: Any) -> torch.Tensor:
@@ -84,3 +87,18 @@ def test_another_pipeline_without_a_step_callback_is_still_refused_saying_why() 
     with pytest.raises(ModelError, match="OwnLoopPipeline takes no callback_on_step_end.*"
                        "only for DDPMPipeline, DDIMPipeline"):  # fmt: skip
         describe_pipeline("own", OwnLoopPipeline())
+
+
+def test_a_prune_search_reindexes_the_driven_loops_batch() -> None:
+    # The loop's only batch tensor is the sample the callback sees, so a search may shrink it.
+    model = describe_pipeline("ddpm", make_ddpm_pipeline())
+    request = RequestedParams(
+        "a cat", seed=1, steps=8, check_interval=2, early_stop=False, candidates=4,
+        search=SearchSettings(strategy="prune"),
+    )  # fmt: skip
+    result = run_monitored(
+        model, model.resolve(request), VerifierRegistry(), RunControl(), Recorder()
+    )
+    assert isinstance(result, Finished) and result.reason == "completed", result.error
+    fates = sorted(c.fate for c in result.candidates)
+    assert fates == ["chosen", "pruned", "pruned", "pruned"] and result.image is not None
