@@ -3,24 +3,33 @@
 Settings with headroom: full four-attribute prompts, CFG 1 (no guidance: one denoiser
 evaluation per candidate and step), 10 steps of ``euler_a`` (stochastic, so Feynman–Kac's
 resampled copies diverge from their parents). A single run's held-out judged joint accuracy is
-about 75% there (CFG 1.5 is 98% on every sampler, see ``bench/policy.py``: no headroom).
+68–83% there, by the seeds drawn (CFG 1.5 is 98% on every sampler, see ``bench/policy.py``:
+no headroom).
 
-For every prompt and seed it runs, through :func:`run_monitored` (the real engine, one batch
-per search):
+Every instance (prompt, seed) has its own seed, ``SEED_STRIDE`` apart, so no two instances
+share a starting noise (the outcome of a candidate depends on its noise as much as on its
+prompt: sharing seeds across prompts would leave a handful of independent draws). For every
+instance it runs, through :func:`run_monitored` (the real engine, one batch per search):
 
 - ``single``: one run (checked every 2 steps; the judge scores its image);
 - ``best_of_n`` N = 2, 4, 8: every candidate to the end, checked only at the last step, the
   verifier's best kept;
-- ``prune`` and ``fk`` at several budgets (see :data:`METHODS`).
+- ``prune`` at several budgets: every check (``keep_fraction``) and on schedules
+  (``prune_steps``, ``keep_top``, checked only where they prune and at the end), and ``fk``
+  (see :data:`METHODS`);
+- the predictiveness pass (:mod:`search_ranks`): best-of-8 checked at every step and every
+  candidate judged, to tell at which step the verifier's ranking starts to mean something.
 
 Per method: mean denoiser evaluations (rows the UNet evaluated, as ``finished.compute`` counts
-them) and their ratio to best-of-8's, mean verifier calls and preview decodes, wall time per
-prompt (median [q1, q3]), the held-out **judge**'s joint accuracy of the chosen image (the
-judge never steers) and its **fidelity** to the full single run of the chosen candidate's seed
-(PSNR, SSIM; best-of-N and prune pick a candidate unchanged, FK's copies differ), beside a
-no-reference noise level. Prints the table and writes ``bench/results/search.json``::
+them) and their ratio to best-of-8's, mean verifier calls and preview decodes (the verifier's
+own cost), wall time per instance (median [q1, q3]), the held-out **judge**'s joint accuracy of
+the chosen image with its 95% bootstrap interval over instances (the judge never steers) and its
+**fidelity** to the full single run of the chosen candidate's seed (PSNR, SSIM; best-of-N and
+prune pick a candidate unchanged, FK's copies differ), beside a no-reference noise level.
+Prints the tables and writes ``bench/results/search.json``::
 
-    nice -n 10 .venv/bin/python bench/search.py [--prompts 48] [--seeds 2] [--threads 1]
+    nice -n 10 .venv/bin/python bench/search.py [--prompts 48] [--seeds 1] [--threads 1]
+    nice -n 10 .venv/bin/python bench/search.py --quick   # 12 prompts x 1 seed, a smoke run
 """
 
 from __future__ import annotations
@@ -34,8 +43,9 @@ from typing import Any
 import torch
 from _service import Machine, percentile, print_table, write_results
 from policy import PSNR_CAP, as_tensor, prompts
+from search_ranks import bootstrap_interval, first_predictive_step, step_table
 
-from stepwatch.protocol import Finished, SearchSettings
+from stepwatch.protocol import Check, Finished, SearchSettings
 from stepwatch.server.engine.control import RunControl
 from stepwatch.server.engine.fidelity import noise_level, psnr, ssim
 from stepwatch.server.engine.monitor import run_monitored
@@ -60,21 +70,37 @@ class Method:
     search: SearchSettings | None = None
 
 
+def scheduled(candidates: int, steps: tuple[int, ...], keep_top: int | None = None) -> Method:
+    """A prune on a schedule, checked only at the steps it prunes at and at the last."""
+    name = f"prune_{candidates}_at_{'_'.join(map(str, steps))}" + (
+        f"_top{keep_top}" if keep_top else ""
+    )
+    settings = SearchSettings("prune", keep_fraction=0.5, keep_top=keep_top, prune_steps=steps)
+    return Method(name, candidates, STEPS, settings)
+
+
 METHODS = (
     Method("single", 1, 2),
     Method("best_of_2", 2, STEPS, SearchSettings("best_of_n")),
     Method("best_of_4", 4, STEPS, SearchSettings("best_of_n")),
     Method("best_of_8", 8, STEPS, SearchSettings("best_of_n")),
-    # prune budgets: lanes per step 4,1,1,… / 8,2,1,… / 8,4,2,1,… / 8,8,1,…
+    # prune at every check, 4 -> 1 at step 1 (the best of the earlier measurement at <= 0.25x)
     Method("prune_4_keep25_every1", 4, 1, SearchSettings("prune", keep_fraction=0.25)),
-    Method("prune_8_keep25_every1", 8, 1, SearchSettings("prune", keep_fraction=0.25)),
-    Method("prune_8_keep50_every1", 8, 1, SearchSettings("prune", keep_fraction=0.5)),
-    Method("prune_8_keep12_every2", 8, 2, SearchSettings("prune", keep_fraction=0.125)),
-    Method("prune_16_keep12_every1", 16, 1, SearchSettings("prune", keep_fraction=0.125)),
+    # prune schedules at <= 20 evaluations (0.25x): N lanes to step s, one after (N*s + 10 - s);
+    # 4 -> 2 at step 1 -> 1 at step 8 (4 + 2*7 + 2 = 20).
+    scheduled(2, (8,), keep_top=1),
+    scheduled(3, (5,), keep_top=1),
+    scheduled(4, (3,), keep_top=1),
+    scheduled(4, (1, 8)),
+    # above the budget, for the curve: 8 -> 1 at step 4 (38), 4 -> 1 at step 7 (31)
+    scheduled(8, (4,), keep_top=1),
+    scheduled(4, (7,), keep_top=1),
     # FK: k lanes throughout; k = 2 resamples whenever the scores differ.
     Method("fk_2", 2, 2, SearchSettings("fk", fk_lambda=10.0, ess_threshold=1.0)),
     Method("fk_4", 4, 2, SearchSettings("fk", fk_lambda=10.0, ess_threshold=0.5)),
 )
+#: The predictiveness pass: best-of-8 checked at every step (its scores, not its result).
+EVERY_STEP = Method("best_of_8_every_step", 8, 1, SearchSettings("best_of_n"))
 
 
 @dataclass(frozen=True)
@@ -83,6 +109,8 @@ class Row:
     candidates: int
     runs: int
     joint: float
+    joint_low: float
+    joint_high: float
     evaluations_mean: float
     evaluations_vs_best_of_8: float
     verifier_calls_mean: float
@@ -112,72 +140,130 @@ def origin_seed(result: Finished, seed: int) -> int:
     return candidate_seed(seed, root)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=48)
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    model = load_model(ModelSpec.parse(DEFAULT_MODEL))
-    registry = VerifierRegistry()
-    registry.register_model_verifiers(model.verifiers)
-    judge = Judge.load("cpu")
-    texts = prompts(args.prompts)
-    instances = [(t, SEED_STRIDE * s) for t in texts for s in range(args.seeds)]
-    singles: dict[tuple[str, int], torch.Tensor] = {}
+class Bench:
+    """The model, the verifier, the judge and every instance's full single runs, shared by
+    the methods."""
 
-    def full_run(text: str, seed: int) -> torch.Tensor:
-        if (text, seed) not in singles:
-            params = model.resolve(request(text, seed, METHODS[0]))
-            done = run_monitored(model, params, registry, RunControl(), lambda event: None)
-            singles[text, seed] = as_tensor(done)
-        return singles[text, seed]
+    def __init__(self, instances: list[tuple[str, int]]) -> None:
+        self.model = load_model(ModelSpec.parse(DEFAULT_MODEL))
+        self.registry = VerifierRegistry()
+        self.registry.register_model_verifiers(self.model.verifiers)
+        self.judge = Judge.load("cpu")
+        self.instances = instances
+        self.singles: dict[int, torch.Tensor] = {}
 
-    rows: list[Row] = []
-    for method in METHODS:
+    def run(self, text: str, seed: int, method: Method, sink: Any = None) -> Finished:
+        params = self.model.resolve(request(text, seed, method))
+        result = run_monitored(
+            self.model, params, self.registry, RunControl(), sink or (lambda event: None)
+        )
+        if result.reason != "completed":
+            raise RuntimeError(f"{method.name} {text!r} seed {seed}: {result.error}")
+        return result
+
+    def full_run(self, text: str, seed: int) -> torch.Tensor:
+        """The image of the single run of ``seed`` (every instance's seed is its own)."""
+        if seed not in self.singles:
+            self.singles[seed] = as_tensor(self.run(text, seed, METHODS[0]))
+        return self.singles[seed]
+
+    def passes(self, image: torch.Tensor, text: str) -> bool:
+        return all(self.judge.matches(image, text)[0].values())
+
+    def measure(self, method: Method) -> Row:
         results, seconds, references = [], [], []
-        for text, seed in instances:
-            params = model.resolve(request(text, seed, method))
+        for text, seed in self.instances:
             started = time.perf_counter()
-            result = run_monitored(model, params, registry, RunControl(), lambda event: None)
+            results.append(self.run(text, seed, method))
             seconds.append(time.perf_counter() - started)
-            if result.reason != "completed":
-                raise RuntimeError(f"{method.name} {text!r} seed {seed}: {result.error}")
-            results.append(result)
-            references.append(full_run(text, origin_seed(result, seed)))
+            references.append(self.full_run(text, origin_seed(results[-1], seed)))
         images = torch.cat([as_tensor(r) for r in results])
         reference = torch.cat(references)
         judged = [
-            all(judge.matches(images[i : i + 1], text)[0].values())
-            for i, (text, _) in enumerate(instances)
+            float(self.passes(images[i : i + 1], text))
+            for i, (text, _) in enumerate(self.instances)
         ]
+        low, high = bootstrap_interval(judged)
         evaluations = [
             r.compute.denoiser_evaluations if r.compute else STEPS * (2 if CFG > 1 else 1)
             for r in results
         ]
         verifier = [r.compute.verifier_calls if r.compute else len(r.history) for r in results]
         decodes = [r.compute.preview_decodes if r.compute else len(r.history) for r in results]
-        rows.append(
-            Row(
-                method=method.name,
-                candidates=method.candidates,
-                runs=len(results),
-                joint=statistics.mean(judged),
-                evaluations_mean=statistics.mean(evaluations),
-                evaluations_vs_best_of_8=statistics.mean(evaluations) / (8 * STEPS),
-                verifier_calls_mean=statistics.mean(verifier),
-                preview_decodes_mean=statistics.mean(decodes),
-                seconds_median=statistics.median(seconds),
-                seconds_q1=percentile(seconds, 25),
-                seconds_q3=percentile(seconds, 75),
-                psnr_median=statistics.median(
-                    min(PSNR_CAP, float(v)) for v in psnr(images, reference)
-                ),
-                ssim_median=statistics.median(float(v) for v in ssim(images, reference)),
-                noise_median=statistics.median(float(v) for v in noise_level(images)),
-            )  # fmt: skip
-        )
+        return Row(
+            method=method.name, candidates=method.candidates, runs=len(results),
+            joint=statistics.mean(judged), joint_low=low, joint_high=high,
+            evaluations_mean=statistics.mean(evaluations),
+            evaluations_vs_best_of_8=statistics.mean(evaluations) / (8 * STEPS),
+            verifier_calls_mean=statistics.mean(verifier),
+            preview_decodes_mean=statistics.mean(decodes),
+            seconds_median=statistics.median(seconds),
+            seconds_q1=percentile(seconds, 25), seconds_q3=percentile(seconds, 75),
+            psnr_median=statistics.median(
+                min(PSNR_CAP, float(v)) for v in psnr(images, reference)
+            ),
+            ssim_median=statistics.median(float(v) for v in ssim(images, reference)),
+            noise_median=statistics.median(float(v) for v in noise_level(images)),
+        )  # fmt: skip
+
+    def trajectories(self) -> tuple[list[list[list[float]]], list[list[bool]]]:
+        """Every candidate's score at every step of best-of-8, and whether the judge passes
+        its final image (candidate i's image is the single run of seed + i)."""
+        scores, judged = [], []
+        for text, seed in self.instances:
+            events: list[Any] = []
+            self.run(text, seed, EVERY_STEP, events.append)
+            checks = [e for e in events if isinstance(e, Check)]
+            scores.append([
+                [c.score for c in sorted(check.candidates, key=lambda c: c.candidate)]
+                for check in checks
+            ])  # fmt: skip
+            judged.append([
+                self.passes(self.full_run(text, candidate_seed(seed, i)), text)
+                for i in range(EVERY_STEP.candidates)
+            ])  # fmt: skip
+        return scores, judged
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=48)
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="12 prompts x 1 seed (a smoke run)")
+    args = parser.parse_args()
+    if args.quick:
+        args.prompts, args.seeds = 12, 1
+    torch.set_num_threads(args.threads)
+    texts = prompts(args.prompts)
+    instances = [
+        (text, SEED_STRIDE * (s * len(texts) + i))
+        for s in range(args.seeds)
+        for i, text in enumerate(texts)
+    ]
+    bench = Bench(instances)
+    setting = (
+        f"{SAMPLER}, {STEPS} steps, CFG {CFG:g}; {len(texts)} prompts x {args.seeds} seeds = "
+        f"{len(instances)} instances, each its own seed"
+    )
+    steps = step_table(*bench.trajectories())
+    predictive = first_predictive_step(steps)
+    print_table(
+        f"How well the verifier's score at each step ranks best-of-8's candidates ({setting}; "
+        "rho/top-1 against its own final scores, AUC against the judge's final verdict)",
+        ["step", "rho to final", "top-1 = final", "AUC vs judge [95%]", "split prompts",
+         *(f"{n} -> 1 here (evals)" for n in steps[0].prune_n_to_1)],
+        [
+            [r.step, f"{r.rho_final:.3f}", f"{r.top1_final:.3f}",
+             f"{r.auc_judged:.3f} [{r.auc_low:.3f}, {r.auc_high:.3f}]", r.split_prompts,
+             *(f"{100 * v:.1f}% ({r.prune_cost[n]})" for n, v in r.prune_n_to_1.items())]
+            for r in steps
+        ],
+    )  # fmt: skip
+    print(f"first step whose ranking agrees with the final one at rho >= 0.5: {predictive}")
+    rows: list[Row] = []
+    for method in METHODS:
+        rows.append(bench.measure(method))
         print(rows[-1], flush=True)
     best8 = next(r for r in rows if r.method == "best_of_8")
     cheap = [
@@ -187,13 +273,13 @@ def main() -> None:
     ]
     reached = [r.method for r in cheap if r.joint >= best8.joint]
     print_table(
-        f"Search on the built-in model ({SAMPLER}, {STEPS} steps, CFG {CFG:g}; "
-        f"{len(texts)} prompts x {args.seeds} seeds; the judge's joint accuracy, never the "
+        f"Search on the built-in model ({setting}; the judge's joint accuracy, never the "
         "steering verifier's)",
-        ["method", "joint", "denoiser evals", "x best-of-8", "verifier calls", "decodes",
-         "s/prompt med [q1, q3]", "PSNR to full run", "SSIM", "noise"],
+        ["method", "joint [95%]", "denoiser evals", "x best-of-8", "verifier calls", "decodes",
+         "s/instance med [q1, q3]", "PSNR to full run", "SSIM", "noise"],
         [
-            [r.method, f"{100 * r.joint:.1f}%", f"{r.evaluations_mean:.1f}",
+            [r.method, f"{100 * r.joint:.1f}% [{100 * r.joint_low:.1f}, {100 * r.joint_high:.1f}]",
+             f"{r.evaluations_mean:.1f}",
              f"{r.evaluations_vs_best_of_8:.3f}", f"{r.verifier_calls_mean:.1f}",
              f"{r.preview_decodes_mean:.1f}",
              f"{r.seconds_median:.3f} [{r.seconds_q1:.3f}, {r.seconds_q3:.3f}]",
@@ -214,8 +300,10 @@ def main() -> None:
         "search",
         {
             "machine": asdict(Machine.here()),
-            "prompts": len(texts), "seeds": args.seeds, "steps": STEPS, "cfg": CFG,
-            "sampler": SAMPLER, "rows": [asdict(r) for r in rows], "target": target,
+            "prompts": len(texts), "seeds": args.seeds, "instances": len(instances),
+            "steps": STEPS, "cfg": CFG, "sampler": SAMPLER,
+            "predictiveness": [asdict(r) for r in steps], "first_predictive_step": predictive,
+            "rows": [asdict(r) for r in rows], "target": target,
         },
     )  # fmt: skip
     print(path)

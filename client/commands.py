@@ -220,8 +220,22 @@ def search_arguments(parser: argparse.ArgumentParser) -> None:
         "--search", choices=get_args(SearchStrategy), help="best_of_n (default), prune or fk"
     )
     group.add_argument("--keep-fraction", type=float, help="prune: share kept at each check")
+    group.add_argument("--keep-top", type=int, help="prune: keep the best this many instead")
+    group.add_argument(
+        "--prune-steps",
+        type=_steps,
+        metavar="S,S,...",
+        help="prune: prune at these steps only (a schedule; the search checks there)",
+    )
     group.add_argument("--fk-lambda", type=float, help="fk: sharpness of the potential")
     group.add_argument("--select", choices=get_args(SelectRule), help="best (default) or first")
+
+
+def _steps(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of steps: {text!r}") from None
 
 
 def search_settings(args: argparse.Namespace) -> SearchSettings | None:
@@ -231,6 +245,8 @@ def search_settings(args: argparse.Namespace) -> SearchSettings | None:
         for name, attribute in (
             ("strategy", "search"),
             ("keep_fraction", "keep_fraction"),
+            ("keep_top", "keep_top"),
+            ("prune_steps", "prune_steps"),
             ("fk_lambda", "fk_lambda"),
             ("select", "select"),
         )

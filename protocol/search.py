@@ -11,11 +11,11 @@ Every field here is optional on the wire: a run of one candidate looks exactly a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Final, Literal, TypeAlias
 
 from . import limits
-from .schema import ADDED, Range
+from .schema import ADDED, Length, Range
 
 __all__ = [
     "ADDED",
@@ -47,6 +47,10 @@ Fraction: TypeAlias = Annotated[float, Range(0.0, 1.0)]
 #: Feynman–Kac's λ: how sharply the potential favours higher scores.
 Sharpness: TypeAlias = Annotated[float, Range(0.0, limits.MAX_FK_LAMBDA)]
 Every: TypeAlias = Annotated[int, Range(1, limits.MAX_STEPS)]
+#: The steps a ``prune`` schedule prunes at, 1-based, at most one per candidate.
+PruneSteps: TypeAlias = Annotated[
+    tuple[Annotated[int, Range(1, limits.MAX_STEPS)], ...], Length(0, limits.MAX_CANDIDATES)
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +60,10 @@ class SearchSettings:
     ``prune``: at every ``prune_every``-th check (before the last step) the live candidates are
     ranked by score and the best ``ceil(keep_fraction × live)`` (at least one) go on; the rest
     stop and cost nothing more. With the defaults, 8 candidates checked every 5 of 20 steps run
-    8, 4, 2 and 1 lanes.
+    8, 4, 2 and 1 lanes. ``keep_top`` k keeps the best k instead (fewer when fewer are live).
+    ``prune_steps`` is a schedule: prune at those steps only (the search checks there whatever
+    its ``check_interval``), ``prune_every`` ignored; 8 candidates with ``keep_top`` 1 and
+    ``prune_steps`` (3,) run 8 lanes for three steps and one after.
 
     ``fk``: Feynman–Kac steering (Singhal et al. 2025, "A General Framework for Inference-time
     Scaling and Steering of Diffusion Models"). At every ``resample_every``-th check each
@@ -73,6 +80,8 @@ class SearchSettings:
     resample_every: Every = 1
     ess_threshold: Fraction = 0.5
     select: SelectRule = "best"
+    keep_top: Candidates | None = field(default=None, metadata=ADDED)
+    prune_steps: PruneSteps = field(default=(), metadata=ADDED)
 
 
 DEFAULT_SEARCH: Final = SearchSettings()

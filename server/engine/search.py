@@ -6,7 +6,8 @@ one pipeline call for every candidate at once, candidate *i* with its own genera
 noise of the single run of that seed. At every check it decodes each lane's x0 estimate, scores
 all of them with the verifier in one call and asks the strategy (:mod:`.strategies`) for the
 batch's new order; :mod:`.lanes` re-indexes the latents, the conditioning and the scheduler's
-state with it, so a pruned candidate costs nothing more and a resampled one continues from its
+state with it (and the tensors the pipeline holds outside the callback as they enter the
+denoiser), so a pruned candidate costs nothing more and a resampled one continues from its
 parent's state. A search always checks at its last step; each candidate's final score is its
 last check's, and the ``select`` rule picks the result by them.
 
@@ -48,13 +49,13 @@ from stepwatch.protocol import limits as wire
 from .control import PendingControls, RunControl
 from .errors import UnsupportedScheduler, VerifierError
 from .events import EventSink, fit_cfg, fit_components, fit_score, fit_seconds, fit_text
-from .lanes import REINDEXABLE, DenoiserCounter, reindex_rows, reindex_scheduler
+from .lanes import REINDEXABLE, DenoiserCounter, HeldRows, reindex_rows, reindex_scheduler
 from .model import LoadedModel
 from .params import MIN_PREVIEW_SIZE, ResolvedParams
 from .pipeline_call import call_arguments, classify_failure, emit_finished
 from .previews import PreviewDecoder, encode_png, encode_thumbnail, to_uint8
 from .steptimer import StepTimer
-from .strategies import Plan, candidate_seed, plan
+from .strategies import Plan, candidate_seed, plan, schedule_checks
 from .verifiers import Verifier, score_batch
 from .x0 import StepCapture
 
@@ -92,8 +93,9 @@ def search_refusal(model: LoadedModel, settings: SearchSettings) -> str:
         return ""
     if type(model.pipeline).__name__ not in REINDEXABLE:
         return (
-            f"{type(model.pipeline).__name__} keeps batch tensors its step callback never "
-            f"sees, so {settings.strategy} cannot re-index its batch; use best_of_n"
+            f"{type(model.pipeline).__name__} may keep per-candidate state outside its step "
+            f"callback and denoiser, so {settings.strategy} cannot re-index its batch; "
+            "use best_of_n"
         )
     return ""
 
@@ -150,7 +152,11 @@ class _Search:
         self.results: dict[int, CandidateResult] = {}
         self.rng = np.random.default_rng([params.seed, params.candidates])
         self.counter = DenoiserCounter()
+        self.held = HeldRows(params.candidates)
         self.verifier_calls = self.preview_decodes = 0
+        # Denoiser rows per lane and step, as measured at the first step (Flux's distilled
+        # guidance takes one pass whatever the CFG scale; until then CFG's rule).
+        self.rows_per_lane = 2 if params.cfg > 1.0 else 1
         self.capture: StepCapture | None = None
         self.timer = StepTimer(clock)
         self.started = 0.0
@@ -170,6 +176,7 @@ class _Search:
             self.capture = StepCapture(scheduler)
             pipeline.scheduler = scheduler
             self.counter.attach(pipeline)
+            self.held.attach(pipeline)
             self._emit(Started(self.params))
             self._controls(self.control.take())
             output = pipeline(**self._call_arguments())
@@ -183,6 +190,7 @@ class _Search:
             return self._end("failed", classify_failure(exc))
         finally:
             self.counter.detach()
+            self.held.detach()
             if self.capture is not None:
                 self.capture.remove()
             pipeline.scheduler = own_scheduler
@@ -239,12 +247,11 @@ class _Search:
     ) -> Finished:
         history = tuple(chosen.history) if chosen is not None else ()
         final = self.results[chosen.candidate].final_score if chosen is not None else None
-        evaluations_per_step = 2 if self.params.cfg > 1.0 else 1
         compute = SearchCompute(
             denoiser_evaluations=self.counter.evaluations,
             verifier_calls=self.verifier_calls,
             preview_decodes=self.preview_decodes,
-            single_run_evaluations=self.total * evaluations_per_step,
+            single_run_evaluations=self.total * self.rows_per_lane,
         )
         result = Finished(
             reason=reason,
@@ -276,13 +283,18 @@ class _Search:
         self.step = index + 1
         if index == 0:
             self.total = len(pipeline.scheduler.timesteps)
+            self.rows_per_lane = max(1, self.counter.evaluations // len(self.lanes))
         self._emit(self._progress())
         if self._controls(self.control.take()):
             pipeline._interrupt = True
             x0 = self._x0()
             latents = tensors["latents"]
             return {"latents": x0.to(latents.dtype)}
-        if self.step - self.last_check >= self.interval or self.step == self.total:
+        if (
+            self.step - self.last_check >= self.interval
+            or self.step == self.total
+            or schedule_checks(self.settings, self.step)
+        ):
             return self._check(pipeline, tensors)
         return {}
 
@@ -357,6 +369,7 @@ class _Search:
             [lane.best for lane in self.lanes],
             self.rng,
             last_step=last,
+            step=self.step,
         )
         elapsed = fit_seconds(self.clock() - self.started)
         for lane, score, parts in zip(self.lanes, scores, components, strict=True):
@@ -431,6 +444,7 @@ class _Search:
         live = len(self.lanes)
         latents: torch.Tensor = tensors["latents"]
         reindex_scheduler(pipeline.scheduler, order, latents.shape)
+        self.held.reorder(order)
         returned = {
             name: reindex_rows(value, order, live)
             for name, value in tensors.items()

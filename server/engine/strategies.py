@@ -4,7 +4,8 @@ A strategy sees the live candidates' scores (in batch order) and answers with th
 order: a list of positions into the current batch. ``prune`` answers a shorter list (the lanes
 it keeps); ``fk`` a list of the same length whose entries may repeat (each slot's parent);
 ``best_of_n`` keeps every lane. The engine re-indexes every batch tensor with that list
-(:mod:`.lanes`). No torch here: these are unit-tested on plain numbers.
+(:mod:`.lanes`), and asks :func:`schedule_checks` whether a step it would not otherwise check
+is one a ``prune`` schedule prunes at. No torch here: these are unit-tested on plain numbers.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ import numpy as np
 
 from stepwatch.protocol import SearchSettings
 
-__all__ = ["Plan", "candidate_seed", "effective_sample_size", "fk_weights", "plan", "prune_keep"]
+__all__ = [
+    "Plan",
+    "candidate_seed",
+    "effective_sample_size",
+    "fk_weights",
+    "plan",
+    "prune_keep",
+    "schedule_checks",
+]
 
 
 def candidate_seed(seed: int, candidate: int) -> int:
@@ -37,11 +46,15 @@ class Plan:
         return self.order == tuple(range(live))
 
 
-def prune_keep(scores: Sequence[float], keep_fraction: float) -> tuple[int, ...]:
-    """The positions ``prune`` keeps: the best ``ceil(keep_fraction × live)`` (at least one),
-    in batch order; ties go to the lower position."""
+def prune_keep(
+    scores: Sequence[float], keep_fraction: float, keep_top: int | None = None
+) -> tuple[int, ...]:
+    """The positions ``prune`` keeps: the best ``keep_top`` when it is set, else the best
+    ``ceil(keep_fraction × live)`` (at least one), in batch order; ties go to the lower
+    position."""
     live = len(scores)
-    keep = min(live, max(1, math.ceil(keep_fraction * live - 1e-9)))
+    share = keep_top if keep_top is not None else math.ceil(keep_fraction * live - 1e-9)
+    keep = min(live, max(1, share))
     ranked = sorted(range(live), key=lambda i: (-scores[i], i))
     return tuple(sorted(ranked[:keep]))
 
@@ -61,6 +74,12 @@ def effective_sample_size(weights: np.ndarray) -> float:
     return float(1.0 / np.square(weights).sum())
 
 
+def schedule_checks(settings: SearchSettings, step: int) -> bool:
+    """True when ``settings`` prune at ``step`` (1-based) on a schedule: the engine checks
+    there whatever its check interval."""
+    return settings.strategy == "prune" and step in settings.prune_steps
+
+
 def plan(
     settings: SearchSettings,
     check_number: int,
@@ -69,9 +88,11 @@ def plan(
     rng: np.random.Generator,
     *,
     last_step: bool,
+    step: int = 0,
 ) -> Plan:
-    """What ``settings``' strategy does at the ``check_number``-th check (1-based) of a search
-    whose live candidates scored ``scores``; ``rng`` draws FK's multinomial resampling."""
+    """What ``settings``' strategy does at the ``check_number``-th check (1-based), at
+    ``step``, of a search whose live candidates scored ``scores``; ``rng`` draws FK's
+    multinomial resampling."""
     live = len(scores)
     unchanged = Plan(tuple(range(live)), "all candidates go on")
     if last_step or live < 2:
@@ -80,9 +101,12 @@ def plan(
         case "best_of_n":
             return unchanged
         case "prune":
-            if check_number % settings.prune_every:
+            if settings.prune_steps:
+                if step not in settings.prune_steps:
+                    return unchanged
+            elif check_number % settings.prune_every:
                 return unchanged
-            order = prune_keep(scores, settings.keep_fraction)
+            order = prune_keep(scores, settings.keep_fraction, settings.keep_top)
             return Plan(order, f"pruned to {len(order)} of {live} candidates")
         case "fk":
             if check_number % settings.resample_every:

@@ -27,7 +27,13 @@ from stepwatch.client import (
     StepwatchError,
     open_image,
 )
-from stepwatch.client.commands import explain, option_name, run_options
+from stepwatch.client.commands import (
+    explain,
+    option_name,
+    run_options,
+    search_arguments,
+    search_settings,
+)
 from stepwatch.client.history import RunSummary, http_base
 from stepwatch.client.render import JsonView, LiveView, runs_table
 from stepwatch.client.runs import Result
@@ -40,6 +46,7 @@ from stepwatch.protocol import (
     RunError,
     RunEvent,
     RunParameters,
+    SearchSettings,
     Set,
     SettingChange,
     Start,
@@ -409,3 +416,13 @@ def test_the_runs_table_shows_reason_or_state() -> None:
     rows = text.getvalue().splitlines()
     assert any("r-1" in row and "completed" in row and "0.812" in row for row in rows)
     assert any("r-2" in row and "running" in row for row in rows)
+
+
+def test_search_options_make_search_settings_with_a_prune_schedule() -> None:
+    parser = argparse.ArgumentParser()
+    search_arguments(parser)
+    args = parser.parse_args(["--search", "prune", "--keep-top", "1", "--prune-steps", "3,5"])
+    assert search_settings(args) == SearchSettings("prune", keep_top=1, prune_steps=(3, 5))
+    assert search_settings(parser.parse_args([])) is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--prune-steps", "3,x"])

@@ -141,7 +141,9 @@ CLIENT_EXAMPLES: tuple[Message, ...] = (
         preview_format="png",
         preview_decoder="vae",
         candidates=64,
-        search=SearchSettings("fk", 1.0, 1000, 1000.0, 1000, 0.0, "first"),
+        search=SearchSettings(
+            "fk", 1.0, 1000, 1000.0, 1000, 0.0, "first", keep_top=64, prune_steps=(1, 1000)
+        ),
     ),
     Stop(request_id="q3", run_id=RUN, token=TOKEN),
     Stop(request_id="q4", run_id=RUN, token=TOKEN, mode="abort"),

@@ -14,6 +14,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa
 from scripted_engine import ScriptedEngine  # noqa: E402
 from tiny_models import (  # noqa: E402
     Recorder,
+    make_flux_pipeline,
     make_sd3_pipeline,
     make_sd_pipeline,
     make_sdxl_pipeline,
@@ -44,6 +45,11 @@ def shapes_model() -> LoadedModel:
 @pytest.fixture(scope="session")
 def sd3_model() -> LoadedModel:
     return describe_pipeline("tiny-sd3", make_sd3_pipeline())
+
+
+@pytest.fixture(scope="session")
+def flux_model() -> LoadedModel:
+    return describe_pipeline("tiny-flux", make_flux_pipeline())
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""Test helpers for the server tests: tiny random-weight SD, SDXL, SD3, Kandinsky 2.2 and
-pixel-space DDPM/DDIM pipelines built offline, and an event-recording sink.
+"""Test helpers for the server tests: tiny random-weight SD, SDXL, SD3, Flux, Kandinsky 2.2
+and pixel-space DDPM/DDIM pipelines built offline, and an event-recording sink.
 
 A module with its own name, not ``conftest``: test modules import it directly
 (``from tiny_models import ...``), which ``from conftest import`` cannot do safely once several
@@ -33,6 +33,8 @@ from diffusers import (  # noqa: E402
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     KandinskyV22CombinedPipeline,
     LatentConsistencyModelPipeline,
     LCMScheduler,
@@ -56,6 +58,8 @@ from transformers import (  # noqa: E402
     CLIPTokenizer,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
+    T5Config,
+    T5EncoderModel,
 )
 
 from stepwatch.protocol import Check, Progress  # noqa: E402
@@ -265,6 +269,69 @@ def make_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
         text_encoder_3=None,
         tokenizer_3=None,
     )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def make_flux_pipeline(seed: int = 0) -> FluxPipeline:
+    """A tiny Flux pipeline: packed 16-channel latents, a guidance embedding (FLUX.1-dev's
+    distilled guidance vector), a one-layer T5 encoder, 32×32 images.
+
+    The T5 slot takes the single-character CLIP tokenizer (a T5 tokenizer needs a SentencePiece
+    model file); the pipeline only asks it for padded ids.
+    """
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=1,
+            num_heads=4,
+            pad_token_id=1,
+            eos_token_id=1,
+            dropout_rate=0.0,  # a built model is in training mode: T5's dropout would draw
+        )
+    )
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(4, 8),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=2,
+        sample_size=32,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=0.3611,
+        shift_factor=0.1159,
+    )
+    pipeline = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=CLIPTextModel(_text_config(tokenizer)),
+        tokenizer=tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=tiny_tokenizer(),
+        transformer=transformer,
+    )
+    pipeline.default_sample_size = 16  # Flux's own is 128 latent pixels
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

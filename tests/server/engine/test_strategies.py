@@ -12,6 +12,7 @@ from stepwatch.server.engine.strategies import (
     fk_weights,
     plan,
     prune_keep,
+    schedule_checks,
 )
 
 
@@ -81,3 +82,27 @@ def test_prune_every_and_resample_every_skip_checks() -> None:
     assert plan(fk, 2, skewed, before, rng, last_step=False).keeps_all(4)
     assert not plan(fk, 3, skewed, before, rng, last_step=False).keeps_all(4)
     assert plan(SearchSettings(), 1, [0.9, 0.1], [0, 0], rng, last_step=False).keeps_all(2)
+
+
+def test_keep_top_keeps_the_best_k_whatever_the_fraction() -> None:
+    scores = [0.1, 0.7, 0.4, 0.9, 0.2]
+    assert prune_keep(scores, 0.5, keep_top=1) == (3,)
+    assert prune_keep(scores, 0.0, keep_top=2) == (1, 3)
+    assert prune_keep(scores[:2], 0.5, keep_top=4) == (0, 1)
+
+
+def test_a_prune_schedule_prunes_at_its_steps_only() -> None:
+    rng = np.random.default_rng(0)
+    settings = SearchSettings("prune", prune_every=1, keep_top=2, prune_steps=(3, 6))
+    scores, before = [0.2, 0.9, 0.5, 0.7], [0.0] * 4
+    assert plan(settings, 1, scores, before, rng, last_step=False, step=2).keeps_all(4)
+    assert plan(settings, 2, scores, before, rng, last_step=False, step=3).order == (1, 3)
+    assert plan(settings, 3, scores, before, rng, last_step=False, step=4).keeps_all(4)
+    assert plan(settings, 9, scores, before, rng, last_step=True, step=6).keeps_all(4)
+
+
+def test_only_a_prune_schedule_asks_for_checks_of_its_own() -> None:
+    settings = SearchSettings("prune", prune_steps=(1, 4))
+    assert [step for step in range(1, 7) if schedule_checks(settings, step)] == [1, 4]
+    assert not schedule_checks(SearchSettings("prune"), 1)
+    assert not schedule_checks(SearchSettings("fk", prune_steps=(1,)), 1)

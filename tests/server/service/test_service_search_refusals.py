@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from tiny_models import make_lcm_pipeline
 
 from stepwatch.protocol import ErrorCode, ProtocolError, SearchSettings, Start
 from stepwatch.server.catalog import Catalog
 from stepwatch.server.config import ServiceLimits
-from stepwatch.server.engine.model import LoadedModel
+from stepwatch.server.engine.model import LoadedModel, describe_pipeline
 from stepwatch.server.engine.verifiers import VerifierRegistry
 
 
-def test_prune_on_a_pipeline_that_cannot_reindex_is_refused(sd3_model: LoadedModel) -> None:
-    catalog = Catalog([sd3_model], VerifierRegistry(), ServiceLimits())
+def test_prune_on_a_pipeline_that_cannot_reindex_is_refused() -> None:
+    # LCM is not among the pipelines whose whole batch the tests show re-indexed.
+    lcm = describe_pipeline("lcm", make_lcm_pipeline())
+    catalog = Catalog([lcm], VerifierRegistry(), ServiceLimits())
     start = Start("q", "a cat", candidates=2, search=SearchSettings("prune"))
     with pytest.raises(ProtocolError) as refused:
         catalog.resolve(start)
