@@ -1,6 +1,7 @@
 """Tiny random-weight pipelines on T5 and Gemma text encoders, built offline: AuraFlow,
 Lumina 2 and Kandinsky 3.
 
+Built models are in training mode, so T5's dropout is switched off (it would draw noise).
 Their tokenizers are built in memory, as :func:`tiny_models.tiny_tokenizer` builds CLIP's: a T5
 (sentencepiece unigram) vocabulary of single letters and digits, a Gemma (BPE) one of single
 characters without merges.
@@ -60,7 +61,7 @@ def make_auraflow_pipeline(seed: int = 0) -> AuraFlowPipeline:
     tokenizer = tiny_t5_tokenizer()
     text = UMT5Config(
         d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, vocab_size=len(tokenizer),
-        relative_attention_num_buckets=8,
+        relative_attention_num_buckets=8, dropout_rate=0.0,
     )  # fmt: skip
     transformer = AuraFlowTransformer2DModel(
         sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_mmdit_layers=1,
@@ -117,8 +118,9 @@ def make_kandinsky3_pipeline(seed: int = 0) -> Kandinsky3Pipeline:
     torch.manual_seed(seed)
     tokenizer = tiny_t5_tokenizer()
     text = T5Config(
-        d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, vocab_size=len(tokenizer)
-    )
+        d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, vocab_size=len(tokenizer),
+        dropout_rate=0.0,
+    )  # fmt: skip
     unet = Kandinsky3UNet(
         in_channels=4, time_embedding_dim=4, groups=2, attention_head_dim=4, layers_per_block=3,
         block_out_channels=(32, 64), cross_attention_dim=4, encoder_hid_dim=32,
