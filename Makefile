@@ -92,8 +92,12 @@ lint: $(VENV)/.installed $(DASHBOARD)/node_modules/.package-lock.json
 SERVICE_MODULES := app bridge catalog cli config connections devicequeue eventlog execution gate \
 	harness http liverun outbox runs serving steering watching session store store.archive \
 	store.database store.history store.previews store.recording comfyui.adapter comfyui.chart \
-	comfyui.install engine.control engine.driven_loop engine.events engine.kandinsky engine.model engine.monitor engine.params \
-	engine.pipeline_call engine.policy engine.lanes engine.search engine.steptimer engine.strategies
+	comfyui.install engine.control engine.events engine.model engine.monitor engine.params \
+	engine.pipeline_call engine.policy engine.lanes engine.batch engine.search engine.steptimer engine.strategies
+# Input images: the upload checks, their table, and what a pipeline takes.
+SERVICE_MODULES += uploads store.uploads engine.inputs
+# Pipelines whose loop the engine drives itself: DDPM/DDIM, Kandinsky 2.2.
+SERVICE_MODULES += engine.driven_loop engine.kandinsky
 
 # mypy cannot follow setuptools' package-dir mapping, so it reads the packages through a tree of
 # links that spells their import names (stepwatch/protocol -> protocol/, ...).

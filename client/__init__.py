@@ -28,7 +28,8 @@ client) and never imports the server, torch or anyio. Start a run, follow it, st
   ``await run.set(...)`` return the ``Applied`` acknowledgement.
 - Errors form one tree under :class:`StepwatchError` (see :mod:`stepwatch.client.errors`).
 - :func:`open_image` decodes previews and images with Pillow (imported on first use);
-  :func:`list_runs` reads the server's run history over HTTP.
+  :func:`list_runs` reads the server's run history over HTTP; :meth:`Session.upload` (or
+  :func:`upload_image`) sends an input image for an image-to-image, inpainting or ControlNet run.
 """
 
 from stepwatch.protocol import (
@@ -54,6 +55,7 @@ from .history import RunSummary, list_runs
 from .runs import Result, Run, RunHandle, RunOptions, open_image
 from .session import Session, SessionState, connect
 from .transport import DEFAULT_URL, Backoff
+from .uploads import Upload, upload_image
 
 __all__ = [
     "DEFAULT_URL",
@@ -76,10 +78,12 @@ __all__ = [
     "RunOptions",
     "RunSummary",
     "Session",
+    "Upload",
     "SessionState",
     "Started",
     "StepwatchError",
     "connect",
     "list_runs",
     "open_image",
+    "upload_image",
 ]

@@ -149,9 +149,25 @@ def _console() -> Console:
     return Console(stderr=True, highlight=False)
 
 
+def save_candidates(result: Result, out: Path) -> list[Path]:
+    """Write every finished candidate's image but the chosen one's (that is ``out``) next to
+    ``out``, as ``OUT-candidate-N.png``; the paths written, in candidate order."""
+    chosen = next((c.candidate for c in result.candidates if c.fate == "chosen"), None)
+    written = []
+    for number, png in result.candidate_pngs().items():
+        if number != chosen:
+            path = out.with_name(f"{out.stem}-candidate-{number}{out.suffix}")
+            path.write_bytes(png)
+            written.append(path)
+    return written
+
+
 def _finish(result: Result, out: Path | None, args: argparse.Namespace) -> int:
     """Save the image, print the summary line on standard output, return the exit status."""
     saved = out is not None and result.save(out)
+    if saved and out is not None:
+        for path in save_candidates(result, out):
+            print(f"candidate image saved to {path}", file=sys.stderr)
     score = "-" if result.final_score is None else f"{result.final_score:.3f}"
     where = f", image {out}" if saved else ", no image"
     if not args.json:
@@ -206,6 +222,7 @@ def generate(parser: argparse.ArgumentParser) -> None:
         const=False,
         help="run every step, however good the image is early",
     )
+    input_arguments(parser)
     search_arguments(parser)
     parser.add_argument("--out", type=Path, help="where to write the PNG (default: RUN_ID.png)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per event")
@@ -229,6 +246,13 @@ def search_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--fk-lambda", type=float, help="fk: sharpness of the potential")
     group.add_argument("--select", choices=get_args(SelectRule), help="best (default) or first")
+    group.add_argument(
+        "--all-images",
+        action="store_const",
+        const="all",
+        dest="images",
+        help="also write every other finished candidate's image, as OUT-candidate-N.png",
+    )
 
 
 def _steps(text: str) -> tuple[int, ...]:
@@ -236,6 +260,21 @@ def _steps(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of steps: {text!r}") from None
+
+
+#: The input-image options, by the ``start`` field each sets.
+INPUT_OPTIONS: Final = {"image": "image", "mask": "mask", "control_image": "control_image"}
+
+
+def input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The input images of img2img, inpainting and ControlNet models (``stepwatch generate``
+    uploads them first; ``stepwatch sample`` reads them in process)."""
+    group = parser.add_argument_group("input images (PNG, JPEG or WebP files)")
+    group.add_argument("--image", type=Path, metavar="PATH", help="the init image")
+    group.add_argument("--mask", type=Path, metavar="PATH", help="inpainting: white is repainted")
+    group.add_argument("--control-image", type=Path, metavar="PATH", help="ControlNet's input")
+    group.add_argument("--strength", type=float, help="share of the init image re-noised, 0..1")
+    group.add_argument("--control-scale", type=float, help="ControlNet conditioning scale")
 
 
 def search_settings(args: argparse.Namespace) -> SearchSettings | None:
@@ -249,8 +288,9 @@ def search_settings(args: argparse.Namespace) -> SearchSettings | None:
             ("prune_steps", "prune_steps"),
             ("fk_lambda", "fk_lambda"),
             ("select", "select"),
+            ("images", "images"),
         )
-        if getattr(args, attribute) is not None
+        if getattr(args, attribute, None) is not None
     }
     return SearchSettings(**given) if given else None
 
@@ -282,13 +322,20 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     """The ``start`` fields the user gave on the command line."""
     given = {name: getattr(args, name) for name in _RUN_OPTIONS}
     given["candidates"] = getattr(args, "candidates", None)
+    for name in ("strength", "control_scale"):  # the input-image options, where a command has them
+        given[name] = getattr(args, name, None)
     given["search"] = search_settings(args) if hasattr(args, "search") else None
     return cast(RunOptions, {name: value for name, value in given.items() if value is not None})
 
 
 async def _start(session: Session, args: argparse.Namespace) -> Run:
+    options = run_options(args)
+    for field in INPUT_OPTIONS:
+        path = getattr(args, field, None)
+        if path is not None:
+            options[field] = (await session.upload(path)).id  # type: ignore[literal-required]
     try:
-        return await session.generate(args.prompt, **run_options(args))
+        return await session.generate(args.prompt, **options)
     except Refused as exc:
         line = _unknown_name(exc, session.welcome, args.model)
         if line is not None:

@@ -121,6 +121,21 @@ class Result:
         Path(path).write_bytes(self.png)
         return True
 
+    def candidate_pngs(self) -> dict[int, bytes]:
+        """Every finished candidate's final PNG of a search, by candidate number: the chosen
+        one's (:attr:`png`) and, when the run asked for ``SearchSettings(images="all")``,
+        every other finished one's. Pruned and stopped candidates have none.
+
+        >>> result = await run.result()  # doctest: +SKIP
+        >>> for number, png in result.candidate_pngs().items():  # doctest: +SKIP
+        ...     Path(f"cat-{number}.png").write_bytes(png)
+        """
+        pngs = {c.candidate: c.image.data for c in self.candidates if c.image is not None}
+        chosen = next((c.candidate for c in self.candidates if c.fate == "chosen"), None)
+        if chosen is not None and self.png is not None:
+            pngs[chosen] = self.png
+        return dict(sorted(pngs.items()))
+
 
 class RunOptions(TypedDict, total=False):
     """The parameters of ``Session.generate`` besides the prompt: the fields of ``start``.
@@ -151,6 +166,12 @@ class RunOptions(TypedDict, total=False):
     preview_decoder: str | None
     candidates: int
     search: SearchSettings | None
+    #: Input images by upload id (:meth:`Session.upload`), and their settings.
+    image: str | None
+    mask: str | None
+    control_image: str | None
+    strength: float | None
+    control_scale: float | None
 
 
 class RunHandle:
@@ -303,6 +324,44 @@ class Run(RunHandle):
         )
         return await self._steering.steer(request)
 
+    async def stop_candidate(self, candidate: int) -> Applied:
+        """Stop one candidate of a search; the search goes on with the others.
+
+        The candidate leaves the batch at the next step boundary, as a pruned one does (it
+        costs nothing more); ``applied.candidate_stopped`` names it, and its entry in
+        ``Result.candidates`` says ``pruned`` with ``by_owner``. Raises
+        :class:`~stepwatch.client.Refused` (``ErrorCode.INVALID_VALUE``, field ``candidate``)
+        for a run of one candidate, a candidate that is not live, or the last live one.
+
+        >>> run = await session.generate("a cat", candidates=8)  # doctest: +SKIP
+        >>> await run.stop_candidate(3)  # doctest: +SKIP
+        """
+        return await self._candidate(candidate, None)
+
+    async def keep_candidate(self, candidate: int) -> Applied:
+        """Keep one candidate of a search: every other live one stops at the next step
+        boundary, and this one runs to the end as the run's result.
+
+        ``applied.candidate_kept`` names it; in ``Result.candidates`` it is ``chosen`` with
+        ``by_owner`` and the others ``pruned`` with ``by_owner``. Refused as
+        :meth:`stop_candidate` is (field ``keep``).
+
+        >>> await run.keep_candidate(5)  # doctest: +SKIP
+        >>> (await run.result()).candidates[5].fate  # doctest: +SKIP
+        'chosen'
+        """
+        return await self._candidate(None, candidate)
+
+    async def _candidate(self, candidate: int | None, keep: int | None) -> Applied:
+        request = Stop(
+            request_id=self._steering.next_request_id(),
+            run_id=self.run_id,
+            token=self.control_token,
+            candidate=candidate,
+            keep=keep,
+        )
+        return await self._steering.steer(request)
+
     async def set(
         self,
         *,
@@ -310,6 +369,11 @@ class Run(RunHandle):
         cfg: float | None = None,
         check_interval: int | None = None,
         scale_factor: float | None = None,
+        keep_fraction: float | None = None,
+        prune_every: int | None = None,
+        fk_lambda: float | None = None,
+        resample_every: int | None = None,
+        ess_threshold: float | None = None,
     ) -> Applied:
         """Change settings of the running run; return the ``applied`` that acknowledges them.
 
@@ -318,6 +382,17 @@ class Run(RunHandle):
         to every later step). A setting the model cannot change mid-run (CFG on a pipeline
         that reads it once) is missing from ``changes``; the server's reason is logged on the
         ``stepwatch.client`` logger, and a ``set`` of nothing but such settings is refused.
+
+        A search's strategy settings change from its next check on: ``keep_fraction`` and
+        ``prune_every`` for ``prune``, ``fk_lambda``, ``resample_every`` and ``ess_threshold``
+        for ``fk``; ``applied.search_changes`` lists them. One the strategy has no use for is
+        refused (``ErrorCode.INVALID_VALUE`` naming it).
+
+        >>> prune = SearchSettings("prune")
+        >>> run = await session.generate("a cat", candidates=8, search=prune)  # doctest: +SKIP
+        >>> applied = await run.set(keep_fraction=0.25)  # doctest: +SKIP
+        >>> applied.search_changes[0].new  # doctest: +SKIP
+        0.25
 
         Raises :class:`~stepwatch.client.Refused` for a value out of range
         (``ErrorCode.INVALID_VALUE`` naming the field), for no setting at all
@@ -333,6 +408,11 @@ class Run(RunHandle):
                 scale_factor=scale_factor,
                 check_interval=check_interval,
                 cfg=cfg,
+                keep_fraction=keep_fraction,
+                prune_every=prune_every,
+                fk_lambda=fk_lambda,
+                resample_every=resample_every,
+                ess_threshold=ess_threshold,
             )
         except ProtocolError as exc:  # Set refuses to change nothing, before any I/O
             raise Refused.before_sending(exc, request_id) from exc

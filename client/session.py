@@ -33,6 +33,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from enum import Enum
+from pathlib import Path
 from typing import Any, TypeVar, Unpack, assert_never
 
 from websockets.asyncio.client import ClientConnection
@@ -73,6 +74,7 @@ from stepwatch.protocol import (
 from .errors import ConnectionFailed, ConnectionLost, ProtocolViolation, Refused, StepwatchError
 from .runs import Run, RunHandle, RunOptions
 from .transport import DEFAULT_URL, Backoff, SessionSettings, client_name, open_connection
+from .uploads import Upload, upload_image
 
 __all__ = ["Session", "SessionState", "connect"]
 
@@ -219,6 +221,17 @@ class Session:
         self._starts[request_id] = future
         await self._send(lambda: start)
         return await future
+
+    async def upload(
+        self, source: str | Path | bytes, *, content_type: str | None = None
+    ) -> Upload:
+        """Send an input image (a path or its bytes) to this session's server; name the
+        returned :attr:`Upload.id` in :meth:`generate` as ``image``, ``mask`` or
+        ``control_image``. See :func:`~stepwatch.client.upload_image`."""
+        settings = self.settings
+        return await upload_image(
+            source, settings.url, token=settings.token, content_type=content_type
+        )
 
     async def watch(self, run_id: str, after_seq: int = 0) -> RunHandle:
         """Watch any run the server knows, from the event after ``after_seq`` (0: all of it).

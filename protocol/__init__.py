@@ -29,7 +29,7 @@ from .codec import (
     peek,
 )
 from .errors import ErrorCode, FrameError, MessageError, ProtocolError, error_for
-from .evolution import ADDED_SERVER_FIELDS, for_peer
+from .evolution import ADDED_SERVER_FIELDS, added_in_use, for_peer, visible_to
 from .jsonform import to_json
 from .messages import (
     CLIENT_MESSAGE_TYPES,
@@ -37,7 +37,17 @@ from .messages import (
     SERVER_MESSAGE_TYPES,
     Message,
 )
-from .search import DEFAULT_SEARCH, SearchSettings, SearchStrategy, SelectRule
+from .search import (
+    DEFAULT_SEARCH,
+    SEARCH_SETTINGS,
+    STRATEGY_SETTINGS,
+    SearchSetting,
+    SearchSettingChange,
+    SearchSettings,
+    SearchStrategy,
+    SelectRule,
+    all_images_fit,
+)
 from .server_messages import (
     Accepted,
     Adjusted,
@@ -110,8 +120,13 @@ __all__ = [
     "CandidateScore",
     "DEFAULT_SEARCH",
     "SearchCompute",
+    "SEARCH_SETTINGS",
+    "STRATEGY_SETTINGS",
+    "SearchSetting",
+    "SearchSettingChange",
     "SearchSettings",
     "SearchStrategy",
+    "all_images_fit",
     "SelectRule",
     "Applied",
     "Check",
@@ -158,7 +173,9 @@ __all__ = [
     "encode",
     "peek",
     "error_for",
+    "added_in_use",
     "for_peer",
+    "visible_to",
     "stamp",
     "to_json",
 ]

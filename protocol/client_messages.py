@@ -13,10 +13,19 @@ from typing import Annotated, ClassVar, TypeAlias
 from . import limits
 from .errors import ErrorCode, MessageError
 from .schema import ADDED, Length
-from .search import Candidates, SearchSettings
+from .search import (
+    SEARCH_SETTINGS,
+    CandidateIndex,
+    Candidates,
+    Every,
+    Fraction,
+    SearchSettings,
+    Sharpness,
+)
 from .values import (
     ApiToken,
     Cfg,
+    ControlScale,
     ControlToken,
     Count,
     ImageSize,
@@ -34,6 +43,8 @@ from .values import (
     Step,
     Steps,
     StopMode,
+    Strength,
+    UploadId,
 )
 
 __all__ = [
@@ -140,6 +151,17 @@ class Start:
     candidates: Candidates = field(default=1, metadata=ADDED)
     #: The search's strategy and settings; ``None`` for best-of-N with the defaults.
     search: SearchSettings | None = field(default=None, metadata=ADDED)
+    #: Input images by upload id (``POST /api/uploads``): the init image of an image-to-image
+    #: or inpainting model, the inpainting mask (white is repainted; the init image's size),
+    #: the ControlNet's control image. A model that needs one refuses a ``start`` without it.
+    image: UploadId | None = field(default=None, metadata=ADDED)
+    mask: UploadId | None = field(default=None, metadata=ADDED)
+    control_image: UploadId | None = field(default=None, metadata=ADDED)
+    #: How much of the init image is re-noised; ``None`` for the model's default. The run
+    #: takes about ``strength x steps`` steps.
+    strength: Strength | None = field(default=None, metadata=ADDED)
+    #: The ControlNet's conditioning scale; ``None`` for the model's default.
+    control_scale: ControlScale | None = field(default=None, metadata=ADDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +178,15 @@ class Stop:
     token: ControlToken
     #: ``finish`` returns the decoded x0 estimate of the current step; ``abort`` returns none.
     mode: StopMode = "finish"
+    #: In a search: stop only this candidate (it leaves the batch as a pruned one does; the
+    #: search goes on, and ``mode`` does not apply).
+    candidate: CandidateIndex | None = field(default=None, metadata=ADDED)
+    #: In a search: stop every other candidate; this one finishes as the run's result.
+    keep: CandidateIndex | None = field(default=None, metadata=ADDED)
+
+    def __post_init__(self) -> None:
+        if self.candidate is not None and self.keep is not None:
+            raise MessageError(ErrorCode.INVALID_MESSAGE, "stop names candidate or keep, not both")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +212,22 @@ class Set:
     check_interval: Steps | None = None
     #: The CFG to use from the next step on.
     cfg: Cfg | None = None
+    #: A search's :class:`~.search.SearchSettings` of the same names, from the next check on;
+    #: each is refused where the run's strategy has no use for it.
+    keep_fraction: Fraction | None = field(default=None, metadata=ADDED)
+    prune_every: Every | None = field(default=None, metadata=ADDED)
+    fk_lambda: Sharpness | None = field(default=None, metadata=ADDED)
+    resample_every: Every | None = field(default=None, metadata=ADDED)
+    ess_threshold: Fraction | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
-        changes = (self.quality_threshold, self.scale_factor, self.check_interval, self.cfg)
+        changes = (
+            self.quality_threshold,
+            self.scale_factor,
+            self.check_interval,
+            self.cfg,
+            *(getattr(self, name) for name in SEARCH_SETTINGS),
+        )
         if all(change is None for change in changes):
             raise MessageError(ErrorCode.INVALID_MESSAGE, "set changes nothing")
 

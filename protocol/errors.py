@@ -94,6 +94,15 @@ class ErrorCode(StrEnum):
     #: it in ``finished``), and ``start`` is refused until the store can write again.
     STORE_FAILED = "store_failed"
 
+    #: ``start`` named an upload id the server does not hold (``GET``: no such upload).
+    UNKNOWN_UPLOAD = "unknown_upload"
+    #: An upload is not a whole PNG, JPEG or WebP image of a mode the server can convert (the
+    #: wrong content type, truncated, corrupt, animated), or its size does not fit its use.
+    INVALID_UPLOAD = "invalid_upload"
+    #: An upload has more bytes or more pixels than the server accepts (a decompression bomb
+    #: is refused from its header, before it is decoded).
+    UPLOAD_TOO_LARGE = "upload_too_large"
+
     # Codes a failed run reports in ``finished.error``.
 
     #: The model's estimate or image held NaN or infinity (often a half-precision overflow).

@@ -7,7 +7,8 @@ that never ask. A field the server always fills (``welcome.models[].preview_deco
 more: a client says in ``hello.features`` which added fields it reads, by name, and the server
 answers with :func:`for_peer`, which puts every other added field back to its default, so the
 codec leaves it out. A client written before ``features`` existed names none and gets the
-``welcome`` of the first release.
+``welcome`` of the first release. Run events go the same way (:func:`visible_to`): the server
+sends each watcher its events as its ``features`` read them.
 
 :data:`ADDED_SERVER_FIELDS` names every added field of the server's messages: what a client of
 this version reads, and sends as its ``features``.
@@ -20,9 +21,10 @@ import typing
 from collections.abc import Collection, Iterable
 from typing import Any, Final, TypeVar
 
+from .errors import MessageError
 from .messages import SERVER_MESSAGE_TYPES
 
-__all__ = ["ADDED_SERVER_FIELDS", "for_peer"]
+__all__ = ["ADDED_SERVER_FIELDS", "added_in_use", "for_peer", "visible_to"]
 
 M = TypeVar("M")
 
@@ -67,6 +69,36 @@ def for_peer(message: M, known: Collection[str]) -> M:
         if kept is not value:
             changes[field.name] = kept
     return dataclasses.replace(message, **changes) if changes else message
+
+
+def added_in_use(message: object) -> frozenset[str]:
+    """The added fields that hold other than their default in ``message`` and the records it
+    holds: a peer whose ``features`` name them all gets ``message`` as it is."""
+    names: set[str] = set()
+    pending = [message]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, tuple):
+            pending.extend(value)
+            continue
+        if not dataclasses.is_dataclass(value) or isinstance(value, type):
+            continue
+        for field in dataclasses.fields(value):
+            item = getattr(value, field.name)
+            if field.metadata.get("added") and item != field.default:
+                names.add(field.name)
+            pending.append(item)
+    return frozenset(names)
+
+
+def visible_to(message: M, known: Collection[str]) -> M | None:
+    """``message`` as :func:`for_peer` leaves it for a peer that reads ``known``, or ``None``
+    when nothing it would accept is left: an ``applied`` that acknowledges only what the
+    peer cannot read (a search setting, one candidate's stop) is not sent to it at all."""
+    try:
+        return for_peer(message, known)
+    except MessageError:
+        return None
 
 
 def _for_peer_value(value: Any, known: Collection[str]) -> Any:

@@ -52,6 +52,12 @@ MAX_FIELD_PATH_CHARS: Final = 200
 MAX_PREVIEW_BYTES: Final = 1024 * 1024
 #: The final image (PNG); room for an incompressible 2048 x 2048 RGB image.
 MAX_IMAGE_BYTES: Final = 16 * 1024 * 1024
+#: One uploaded input image (``POST /api/uploads``: PNG, JPEG or WebP), as sent.
+MAX_UPLOAD_BYTES: Final = 8 * 1024 * 1024
+#: Pixels of one uploaded image (width x height, read from its header before it is decoded).
+MAX_UPLOAD_PIXELS: Final = 2048 * 2048
+#: An upload's id: the SHA-256 of its bytes, as 64 lowercase hexadecimal digits.
+UPLOAD_ID_CHARS: Final = 64
 
 # Lists and maps, in entries.
 
@@ -88,6 +94,8 @@ MAX_PATIENCE: Final = 100
 MAX_PREVIEW_SIZE: Final = 512
 #: Candidates of one search run (``start.candidates``).
 MAX_CANDIDATES: Final = 64
+#: ``start.control_scale``, the ControlNet's conditioning scale.
+MAX_CONTROL_SCALE: Final = 5.0
 #: Feynman–Kac's λ.
 MAX_FK_LAMBDA: Final = 1000.0
 #: Durations (``elapsed``, ``eta``) in seconds, about 115 days.
@@ -109,4 +117,6 @@ def protocol_limits() -> dict[str, int]:
         "max_preview_size": MAX_PREVIEW_SIZE,
         "max_resume_runs": MAX_RESUME_RUNS,
         "max_candidates": MAX_CANDIDATES,
+        "max_upload_bytes": MAX_UPLOAD_BYTES,
+        "max_upload_pixels": MAX_UPLOAD_PIXELS,
     }

@@ -12,7 +12,7 @@ Every field here is optional on the wire: a run of one candidate looks exactly a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Final, Literal, TypeAlias
+from typing import Annotated, Final, Literal, TypeAlias, get_args
 
 from . import limits
 from .schema import ADDED, Length, Range
@@ -24,9 +24,15 @@ __all__ = [
     "CandidateIndex",
     "Candidates",
     "Fraction",
+    "ImagesRule",
+    "SEARCH_SETTINGS",
+    "STRATEGY_SETTINGS",
+    "SearchSetting",
+    "SearchSettingChange",
     "SearchSettings",
     "SearchStrategy",
     "SelectRule",
+    "all_images_fit",
 ]
 
 #: ``best_of_n``: every candidate runs to the end, the best is kept. ``prune``: at checks the
@@ -38,6 +44,21 @@ SelectRule: TypeAlias = Literal["best", "first"]
 #: ``live``: still denoising; ``pruned``: stopped at this check; ``resampled``: replaced at this
 #: check by a copy of ``parent``; ``finished``: ran to the end; ``chosen``: the result.
 CandidateFate: TypeAlias = Literal["live", "pruned", "resampled", "finished", "chosen"]
+#: ``chosen``: ``finished`` carries the chosen candidate's image only; ``all``: every finished
+#: candidate's too (``CandidateResult.image``).
+ImagesRule: TypeAlias = Literal["chosen", "all"]
+#: The settings of :class:`SearchSettings` a ``set`` may change while a search goes on.
+SearchSetting: TypeAlias = Literal[
+    "keep_fraction", "prune_every", "fk_lambda", "resample_every", "ess_threshold"
+]
+#: Every :data:`SearchSetting`, in order.
+SEARCH_SETTINGS: Final[tuple[str, ...]] = get_args(SearchSetting)
+#: The search settings each strategy uses; a ``set`` of any other is refused.
+STRATEGY_SETTINGS: Final[dict[str, tuple[str, ...]]] = {
+    "best_of_n": (),
+    "prune": ("keep_fraction", "prune_every"),
+    "fk": ("fk_lambda", "resample_every", "ess_threshold"),
+}
 #: How many candidates a run denoises at once.
 Candidates: TypeAlias = Annotated[int, Range(1, limits.MAX_CANDIDATES)]
 #: A candidate's number, 0 to ``candidates`` - 1.
@@ -65,6 +86,9 @@ class SearchSettings:
     its ``check_interval``), ``prune_every`` ignored; 8 candidates with ``keep_top`` 1 and
     ``prune_steps`` (3,) run 8 lanes for three steps and one after.
 
+    ``images``: ``all`` puts every finished candidate's final image into ``finished`` (see
+    :func:`all_images_fit` for what fits in one frame).
+
     ``fk``: Feynman–Kac steering (Singhal et al. 2025, "A General Framework for Inference-time
     Scaling and Steering of Diffusion Models"). At every ``resample_every``-th check each
     candidate's potential is exp(``fk_lambda`` × max(r, r_prev)), r its score now and r_prev
@@ -82,6 +106,29 @@ class SearchSettings:
     select: SelectRule = "best"
     keep_top: Candidates | None = field(default=None, metadata=ADDED)
     prune_steps: PruneSteps = field(default=(), metadata=ADDED)
+    images: ImagesRule = field(default="chosen", metadata=ADDED)
 
 
 DEFAULT_SEARCH: Final = SearchSettings()
+
+#: What one PNG may take beyond its pixels (signature, chunks, zlib's stored-block headers).
+PNG_OVERHEAD_BYTES: Final = 4096
+#: Room left in a ``finished`` frame for everything but its images (history, candidates).
+FINISHED_ROOM_BYTES: Final = 1024 * 1024
+
+
+def all_images_fit(candidates: int, width: int, height: int) -> bool:
+    """Whether ``finished`` holds the final images of ``candidates`` candidates of
+    ``width`` × ``height`` in one frame, each an incompressible RGB PNG at worst (``images``
+    ``all``; the server refuses a ``start`` for which this is false)."""
+    worst = width * height * 3 + height + PNG_OVERHEAD_BYTES
+    return candidates * worst + FINISHED_ROOM_BYTES <= limits.MAX_SERVER_FRAME_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSettingChange:
+    """One search setting's value before and after a ``set``."""
+
+    setting: SearchSetting
+    old: float
+    new: float

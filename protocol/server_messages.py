@@ -16,10 +16,18 @@ from typing import Annotated, ClassVar, Final, TypeAlias, TypeVar
 from . import limits
 from .errors import ErrorCode, MessageError, ProtocolError, error_for
 from .schema import ADDED, Length, Range
-from .search import CandidateFate, CandidateIndex, Candidates, SearchSettings
+from .search import (
+    SEARCH_SETTINGS,
+    CandidateFate,
+    CandidateIndex,
+    Candidates,
+    SearchSettingChange,
+    SearchSettings,
+)
 from .values import (
     SETTINGS,
     Cfg,
+    ControlScale,
     ControlToken,
     Count,
     Decision,
@@ -44,7 +52,9 @@ from .values import (
     Step,
     Steps,
     StopMode,
+    Strength,
     Text,
+    UploadId,
 )
 
 __all__ = [
@@ -160,6 +170,13 @@ class RunParameters:
     candidates: Candidates = field(default=1, metadata=ADDED)
     #: The search's strategy and settings; ``None`` for a single run.
     search: SearchSettings | None = field(default=None, metadata=ADDED)
+    #: The input images' upload ids (see ``start``), and the strength and ControlNet scale
+    #: the run uses (``None`` where the model takes none).
+    image: UploadId | None = field(default=None, metadata=ADDED)
+    mask: UploadId | None = field(default=None, metadata=ADDED)
+    control_image: UploadId | None = field(default=None, metadata=ADDED)
+    strength: Strength | None = field(default=None, metadata=ADDED)
+    control_scale: ControlScale | None = field(default=None, metadata=ADDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,6 +397,12 @@ class CandidateResult:
     steps_run: Step
     #: The candidates it descends from by resampling, oldest first.
     lineage: Annotated[tuple[CandidateIndex, ...], Length(0, limits.MAX_STEPS)] = ()
+    #: Its final image, for a ``finished`` candidate of a search whose ``images`` is ``all``
+    #: (the chosen one's is ``Finished.image``).
+    image: Image | None = field(default=None, metadata=ADDED)
+    #: Whether its owner decided its fate: a ``pruned`` one was stopped by the owner (a
+    #: ``stop`` of it, or of the others by a ``keep``), a ``chosen`` one kept.
+    by_owner: bool = field(default=False, metadata=ADDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,8 +470,9 @@ class Adjusted:
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """A ``set`` or ``stop`` of the run's owner took effect. Exactly one of ``changes`` and
-    ``stop`` is given."""
+    """A ``set`` or ``stop`` of the run's owner took effect. Exactly one of these is given:
+    the changes of a ``set`` (``changes``, ``search_changes`` or both), ``stop``,
+    ``candidate_stopped`` and ``candidate_kept``."""
 
     TYPE: ClassVar[str] = "applied"
 
@@ -462,10 +486,24 @@ class Applied:
     changes: Annotated[tuple[SettingChange, ...], Length(0, len(SETTINGS))]
     #: The mode of a ``stop``.
     stop: StopMode | None
+    #: The search settings a ``set`` changed.
+    search_changes: Annotated[tuple[SearchSettingChange, ...], Length(0, len(SEARCH_SETTINGS))] = (
+        field(default=(), metadata=ADDED)
+    )
+    #: The candidate a ``stop`` of one candidate stopped.
+    candidate_stopped: CandidateIndex | None = field(default=None, metadata=ADDED)
+    #: The candidate a ``stop`` with ``keep`` kept (every other one stopped).
+    candidate_kept: CandidateIndex | None = field(default=None, metadata=ADDED)
 
     def __post_init__(self) -> None:
-        if bool(self.changes) == (self.stop is not None):
-            message = "applied needs either changes or a stop mode, not both"
+        given = (
+            bool(self.changes or self.search_changes),
+            self.stop is not None,
+            self.candidate_stopped is not None,
+            self.candidate_kept is not None,
+        )
+        if sum(given) != 1:
+            message = "applied needs exactly one of changes, a stop mode or a candidate"
             raise MessageError(ErrorCode.INVALID_MESSAGE, message)
 
 

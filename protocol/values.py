@@ -42,6 +42,9 @@ __all__ = [
     "Steps",
     "StopMode",
     "Text",
+    "UploadId",
+    "Strength",
+    "ControlScale",
 ]
 
 # Identifiers and text.
@@ -64,6 +67,8 @@ ApiToken: TypeAlias = Annotated[str, Length(1, limits.MAX_TOKEN_CHARS)]
 Prompt: TypeAlias = Annotated[str, Length(0, limits.MAX_PROMPT_CHARS)]
 #: A description of a model or verifier.
 Description: TypeAlias = Annotated[str, Length(0, limits.MAX_DESCRIPTION_CHARS)]
+#: An uploaded image's id (the SHA-256 of its bytes, hex), as ``POST /api/uploads`` answers.
+UploadId: TypeAlias = Annotated[str, Length(limits.UPLOAD_ID_CHARS, limits.UPLOAD_ID_CHARS)]
 #: An error message, or the reason given for a decision.
 Text: TypeAlias = Annotated[str, Length(0, limits.MAX_MESSAGE_CHARS)]
 
@@ -93,6 +98,11 @@ Score: TypeAlias = Annotated[float, Range(limits.MIN_SCORE, limits.MAX_SCORE)]
 Patience: TypeAlias = Annotated[int, Range(limits.MIN_PATIENCE, limits.MAX_PATIENCE)]
 #: A duration in seconds.
 Seconds: TypeAlias = Annotated[float, Range(0.0, limits.MAX_SECONDS)]
+
+#: How much of an init image an image-to-image run re-noises: 1.0 all of it, 0.0 none.
+Strength: TypeAlias = Annotated[float, Range(0.0, 1.0)]
+#: How strongly a ControlNet's control image steers the run.
+ControlScale: TypeAlias = Annotated[float, Range(0.0, limits.MAX_CONTROL_SCALE)]
 
 # Choices.
 

@@ -35,9 +35,9 @@ from starlette.staticfiles import StaticFiles
 from stepwatch.server import http
 from stepwatch.server.catalog import Catalog
 from stepwatch.server.config import ServerConfig
-from stepwatch.server.execution import Sampler, engine_sampler
+from stepwatch.server.execution import Sampler, engine_batch_sampler, engine_sampler
 from stepwatch.server.gate import Gate
-from stepwatch.server.runs import RunManager
+from stepwatch.server.runs import Batching, RunManager
 from stepwatch.server.session import OpenSessions, SessionServices, serve_connection
 from stepwatch.server.store import Store
 
@@ -121,7 +121,7 @@ class Service:
         self.name = server_name()
         self._closed = anyio.Event()
         self.session_services = SessionServices(
-            self.name, self.gate, catalog, runs, config.limits, self.sessions
+            self.name, self.gate, catalog, runs, config.limits, self.sessions, store
         )
         self.http_services = http.HttpServices(
             self.name, self.gate, catalog, runs, store, self.sessions
@@ -144,18 +144,22 @@ class Service:
         """Load models and verifiers, open the store, run the manager; close all on exit.
 
         ``sampler`` is the engine runs are sampled by (by default the monitored engine with
-        the configured verifiers, :func:`~.execution.engine_sampler`). ``verifiers``, when
-        given, is the registry :func:`build_verifiers` already built for these models."""
+        the configured verifiers, :func:`~.execution.engine_sampler`, and runs share batches up
+        to ``config.max_batch``; a given ``sampler`` samples every run alone). ``verifiers``,
+        when given, is the registry :func:`build_verifiers` already built for these models."""
         models = list(await anyio.to_thread.run_sync(load_models, config))
         if verifiers is None:
             verifiers = await anyio.to_thread.run_sync(build_verifiers, config, models)
         catalog = Catalog(models, verifiers, config.limits)
         store = await Store.open(config.data_dir)
         try:
+            batching = None
             if sampler is None:
                 sampler = engine_sampler(verifiers, config.sampler_threads)
+                batched = engine_batch_sampler(verifiers, config.sampler_threads)
+                batching = Batching(batched, config.max_batch, config.batch_window)
             async with RunManager.open(
-                catalog, store, config.limits, sampler, config.samplers_per_device
+                catalog, store, config.limits, sampler, config.samplers_per_device, batching
             ) as runs:
                 service = cls(config, catalog, store, runs)
                 try:

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from stepwatch.protocol import (
+    SEARCH_SETTINGS,
+    STRATEGY_SETTINGS,
     ErrorCode,
     ModelInfo,
     ProtocolError,
@@ -26,6 +28,7 @@ from stepwatch.protocol import (
 from stepwatch.protocol import limits as wire
 from stepwatch.server.config import ServiceLimits
 from stepwatch.server.engine.errors import ParamError
+from stepwatch.server.engine.inputs import InputImages
 from stepwatch.server.engine.model import LoadedModel
 from stepwatch.server.engine.params import (
     DEFAULT_THRESHOLD,
@@ -126,8 +129,9 @@ class Catalog:
 
     # -- start ---------------------------------------------------------------------------------
 
-    def resolve(self, start: Start) -> ResolvedRun:
-        """Check ``start`` in full and fill in its defaults.
+    def resolve(self, start: Start, inputs: InputImages | None = None) -> ResolvedRun:
+        """Check ``start`` in full and fill in its defaults; ``inputs`` are the images of the
+        uploads it names.
 
         Raises :class:`~stepwatch.protocol.ProtocolError` with the code and the field.
         """
@@ -138,7 +142,7 @@ class Catalog:
                 ErrorCode.UNKNOWN_VERIFIER, f"no verifier {verifier!r} is registered", "verifier"
             )
         try:
-            params = model.resolve(RequestedParams.from_start(start))
+            params = model.resolve(RequestedParams.from_start(start, inputs))
         except ParamError as exc:
             raise _refused(exc) from exc
         self._check_limits(params.parameters)
@@ -197,7 +201,13 @@ class Catalog:
             "scale_factor": request.scale_factor,
             "check_interval": request.check_interval,
             "cfg": request.cfg,
+            **{name: getattr(request, name) for name in SEARCH_SETTINGS},
         }
+        strategy = parameters.search.strategy if parameters.search is not None else None
+        for name in SEARCH_SETTINGS:
+            if named[name] is not None and name not in STRATEGY_SETTINGS.get(strategy or "", ()):
+                kind = f"a {strategy} search" if strategy else "a single run"
+                raise _invalid(name, f"{kind} has no {name}")
         try:
             return check_change({k: float(v) for k, v in named.items() if v is not None})  # type: ignore[misc]
         except ParamError as exc:

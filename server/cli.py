@@ -80,6 +80,21 @@ def serve(parser: argparse.ArgumentParser) -> None:
         help="torch threads per sampler (default: half the CPUs, at most 8)",
     )
     parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=ServerConfig.max_batch,
+        help="queued runs that can share a denoiser call run as one batch of at most this many "
+        f"(1: every run alone; default {ServerConfig.max_batch})",
+    )
+    parser.add_argument(
+        "--batch-window",
+        type=float,
+        default=ServerConfig.batch_window,
+        metavar="SECONDS",
+        help="longest a run waits for starts being admitted at that moment to join its batch "
+        f"(never when none is; default {ServerConfig.batch_window})",
+    )
+    parser.add_argument(
         "--dashboard", type=Path, default=None, help="folder of static files to serve at /"
     )
     parser.set_defaults(handler=_serve)
@@ -97,6 +112,8 @@ def config_from(args: argparse.Namespace) -> ServerConfig:
         token=args.token or None,
         allowed_origins=tuple(args.allow_origin),
         allowed_hosts=tuple(args.allow_host),
+        max_batch=args.max_batch,
+        batch_window=args.batch_window,
         **({"sampler_threads": args.threads} if args.threads is not None else {}),
         dashboard_dir=args.dashboard,
         limits=ServiceLimits(max_queue=args.max_queue),

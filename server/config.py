@@ -34,6 +34,8 @@ DEFAULT_PORT = 8765
 #: The longest prompt a server accepts unless configured otherwise (the protocol allows
 #: ``MAX_PROMPT_CHARS``; no model's text encoder reads anywhere near 2000 characters).
 DEFAULT_MAX_PROMPT_CHARS = 2000
+#: The most runs one batch may carry (``max_batch``).
+MAX_BATCH = 64
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: The ``Host`` names a server always answers to (DNS rebinding cannot produce them).
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
@@ -201,6 +203,10 @@ class ServerConfig:
     server's own (``*`` allows any). ``allowed_hosts`` are ``Host`` names the server answers
     besides the loopback names and the address it listens on (``*``: any; see
     :meth:`served_hosts`). ``sampler_threads`` is torch's thread count for sampling.
+    ``max_batch`` is how many queued runs that can share a denoiser call are sampled as lanes of
+    one batch (1: every run alone; see :mod:`~stepwatch.server.engine.batch`); ``batch_window``
+    the longest, in seconds, a run taken from the queue waits for starts that are being admitted
+    at that moment to join its batch (it never waits when none is).
     ``dashboard_dir`` is served at ``/`` when it exists (``None``: the packaged dashboard, if
     installed).
     """
@@ -213,6 +219,8 @@ class ServerConfig:
     data_dir: Path = Path("data")
     device: str = "auto"
     samplers_per_device: int = 1
+    max_batch: int = 8
+    batch_window: float = 0.25
     token: str | None = None
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
@@ -228,6 +236,11 @@ class ServerConfig:
             f"device must be one of {', '.join(DEVICES)} (cuda:N allowed), got {self.device!r}",
         )
         _require(self.samplers_per_device >= 1, "samplers_per_device must be at least 1")
+        _require(1 <= self.max_batch <= MAX_BATCH, f"max_batch must be 1..{MAX_BATCH}")
+        _require(
+            0.0 <= self.batch_window <= 10.0 and math.isfinite(self.batch_window),
+            "batch_window must be 0..10 seconds",
+        )
         if self.token is not None:
             _require(
                 1 <= len(self.token) <= wire.MAX_TOKEN_CHARS,

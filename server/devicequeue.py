@@ -4,12 +4,19 @@ Admitting a run takes two steps with an await between them (the store records th
 place is held first: :meth:`DeviceQueue.admission` holds it for the ``with`` block and gives it
 back when the block leaves without queueing the run, whatever way it leaves. ``max_queue``
 bounds the runs that wait; a full queue is ``queue_full``.
+
+A worker that takes a run may take compatible runs with it, to sample them as one batch
+(:meth:`DeviceQueue.gather`): those already waiting, from anywhere in the queue, and those whose
+``start`` is being admitted at that moment (the store is recording them), for at most a short
+window. Nothing else is waited for, so a run alone starts as soon as the device is free. The
+run at the head always leads the next batch, so a run skipped by a batch is never overtaken by
+more than the runs of that one batch.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Generic, TypeVar
 
@@ -49,6 +56,8 @@ class DeviceQueue(Generic[R]):
         self._held = 0
         self.closed = False
         self._wakeup = anyio.Event()
+        #: Set when a held place is queued or given back (what :meth:`gather` waits for).
+        self._admitted = anyio.Event()
 
     @contextmanager
     def admission(self) -> Iterator[Admission[R]]:
@@ -66,6 +75,7 @@ class DeviceQueue(Generic[R]):
         finally:
             if not admission.used:
                 self._held -= 1
+                self._admitted.set()
 
     def _put(self, run: R) -> int:
         self._held -= 1
@@ -73,6 +83,7 @@ class DeviceQueue(Generic[R]):
         position = ahead if ahead >= self.samplers else 0
         self.waiting.append(run)
         self._wakeup.set()
+        self._admitted.set()
         return position
 
     def remove(self, run: R) -> bool:
@@ -92,6 +103,27 @@ class DeviceQueue(Generic[R]):
         run = self.waiting.popleft()
         self.running.add(run)
         return run
+
+    async def gather(self, fits: Callable[[R], bool], limit: int, window: float) -> list[R]:
+        """Take up to ``limit`` waiting runs that ``fits``, in queue order, to sample with the run
+        just taken. While starts are being admitted (their places held), wait for them to be
+        queued, up to ``window`` seconds in all; otherwise wait for nothing."""
+        gathered: list[R] = []
+        with anyio.move_on_after(window):
+            while True:
+                gathered += self._take_fitting(fits, limit - len(gathered))
+                if len(gathered) >= limit or self._held == 0 or self.closed:
+                    return gathered
+                self._admitted = anyio.Event()
+                await self._admitted.wait()
+        return gathered + self._take_fitting(fits, limit - len(gathered))
+
+    def _take_fitting(self, fits: Callable[[R], bool], limit: int) -> list[R]:
+        taken = [run for run in self.waiting if fits(run)][: max(limit, 0)]
+        for run in taken:
+            self.waiting.remove(run)
+            self.running.add(run)
+        return taken
 
     def done(self, run: R) -> None:
         """A worker is done with ``run``."""

@@ -9,10 +9,19 @@ log without superseded progress, which a replay would leave out anyway).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from stepwatch.protocol import Check, Progress, RunEvent, decode_server, encode
+from stepwatch.protocol import (
+    Check,
+    Progress,
+    RunEvent,
+    added_in_use,
+    decode_server,
+    encode,
+    visible_to,
+)
 
 __all__ = ["EventLog", "LoggedEvent", "collapse_preview", "logged_from_frame"]
 
@@ -28,6 +37,27 @@ class LoggedEvent:
     message: RunEvent
     frame: bytes
     emitted_ns: int = 0
+    #: The event as each set of ``hello.features`` reads it, made once per set.
+    _seen: dict[frozenset[str], LoggedEvent | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    @functools.cached_property
+    def added(self) -> frozenset[str]:
+        """The added fields this event uses (see :func:`~stepwatch.protocol.added_in_use`)."""
+        return added_in_use(self.message)
+
+    def seen_by(self, features: frozenset[str]) -> LoggedEvent | None:
+        """This event as a peer that reads ``features`` gets it; ``None``: not at all (see
+        :func:`~stepwatch.protocol.visible_to`)."""
+        if self.added <= features:
+            return self
+        if features not in self._seen:
+            message = visible_to(self.message, features)
+            self._seen[features] = (
+                None if message is None else LoggedEvent(message, encode(message), self.emitted_ns)
+            )
+        return self._seen[features]
 
     @property
     def seq(self) -> int:

@@ -14,7 +14,11 @@
 
 The engine is reached through one declared interface, :class:`Sampler`: the real one is
 :func:`engine_sampler` (:func:`~stepwatch.server.engine.monitor.run_monitored` on a worker
-thread); tests put a scripted engine there.
+thread); tests put a scripted engine there. Runs that share a batch (gathered by the run
+manager) go through a second interface, :class:`BatchSampler` (the real one
+:func:`engine_batch_sampler`, :func:`~stepwatch.server.engine.batch.run_batch`): each run of a
+batch keeps its own bridge, pump, events and result, exactly as a lone run does; a run that
+leaves the batch early has its ``finished`` stored and sent while the others go on.
 
 - A running run is kept as it goes: its row says ``running`` once it leaves the queue, and each
   event but progress (a check with its thumbnail) is stored before it is logged and sent, so a
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import anyio
@@ -50,6 +54,7 @@ from stepwatch.protocol import (
 )
 from stepwatch.server.bridge import EventBridge
 from stepwatch.server.config import ServiceLimits
+from stepwatch.server.engine.batch import BatchMember, run_batch
 from stepwatch.server.engine.control import RunControl
 from stepwatch.server.engine.curves import MIN_RUNS, ExpectedCurve, curve_key
 from stepwatch.server.engine.events import EngineEvent, EventSink, fit_text
@@ -61,7 +66,15 @@ from stepwatch.server.eventlog import LoggedEvent
 from stepwatch.server.liverun import LiveRun
 from stepwatch.server.store import Store, StoreError
 
-__all__ = ["RunExecutor", "Sampler", "engine_sampler", "failed", "unstarted"]
+__all__ = [
+    "BatchSampler",
+    "RunExecutor",
+    "Sampler",
+    "engine_batch_sampler",
+    "engine_sampler",
+    "failed",
+    "unstarted",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +114,26 @@ def engine_sampler(verifiers: VerifierRegistry, threads: int | None = None) -> S
     return sample
 
 
+class BatchSampler(Protocol):
+    """The engine for runs that share a batch: run ``members`` (runs of ``model`` the engine's
+    :func:`~stepwatch.server.engine.batch.batch_key` gave one key) as lanes of one pipeline
+    call, each member's events to its own sink; return each member's ``finished``, in order.
+    Called on a worker thread; must never raise."""
+
+    def __call__(self, model: LoadedModel, members: Sequence[BatchMember]) -> list[Finished]: ...
+
+
+def engine_batch_sampler(verifiers: VerifierRegistry, threads: int | None = None) -> BatchSampler:
+    """The real engine for batches, as :func:`engine_sampler` is for lone runs."""
+
+    def sample(model: LoadedModel, members: Sequence[BatchMember]) -> list[Finished]:
+        if threads is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return run_batch(model, members, verifiers)
+
+    return sample
+
+
 def unstarted(reason: FinishReason) -> Finished:
     """The ``finished`` of a run that ended before it left the queue."""
     return Finished(reason, 0, 0.0, None, (), None, None)
@@ -115,7 +148,8 @@ class RunExecutor:
     """Samples the runs its workers take from the device queues and records what they report.
 
     ``forget`` is called with a finished run once its retention is over. Uses ``tasks`` (the run
-    manager's task group) for the timers of finished runs.
+    manager's task group) for the timers of finished runs. ``batch_sampler`` samples batches
+    (``None``: the service samples every run alone).
     """
 
     def __init__(
@@ -125,8 +159,10 @@ class RunExecutor:
         limits: ServiceLimits,
         tasks: TaskGroup,
         forget: Callable[[LiveRun], None],
+        batch_sampler: BatchSampler | None = None,
     ) -> None:
         self.sampler = sampler
+        self.batch_sampler = batch_sampler
         self.store = store
         self.limits = limits
         self._tasks = tasks
@@ -143,27 +179,67 @@ class RunExecutor:
             if not run.finished:
                 await self.finish(run, failed("the server failed the run"))
 
-    async def _sample(self, run: LiveRun) -> None:
+    async def execute_batch(self, runs: Sequence[LiveRun]) -> None:
+        """Sample ``runs`` (of one batch key, two or more) as one batch, each to its
+        ``finished``."""
+        try:
+            await self._sample_batch(runs)
+        except Exception:  # as in execute: the device's queue goes on
+            logger.exception("a batch of %d runs failed in the server", len(runs))
+            for run in runs:
+                if not run.finished:
+                    await self.finish(run, failed("the server failed the run"))
+
+    async def _prepare(self, run: LiveRun) -> ExpectedCurve | None:
+        """Mark ``run`` running (in memory and in the store); its policy's expected curve."""
         run.state = "running"
         try:
             await self.store.mark_running(run.run_id, run.resolved.parameters)
         except StoreError as exc:
             self._keeping_failed(run, exc)
-        curve = await self._expected_curve(run)
+        return await self._expected_curve(run)
+
+    async def _sample(self, run: LiveRun) -> None:
+        curve = await self._prepare(run)
         bridge = EventBridge()
 
         def sample() -> Finished:
             model, params = run.resolved.model, run.resolved.params
             return self.sampler(model, params, run.control, bridge.put, curve)
 
+        await self._run_sampler(sample, [(run, bridge)])
+
+    async def _sample_batch(self, runs: Sequence[LiveRun]) -> None:
+        assert self.batch_sampler is not None
+        batch_sampler = self.batch_sampler
+        curves = [await self._prepare(run) for run in runs]
+        bridges = [EventBridge() for _ in runs]
+        members = [
+            BatchMember(run.resolved.params, run.control, bridge.put, curve)
+            for run, bridge, curve in zip(runs, bridges, curves, strict=True)
+        ]
+        model = runs[0].resolved.model
+        logger.info("sampling %d runs as one batch: %s", len(runs), [r.run_id for r in runs])
+        await self._run_sampler(
+            lambda: batch_sampler(model, members), list(zip(runs, bridges, strict=True))
+        )
+
+    async def _run_sampler(
+        self, sample: Callable[[], object], pumps: list[tuple[LiveRun, EventBridge]]
+    ) -> None:
+        """Run ``sample`` on a worker thread while each run's events are pumped from its bridge;
+        a run the sampler left without a ``finished`` fails."""
         async with anyio.create_task_group() as pump:
-            pump.start_soon(self._pump, run, bridge)
+            for run, bridge in pumps:
+                pump.start_soon(self._pump, run, bridge)
             try:
                 await anyio.to_thread.run_sync(sample, abandon_on_cancel=False)
             finally:
-                bridge.close()
-        if not run.finished:
-            await self.finish(run, failed("the sampler ended without a result"))
+                for _, bridge in pumps:
+                    bridge.close()
+        for run, _ in pumps:
+            if not run.finished:
+                await self.finish(run, failed("the sampler ended without a result"))
 
     async def _expected_curve(self, run: LiveRun) -> ExpectedCurve | None:
         """The policy's yardstick: the model's shipped curve for the run's verifier and sampler,

@@ -23,12 +23,22 @@ Every answer is JSON except the image. When the server has an API token, every r
                                        kept so far (a running run's too), in step order
 ``GET /api/runs/{run_id}/previews/N``  the thumbnail of the check at step ``N`` (WebP, JPEG or
                                        PNG as the run made it), 404 when there is none
+``POST /api/uploads``                  an input image as the raw body (``Content-Type``
+                                       ``image/png``, ``image/jpeg`` or ``image/webp``):
+                                       ``{"id", "format", "width", "height", "bytes",
+                                       "created"}``, 201 when new, 200 when kept already (the id
+                                       is the bytes' SHA-256); 413/415/400 with a coded error
+                                       (see :mod:`stepwatch.server.uploads`). A browser's
+                                       request must come from an allowed origin, else 403
+``GET /api/uploads/{id}``              the uploaded image as it was sent, 404 when unknown
 ``GET /api/models``                    ``{"models": [ModelInfo...]}`` as in ``welcome``
 ``GET /api/verifiers``                 ``{"verifiers": [VerifierInfo...]}`` as in ``welcome``
 =====================================  ===========================================================
 
 A run summary is ``{"number", "run_id", "state", "created_at", "finished_at", "model", "prompt",
-"reason", "steps_run", "final_score", "image_url"}``; times are Unix seconds. ``state`` is
+"reason", "steps_run", "final_score", "image_url"}``; times are Unix seconds. A run's record
+adds ``inputs``: the URL of each input image it names, by role (``image``, ``mask``,
+``control_image``). ``state`` is
 ``queued``, ``running`` or ``finished``; a live run's ``history`` holds its checks so far.
 
 The routes get the narrow :class:`HttpServices` they use (``app.state.http_services``), not the
@@ -41,16 +51,19 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from stepwatch.protocol import ErrorCode, to_json
+from stepwatch.protocol import limits as wire
 from stepwatch.server.catalog import Catalog
 from stepwatch.server.gate import Gate
 from stepwatch.server.runs import LiveRun, RunManager
 from stepwatch.server.session import OpenSessions
 from stepwatch.server.store import RunRecord, RunSummary, Store
+from stepwatch.server.uploads import UploadRefused, check_upload, content_format
 
 __all__ = ["HttpServices", "routes"]
 
@@ -58,6 +71,8 @@ DEFAULT_PAGE = 50
 MAX_PAGE = 200
 MAX_SEARCH_WORDS = 16
 MAX_SEARCH_CHARS = 200
+#: An oversize upload of at most this many bytes is read to its end before it is refused.
+_DRAINED_BYTES = 2 * wire.MAX_UPLOAD_BYTES
 
 
 def routes() -> list[Route]:
@@ -69,6 +84,8 @@ def routes() -> list[Route]:
         Route("/api/runs/{run_id}/image.png", get_image),
         Route("/api/runs/{run_id}/previews", list_previews),
         Route("/api/runs/{run_id}/previews/{step:int}", get_preview),
+        Route("/api/uploads", post_upload, methods=["POST"]),
+        Route("/api/uploads/{upload_id}", get_upload),
         Route("/api/models", list_models),
         Route("/api/verifiers", list_verifiers),
     ]
@@ -170,13 +187,19 @@ async def get_run(request: Request) -> Response:
     return JSONResponse(_record_json(record, service.runs.live(run_id)))
 
 
-async def delete_run(request: Request) -> Response:
-    service = _service(request)
+def _foreign_origin(request: Request, what: str) -> JSONResponse | None:
     origin = request.headers.get("origin")
-    if origin is not None and not service.gate.origin_allowed(
+    if origin is not None and not _service(request).gate.origin_allowed(
         origin, request.headers.get("host", "")
     ):
-        return _error(403, ErrorCode.FORBIDDEN, f"origin {origin[:100]} may not delete runs")
+        return _error(403, ErrorCode.FORBIDDEN, f"origin {origin[:100]} may not {what}")
+    return None
+
+
+async def delete_run(request: Request) -> Response:
+    service = _service(request)
+    if (refusal := _foreign_origin(request, "delete runs")) is not None:
+        return refusal
     run_id = request.path_params["run_id"]
     live = service.runs.live(run_id)
     if live is not None and not live.finished:
@@ -221,6 +244,66 @@ async def get_preview(request: Request) -> Response:
     return Response(data, media_type=f"image/{image_format}", headers=headers)
 
 
+async def _upload_body(request: Request) -> bytes:
+    """The request's body, kept no further than the upload limit.
+
+    An oversize body is refused; up to twice the limit it is read on and dropped, so that the
+    sender, still sending, gets the answer instead of a reset connection.
+    """
+    declared = request.headers.get("content-length", "")
+    too_large = UploadRefused(
+        413, ErrorCode.UPLOAD_TOO_LARGE, f"an upload is at most {wire.MAX_UPLOAD_BYTES} bytes"
+    )
+    if declared.isdigit() and int(declared) > _DRAINED_BYTES:
+        raise too_large
+    body = bytearray()
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > _DRAINED_BYTES:
+            break
+        if seen <= wire.MAX_UPLOAD_BYTES:
+            body += chunk
+    if seen > wire.MAX_UPLOAD_BYTES:
+        raise too_large
+    return bytes(body)
+
+
+async def post_upload(request: Request) -> Response:
+    if (refusal := _refusal(request) or _foreign_origin(request, "upload")) is not None:
+        return refusal
+    store = _service(request).store
+    try:
+        content_type = request.headers.get("content-type")
+        content_format(content_type)  # refuse a foreign type before reading its body
+        data = await _upload_body(request)
+        upload = await anyio.to_thread.run_sync(check_upload, data, content_type)
+    except UploadRefused as exc:
+        return _error(exc.status, exc.code, exc.message, exc.field)
+    created = await store.keep_upload(upload)
+    body = {
+        "id": upload.id,
+        "format": upload.format,
+        "width": upload.width,
+        "height": upload.height,
+        "bytes": len(upload.data),
+        "created": created,
+    }
+    return JSONResponse(body, status_code=201 if created else 200)
+
+
+async def get_upload(request: Request) -> Response:
+    if (refusal := _refusal(request)) is not None:
+        return refusal
+    upload_id = request.path_params["upload_id"]
+    upload = await _service(request).store.upload(upload_id)
+    if upload is None:
+        return _error(404, ErrorCode.UNKNOWN_UPLOAD, f"no upload {upload_id[:64]!r} is kept", "id")
+    # An upload's id is the hash of its bytes: it never changes.
+    headers = {"Cache-Control": "private, max-age=86400, immutable"}
+    return Response(upload.data, media_type=f"image/{upload.format}", headers=headers)
+
+
 async def list_models(request: Request) -> Response:
     if (refusal := _refusal(request)) is not None:
         return refusal
@@ -262,5 +345,10 @@ def _record_json(record: RunRecord, live: LiveRun | None) -> dict[str, Any]:
         elapsed=record.elapsed,
         error=to_json(record.error),
         history=to_json(history),
+        inputs={
+            role: f"/api/uploads/{upload_id}"
+            for role in ("image", "mask", "control_image")
+            if (upload_id := getattr(record.parameters, role)) is not None
+        },
     )
     return body

@@ -1,6 +1,7 @@
 """A run the service holds in memory: :class:`LiveRun`.
 
-A live run has its resolved parameters, its control (what the sampler reads at every step
+A live run has its resolved parameters, its batch key (runs of one key may be sampled as lanes
+of one batch), its control (what the sampler reads at every step
 boundary), its event log, the connections that watch it and the one that owns it. It fans each
 logged event out to its watchers (:meth:`LiveRun.publish`): putting into an outbox never waits,
 so neither a slow watcher nor many of them slow the sampler or each other.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import anyio
@@ -52,6 +54,8 @@ class LiveRun:
         self.abandon_timer: anyio.CancelScope | None = None
         #: Keeping the running run's events in the store failed once (logged once).
         self.keep_failed = False
+        #: Runs of one key may share a batch (``None``: this run is always sampled alone).
+        self.batch_key: Hashable | None = None
 
     @property
     def finished(self) -> bool:

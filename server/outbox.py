@@ -8,6 +8,8 @@ for a slow connection. The rules are the protocol README's:
   dropped and the newer one joins the end of the queue (so ``seq`` stays increasing);
 - a **check** with a preview collapses the preview of an older check of the same run still
   waiting (that check goes out with ``preview`` nil);
+- an event is sent as the connection's ``hello.features`` read it (:attr:`Outbox.features`):
+  added fields it does not name are left out, and an ``applied`` made only of them is not sent;
 - nothing else is ever dropped. When more than ``capacity`` live frames wait, the connection is
   too slow: the outbox *overflows*, takes nothing more, and its reader (the connection's sender)
   learns it from :meth:`Outbox.get` (:class:`OutboxOverflow`) and closes the connection with
@@ -68,6 +70,8 @@ class Outbox:
         self._ready = anyio.Event()
         self._closed = False
         self.overflowed = False
+        #: The added fields the peer reads (its ``hello.features``); ``None``: every field.
+        self.features: frozenset[str] | None = None
 
     @property
     def closed(self) -> bool:
@@ -89,6 +93,11 @@ class Outbox:
         """
         if self.closed:
             return
+        if self.features is not None:
+            seen = event.seen_by(self.features)
+            if seen is None:
+                return
+            event = seen
         item = _Waiting(event.frame, run_id, event, counted=not replay)
         if event.coalescible:
             older = self._progress.pop(run_id, None)

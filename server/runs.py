@@ -7,6 +7,12 @@ memory, by id, which its two other parts share: :class:`~.steering.Steering` (``
 ``set`` for the holders of control tokens) and :class:`~.watching.Watching` (subscriptions and
 abandonment). A ``start`` is recorded in the store before it is answered, and refused with
 ``store_failed`` while the store cannot write.
+
+A worker that takes a run whose parameters let it share a denoiser call
+(:func:`~stepwatch.server.engine.batch.batch_key`) gathers up to ``max_batch - 1`` more runs of
+the same key from its queue (:meth:`~.devicequeue.DeviceQueue.gather`: those waiting, and those
+being admitted, for at most ``batch_window`` seconds) and samples them as one batch; a run with
+no company takes the lone path it always took, with no wait.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import anyio
 from anyio.abc import TaskGroup
@@ -30,16 +37,27 @@ from stepwatch.protocol import (
 from stepwatch.server.catalog import Catalog, ResolvedRun
 from stepwatch.server.config import ServiceLimits
 from stepwatch.server.devicequeue import DeviceQueue
-from stepwatch.server.execution import RunExecutor, Sampler, unstarted
+from stepwatch.server.engine.batch import batch_key
+from stepwatch.server.execution import BatchSampler, RunExecutor, Sampler, unstarted
 from stepwatch.server.liverun import ControlRequest, LiveRun
 from stepwatch.server.outbox import Outbox
 from stepwatch.server.steering import Steering
 from stepwatch.server.store import Store, StoreError
 from stepwatch.server.watching import Watching
 
-__all__ = ["LiveRun", "RunManager"]
+__all__ = ["Batching", "LiveRun", "RunManager"]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How the service lets runs share a batch: the engine for batches, the most runs in one,
+    and how long a run waits for starts being admitted to join it (seconds)."""
+
+    sampler: BatchSampler
+    max_batch: int
+    window: float
 
 
 class RunManager:
@@ -59,14 +77,17 @@ class RunManager:
         sampler: Sampler,
         tasks: TaskGroup,
         samplers_per_device: int,
+        batching: Batching | None = None,
     ) -> None:
         self.catalog = catalog
+        self.batching = batching
         self.store = store
         self.limits = limits
         self._tasks = tasks
         self.accepting = True
         self._runs: dict[str, LiveRun] = {}
-        self.executor = RunExecutor(sampler, store, limits, tasks, self._forget)
+        batch_sampler = batching.sampler if batching is not None else None
+        self.executor = RunExecutor(sampler, store, limits, tasks, self._forget, batch_sampler)
         self.watching = Watching(self._runs, store, limits.abandon_grace, tasks, self.end)
         self.steering = Steering(self._runs, catalog, store, self.watching, self.end_in_queue)
         self._queues: dict[str, DeviceQueue[LiveRun]] = {}
@@ -84,10 +105,12 @@ class RunManager:
         limits: ServiceLimits,
         sampler: Sampler,
         samplers_per_device: int = 1,
+        batching: Batching | None = None,
     ) -> AsyncIterator[RunManager]:
-        """Run the workers of every device queue; on exit, shut down (see :meth:`shutdown`)."""
+        """Run the workers of every device queue; on exit, shut down (see :meth:`shutdown`).
+        ``batching``: how runs share batches (``None``: every run alone)."""
         async with anyio.create_task_group() as tasks:
-            manager = cls(catalog, store, limits, sampler, tasks, samplers_per_device)
+            manager = cls(catalog, store, limits, sampler, tasks, samplers_per_device, batching)
             for queue in manager._queues.values():
                 for _ in range(queue.samplers):
                     tasks.start_soon(manager._work, queue, name=f"sampler {queue.device}")
@@ -134,6 +157,8 @@ class RunManager:
             await self._check_store()
         with queue.admission() as admission:
             run = LiveRun(resolved, owner)
+            if self.batching is not None and self.batching.max_batch > 1:
+                run.batch_key = batch_key(resolved.model, resolved.params)
             try:
                 # Shielded: once recorded, the run is queued even if its connection goes
                 # meanwhile (nobody is attached then, so it is abandoned after the grace period).
@@ -197,10 +222,28 @@ class RunManager:
 
     async def _work(self, queue: DeviceQueue[LiveRun]) -> None:
         while (run := await queue.take()) is not None:
+            batch = [run]
             try:
-                await self.executor.execute(run)
+                batch += await self._companions(queue, run)
+                if len(batch) == 1:
+                    await self.executor.execute(run)
+                else:
+                    await self.executor.execute_batch(batch)
             finally:
-                queue.done(run)
+                for taken in batch:
+                    queue.done(taken)
+
+    async def _companions(self, queue: DeviceQueue[LiveRun], run: LiveRun) -> list[LiveRun]:
+        """The queued runs that share ``run``'s batch (none when batching is off or ``run``
+        has no batch key)."""
+        key, batching = run.batch_key, self.batching
+        if key is None or batching is None:
+            return []
+
+        def fits(other: LiveRun) -> bool:
+            return other.batch_key == key
+
+        return await queue.gather(fits, batching.max_batch - 1, batching.window)
 
     # -- shutting down -------------------------------------------------------------------------
 

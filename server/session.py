@@ -55,6 +55,7 @@ from stepwatch.server.config import ServiceLimits
 from stepwatch.server.gate import Gate, TokenBucket
 from stepwatch.server.outbox import Outbox, OutboxOverflow
 from stepwatch.server.runs import RunManager
+from stepwatch.server.uploads import UploadSource, load_inputs
 
 __all__ = [
     "CAPABILITIES",
@@ -70,7 +71,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: What a version-1 server of this kind can do (``welcome.capabilities``).
-CAPABILITIES = ("previews", "resume", "steer", "early_stop", "search")
+CAPABILITIES = ("previews", "resume", "steer", "early_stop", "search", "search_controls")
 #: Seconds a closing handshake, or the last error to a stuck client, may take.
 CLOSE_TIMEOUT = 1.0
 #: What sending on a connection the client has closed raises.
@@ -136,6 +137,8 @@ class SessionServices:
     runs: RunManager
     limits: ServiceLimits
     sessions: OpenSessions
+    #: Where the input images a ``start`` names are read from.
+    uploads: UploadSource
 
 
 async def serve_connection(websocket: WebSocket) -> None:
@@ -238,6 +241,7 @@ class Session:
         self.protocol.accept()
         # Added fields the client does not read stay out (a client older than them names none).
         self.outbox.reply(for_peer(self._welcome(), hello.features))
+        self.outbox.features = frozenset(hello.features)  # and from its run events
         for point in hello.resume:
             try:
                 await self.services.runs.watching.subscribe(
@@ -288,7 +292,8 @@ class Session:
                 f"this connection already has {self.limits.max_runs_per_connection} "
                 "unfinished runs",
             )
-        resolved = self.services.catalog.resolve(request)
+        inputs = await load_inputs(self.services.uploads, request)
+        resolved = self.services.catalog.resolve(request, inputs)
         await runs.start(resolved, request.request_id, self.outbox)
 
     # -- sending -------------------------------------------------------------------------------

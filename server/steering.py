@@ -3,7 +3,9 @@
 Only the holder of a run's control token (checked with :func:`hmac.compare_digest`) may stop or
 change it; whoever presents it becomes the run's owner. A running run's request goes to the
 engine, which acknowledges it with ``applied`` at the next step boundary; a queued run's is
-acknowledged at once (step 0), and the run starts with the change or never starts.
+acknowledged at once (step 0), and the run starts with the change or never starts. A stop or
+keep of one candidate of a search always goes to the engine, which applies it at the first step
+boundary it reaches (see :mod:`~.engine.search`).
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import itertools
 from collections.abc import Awaitable, Callable, Mapping
 
 from stepwatch.protocol import (
+    SEARCH_SETTINGS,
     Applied,
     ErrorCode,
     FinishReason,
     ProtocolError,
+    SearchSettingChange,
     Set,
     SettingChange,
     Stop,
@@ -59,10 +63,31 @@ class Steering:
         """Stop a run for the holder of its token; ``applied`` acknowledges it."""
         run = await self._owned(request.run_id, request.token, requester)
         asked = ControlRequest(requester, request.request_id)
+        if request.candidate is not None or request.keep is not None:
+            self._candidate(run, request, asked)
+            return
         if run.state == "queued":
             await self._end_in_queue(run, "stopped", asked, request.mode)
             return
         run.control.stop(request.mode, "stopped", self._hand_over(run, asked))
+
+    def _candidate(self, run: LiveRun, request: Stop, asked: ControlRequest) -> None:
+        """Hand a stop or keep of one candidate to the engine, refusing what never fits."""
+        field, candidate = ("candidate", request.candidate)
+        if candidate is None:
+            field, candidate = ("keep", request.keep)
+        assert candidate is not None
+        candidates = run.resolved.parameters.candidates
+        if candidates == 1:
+            raise ProtocolError(ErrorCode.INVALID_VALUE, "a single run has no candidates", field)
+        if candidate >= candidates:
+            message = f"the search has candidates 0 to {candidates - 1}"
+            raise ProtocolError(ErrorCode.INVALID_VALUE, message, field)
+        control_id = self._hand_over(run, asked)
+        if field == "keep":
+            run.control.keep_candidate(candidate, control_id)
+        else:
+            run.control.stop_candidate(candidate, control_id)
 
     async def set(self, request: Set, requester: Outbox) -> None:
         """Change a run's settings for the holder of its token; ``applied`` acknowledges it."""
@@ -75,10 +100,16 @@ class Steering:
         before = run.resolved.parameters
         run.resolved = run.resolved.with_settings(change)
         changes = tuple(
-            SettingChange(name, float(getattr(before, name)), float(new))
+            SettingChange(name, float(getattr(before, name)), float(new))  # type: ignore[arg-type]
             for name, new in change.items()
+            if name not in SEARCH_SETTINGS
         )
-        applied = Applied(request.request_id, 0, changes, None)
+        searched = tuple(
+            SearchSettingChange(name, float(getattr(before.search, name)), float(new))  # type: ignore[arg-type]
+            for name, new in change.items()
+            if name in SEARCH_SETTINGS
+        )
+        applied = Applied(request.request_id, 0, changes, None, searched)
         run.publish(run.log.append(stamp(applied, run.run_id, run.log.next_seq)), asked)
 
     async def _owned(self, run_id: str, token: str, requester: Outbox) -> LiveRun:

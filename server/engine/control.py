@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Final, get_args
+from typing import Final, Literal, get_args
 
 from stepwatch.protocol import FinishReason, StopMode
 
@@ -41,12 +41,22 @@ class SetRequest:
 
 
 @dataclass(frozen=True)
+class CandidateRequest:
+    """A request to stop one candidate of a search, or to keep it and stop every other."""
+
+    action: Literal["stop", "keep"]
+    candidate: int
+    request_id: str | None
+
+
+@dataclass(frozen=True)
 class PendingControls:
-    """What the sampler takes at a step boundary: the settings changes in arrival order and the
-    stop request, if any."""
+    """What the sampler takes at a step boundary: the settings changes and the candidate
+    requests in arrival order, and the stop request, if any."""
 
     changes: tuple[SetRequest, ...] = ()
     stop: StopRequest | None = None
+    candidates: tuple[CandidateRequest, ...] = ()
 
 
 _NOTHING = PendingControls()
@@ -63,6 +73,7 @@ class RunControl:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._changes: list[SetRequest] = []
+        self._candidates: list[CandidateRequest] = []
         self._stop: StopRequest | None = None
         self._stop_taken = False
         # Read without the lock on the sampler's hot path; a stale False only delays a request
@@ -103,6 +114,24 @@ class RunControl:
             self._changes.append(SetRequest(checked, request_id))
             self._pending = True
 
+    def stop_candidate(self, candidate: int, request_id: str | None = None) -> None:
+        """Ask a search to stop ``candidate`` at the next step boundary (the search goes on)."""
+        self._candidate("stop", candidate, request_id)
+
+    def keep_candidate(self, candidate: int, request_id: str | None = None) -> None:
+        """Ask a search to stop every candidate but ``candidate`` at the next step boundary;
+        ``candidate`` finishes as the run's result."""
+        self._candidate("keep", candidate, request_id)
+
+    def _candidate(
+        self, action: Literal["stop", "keep"], candidate: int, request_id: str | None
+    ) -> None:
+        if isinstance(candidate, bool) or not isinstance(candidate, int) or candidate < 0:
+            raise ParamError("candidate", f"a candidate is a number from 0, got {candidate!r}")
+        with self._lock:
+            self._candidates.append(CandidateRequest(action, candidate, request_id))
+            self._pending = True
+
     def take(self) -> PendingControls:
         """Take every pending request; called by the sampler thread at each step boundary.
 
@@ -114,7 +143,9 @@ class RunControl:
         with self._lock:
             changes = tuple(self._changes)
             self._changes.clear()
+            candidates = tuple(self._candidates)
+            self._candidates.clear()
             self._pending = False
             stop, self._stop = self._stop, None
             self._stop_taken = self._stop_taken or stop is not None
-            return PendingControls(changes, stop)
+            return PendingControls(changes, stop, candidates)

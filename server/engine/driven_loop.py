@@ -118,6 +118,7 @@ class DrivenLoop:
     @torch.no_grad()
     def __call__(
         self,
+        prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_inference_steps: int = DEFAULT_STEPS,
@@ -131,7 +132,10 @@ class DrivenLoop:
         """Generate ``num_images_per_prompt`` images, calling ``callback_on_step_end(self, i, t,
         {"latents": sample})`` after every step; a ``latents`` it returns replaces the sample.
 
-        ``eta`` applies to schedulers that take it (DDIM). ``latents`` replaces the drawn
+        The model is unconditional: ``prompt`` only sizes the batch, ``num_images_per_prompt``
+        images per prompt of a list (as the text-to-image pipelines count them, so that runs
+        batched together, one prompt each, get one image each). ``eta`` applies to schedulers
+        that take it (DDIM). ``latents`` replaces the drawn
         starting noise. Returns the wrapped pipeline's ``ImagePipelineOutput`` (or a tuple).
         """
         inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
@@ -144,7 +148,8 @@ class DrivenLoop:
         unet, scheduler = self.pipeline.unet, self.pipeline.scheduler
         device = self.pipeline._execution_device
         size = unet.config.sample_size
-        shape = (num_images_per_prompt, unet.config.in_channels, *_pair(size))
+        prompts = len(prompt) if isinstance(prompt, list) else 1
+        shape = (prompts * num_images_per_prompt, unet.config.in_channels, *_pair(size))
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=unet.dtype)
         else:

@@ -24,13 +24,14 @@ from typing import Any
 
 import torch
 
-from stepwatch.protocol import DEFAULT_SEARCH, ErrorCode, RunParameters
+from stepwatch.protocol import DEFAULT_SEARCH, ErrorCode, RunParameters, all_images_fit
 from stepwatch.protocol import limits as wire
 
 from . import samplers
 from .curves import ExpectedCurve
 from .driven_loop import DRIVEN_PIPELINES, drive
 from .errors import ModelError, ParamError
+from .inputs import ROLES, InputImages, InputSlots, image_size, input_slots, resolve_inputs
 from .params import DEFAULT_THRESHOLD, RequestedParams, ResolvedParams, default_cfg_max
 from .previews import (
     FLUX_FACTORS,
@@ -120,6 +121,8 @@ class LoadedModel:
     verifiers: tuple[ModelVerifier, ...] = ()
     #: Expected-score curves shipped with the model, by :func:`~.curves.curve_key`.
     curves: Mapping[str, ExpectedCurve] = field(default_factory=dict)
+    #: The input images the pipeline takes (init image, mask, control image).
+    inputs: InputSlots = field(default_factory=InputSlots)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # (sampler, schedule) pairs already built once: checking them again would build a
     # scheduler for nothing at every run (a few ms of config introspection in diffusers).
@@ -174,7 +177,18 @@ class LoadedModel:
         most = samplers.max_steps(self.base_scheduler_config, sampler)
         if most is not None and steps > most:
             raise ParamError("steps", f"sampler {sampler!r} takes at most {most} steps here")
-        width, height = self._size(request)
+        images = request.inputs or InputImages()
+        ids = {role: getattr(request, role) for role in ROLES}
+        taken = resolve_inputs(
+            self.inputs,
+            ids,
+            images,
+            strength=request.strength,
+            control_scale=request.control_scale,
+            steps=steps,
+            candidates=request.wire_default("candidates"),
+        )
+        width, height = self._size(request, images)
         decoder = request.preview_decoder or d.preview_decoder
         if decoder not in self.decoders:
             raise ParamError(
@@ -182,10 +196,18 @@ class LoadedModel:
                 f"unknown preview decoder {decoder!r}; one of {', '.join(self.decoders)}",
             )
         self._check_latent(request, width, height)
-        min_steps = request.min_steps if request.min_steps is not None else steps // 2
+        min_steps = request.min_steps if request.min_steps is not None else taken.steps_run // 2
         if min_steps > steps:
             raise ParamError("min_steps", f"must not exceed steps ({steps})")
         threshold = request.quality_threshold
+        candidates = request.wire_default("candidates")
+        if request.search is not None and request.search.images == "all" and candidates > 1:
+            if not all_images_fit(candidates, width, height):
+                raise ParamError(
+                    "search.images",
+                    f"{candidates} final images of {width} x {height} may not fit in one "
+                    "frame; ask for fewer candidates, smaller images or images 'chosen'",
+                )
         parameters = RunParameters(
             model=self.name,
             prompt=request.prompt,
@@ -213,8 +235,13 @@ class LoadedModel:
             search=(request.search or DEFAULT_SEARCH)
             if request.wire_default("candidates") > 1
             else None,
+            image=request.image,
+            mask=request.mask,
+            control_image=request.control_image,
+            strength=taken.strength,
+            control_scale=taken.control_scale,
         )
-        return ResolvedParams(parameters, decoder, request.initial_latent)
+        return ResolvedParams(parameters, decoder, request.initial_latent, request.inputs)
 
     @property
     def preview_decoders(self) -> tuple[str, ...]:
@@ -266,8 +293,11 @@ class LoadedModel:
                 except ValueError as exc:
                     raise ParamError(name, str(exc), ErrorCode.INVALID_PROMPT) from exc
 
-    def _size(self, params: RequestedParams) -> tuple[int, int]:
+    def _size(self, params: RequestedParams, images: InputImages) -> tuple[int, int]:
         d = self.defaults
+        if images.image is not None:
+            # The run is the init image's size, as the pipeline's image processor makes it.
+            return image_size(images.image.size, params.width, params.height, self.fixed_size)
         width = params.width if params.width is not None else d.width
         height = params.height if params.height is not None else d.height
         if self.fixed_size and (width, height) != (d.width, d.height):
@@ -462,6 +492,7 @@ def describe_pipeline(
         prompt_check=prompt_check,
         verifiers=verifiers,
         curves=dict(curves or {}),
+        inputs=input_slots(pipeline),
     )
     model.check_sampler(defaults.sampler, defaults.scheduler)
     return model

@@ -180,6 +180,7 @@ class _MonitoredRun:
         self.model, self.verifier, self.decoder = model, verifier, decoder
         self.params: RunParameters = params
         self.initial_latent = resolved.initial_latent
+        self.inputs = resolved.inputs
         self.control, self.sink, self.clock = control, sink, clock
         self.start_cfg = self.cfg = params.cfg
         self.settings = PolicySettings(
@@ -215,7 +216,7 @@ class _MonitoredRun:
             scheduler = self.model.build_scheduler(self.params.sampler, self.params.scheduler)
             # Read once: a pipeline's device walks every module of every component (~3 ms here).
             device = self.model.device
-            self.total = _planned_steps(scheduler, self.total, device)
+            self.total = _planned_steps(scheduler, self.total, device, self.params.strength)
             self.capture = StepCapture(scheduler)
             pipeline.scheduler = scheduler
             self._emit(Started(self.params))
@@ -251,6 +252,7 @@ class _MonitoredRun:
             callback=self._on_step,
             tensor_inputs=["latents"],
             latents=latents,
+            inputs=self.inputs,
         )
 
     def _finish_result(self, images: Any, reason: FinishReason) -> Finished:
@@ -294,7 +296,7 @@ class _MonitoredRun:
     ) -> dict[str, Any]:
         self.step = index + 1
         if index == 0:
-            self.total = len(pipeline.scheduler.timesteps)
+            self.total = _steps_left(pipeline.scheduler)
         if self.tail is not None:
             return self._on_tail_step(pipeline, tensors)
         self._emit(self._progress())
@@ -388,6 +390,10 @@ class _MonitoredRun:
         """Apply pending requests; return how the run must now end, if it must."""
         for request in pending.changes:
             self._apply_change(request)
+        for asked in pending.candidates:  # the service refuses these for a single run
+            if asked.request_id is not None:
+                message = f"a single run has no candidate {asked.candidate} to {asked.action}"
+                self._emit(Error(ErrorCode.INVALID_VALUE, message, "candidate", asked.request_id))
         if pending.stop is None:
             return None
         return self._apply_stop(pending.stop)
@@ -428,6 +434,9 @@ class _MonitoredRun:
                     self._set_cfg(value)
                     # The owner's CFG holds: automatic CFG pauses for the rest of the run.
                     self.settings = dataclasses.replace(self.settings, owner_cfg_step=self.step)
+                case _:  # a search's setting
+                    refused.append(f"a single run has no {name}")
+                    continue
             applied.append(SettingChange(name, old, float(value)))
         if request.request_id is None:
             return
@@ -480,14 +489,27 @@ class _MonitoredRun:
         return decision
 
 
-def _planned_steps(scheduler: Any, steps: int, device: torch.device) -> int:
+def _planned_steps(
+    scheduler: Any, steps: int, device: torch.device, strength: float | None = None
+) -> int:
     """How many times the pipeline will call back: one per timestep, which some samplers
-    (Heun, DPM2) make nearly two per requested step."""
+    (Heun, DPM2) make nearly two per requested step; an image-to-image run (``strength``)
+    skips the first ``steps - int(strength x steps)`` steps, as diffusers' ``get_timesteps``."""
     try:
         scheduler.set_timesteps(steps, device=device)
     except (TypeError, ValueError):  # schedules that need pipeline-computed arguments (mu)
-        return steps
-    return len(scheduler.timesteps)
+        return steps if strength is None else min(int(steps * strength), steps)
+    if strength is None:
+        return len(scheduler.timesteps)
+    skipped = steps - min(int(steps * strength), steps)
+    return len(scheduler.timesteps) - skipped * int(getattr(scheduler, "order", 1))
+
+
+def _steps_left(scheduler: Any) -> int:
+    """The timesteps the pipeline's loop runs: all of them, less those an image-to-image
+    pipeline skipped (its scheduler's ``begin_index``)."""
+    begin = getattr(scheduler, "begin_index", None)
+    return len(scheduler.timesteps) - (int(begin) if isinstance(begin, int) else 0)
 
 
 def _first_image(output: Any) -> Any:

@@ -30,9 +30,11 @@ import numpy as np
 import numpy.typing as npt
 
 from stepwatch.protocol import (
+    SEARCH_SETTINGS,
     ErrorCode,
     MessageError,
     RunParameters,
+    SearchSetting,
     SearchSettings,
     Set,
     Setting,
@@ -43,6 +45,7 @@ from stepwatch.protocol.schema import compile_record
 from stepwatch.protocol.values import SETTINGS, PreviewFormat
 
 from .errors import ParamError
+from .inputs import InputImages
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -60,8 +63,8 @@ __all__ = [
 ]
 
 LatentArray = npt.NDArray[np.float32]
-#: A change of some of a running run's live settings, by name.
-SettingsChange = Mapping[Setting, float]
+#: A change of some of a running run's live settings, by name (a search's settings too).
+SettingsChange = Mapping[Setting | SearchSetting, float]
 
 #: The parameters the wire carries, in the order ``started`` lists them.
 WIRE_FIELDS: Final = tuple(f.name for f in dataclasses.fields(RunParameters))
@@ -134,7 +137,14 @@ class RequestedParams:
     preview_decoder: str | None = None
     candidates: int | None = None
     search: SearchSettings | None = None
+    image: str | None = None
+    mask: str | None = None
+    control_image: str | None = None
+    strength: float | None = None
+    control_scale: float | None = None
     initial_latent: LatentArray | None = field(default=None, compare=False, repr=False)
+    #: The decoded images of the uploads ``image``, ``mask`` and ``control_image`` name.
+    inputs: InputImages | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         given = {name: getattr(self, name) for name in WIRE_FIELDS if name != "search"}
@@ -173,9 +183,9 @@ class RequestedParams:
             _wire_check(_START, search, _START_PLACEHOLDERS)
 
     @classmethod
-    def from_start(cls, start: Start) -> RequestedParams:
-        """The parameters a ``start`` message asks for."""
-        return cls(**{name: getattr(start, name) for name in WIRE_FIELDS})
+    def from_start(cls, start: Start, inputs: InputImages | None = None) -> RequestedParams:
+        """The parameters a ``start`` message asks for, with the images its uploads hold."""
+        return cls(**{name: getattr(start, name) for name in WIRE_FIELDS}, inputs=inputs)
 
     def wire_default(self, name: str) -> Any:
         """The value of ``name``, or the protocol's default for it when left out."""
@@ -188,18 +198,29 @@ class ResolvedParams:
     """A run's parameters resolved against its model (see :meth:`~.model.LoadedModel.resolve`).
 
     ``parameters`` hold every protocol parameter, filled in and checked; ``preview_decoder`` is
-    the decoder checks use; ``initial_latent`` the caller's starting noise, if any.
+    the decoder checks use; ``initial_latent`` the caller's starting noise, if any; ``inputs``
+    the run's input images, if any.
     """
 
     parameters: RunParameters
     preview_decoder: str
     initial_latent: LatentArray | None = field(default=None, compare=False, repr=False)
+    inputs: InputImages | None = field(default=None, compare=False, repr=False)
 
     def with_settings(self, change: SettingsChange) -> ResolvedParams:
         """These parameters with ``change`` applied before the run starts."""
         values: dict[str, Any] = {
-            name: int(v) if name == "check_interval" else v for name, v in change.items()
+            name: int(v) if name in _WHOLE else v
+            for name, v in change.items()
+            if name not in SEARCH_SETTINGS
         }
+        searched: dict[str, Any] = {
+            name: int(v) if name in _WHOLE else v
+            for name, v in change.items()
+            if name in SEARCH_SETTINGS
+        }
+        if searched and self.parameters.search is not None:
+            values["search"] = dataclasses.replace(self.parameters.search, **searched)
         return dataclasses.replace(self, parameters=dataclasses.replace(self.parameters, **values))
 
 
@@ -209,14 +230,18 @@ def default_cfg_max(cfg: float) -> float:
     return min(max(cfg, 2 * cfg), wire.MAX_CFG)
 
 
-def check_change(change: SettingsChange) -> dict[Setting, float]:
+#: The live settings that count steps or checks: whole numbers on the wire.
+_WHOLE: Final = ("check_interval", "prune_every", "resample_every")
+
+
+def check_change(change: SettingsChange) -> dict[Setting | SearchSetting, float]:
     """``change`` checked against the protocol's bounds for ``set``; a plain dict of it."""
     _check(bool(change), "settings", "a change must set at least one of " + ", ".join(SETTINGS))
-    unknown = [name for name in change if name not in SETTINGS]
+    unknown = [name for name in change if name not in (*SETTINGS, *SEARCH_SETTINGS)]
     _check(not unknown, ", ".join(map(str, unknown)), "is not a live setting")
     # ``check_interval`` is a whole number of steps; the wire carries it as an integer.
     wire_values: dict[str, object] = {
-        name: int(value) if name == "check_interval" and float(value).is_integer() else value
+        name: int(value) if name in _WHOLE and float(value).is_integer() else value
         for name, value in change.items()
     }
     _wire_check(_SET, wire_values, _SET_PLACEHOLDERS)

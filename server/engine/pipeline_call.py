@@ -12,6 +12,7 @@ import torch
 from stepwatch.protocol import ErrorCode, Finished, RunError, RunParameters
 
 from .events import EventSink, fit_text
+from .inputs import InputImages, input_arguments
 from .model import LoadedModel
 
 __all__ = ["call_arguments", "classify_failure", "emit_finished"]
@@ -31,9 +32,11 @@ def call_arguments(
     callback: StepCallback,
     tensor_inputs: Sequence[str],
     latents: torch.Tensor | None = None,
+    inputs: InputImages | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of the pipeline call for ``images`` images of ``params``, with
-    ``callback`` at every step end; only those the pipeline's ``__call__`` takes."""
+    ``callback`` at every step end and the run's input images; only those the pipeline's
+    ``__call__`` takes."""
     arguments: dict[str, Any] = {
         "prompt": params.prompt,
         "negative_prompt": params.negative_prompt or None,
@@ -50,6 +53,7 @@ def call_arguments(
     }
     if latents is not None:
         arguments["latents"] = latents
+    arguments.update(input_arguments(model.inputs, inputs, params.strength, params.control_scale))
     accepted = model.call_parameters
     return {k: v for k, v in arguments.items() if k in accepted}
 

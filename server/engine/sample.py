@@ -19,19 +19,27 @@ import secrets
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 # The client's words for a search on the command line and its table, so that ``sample`` and
 # ``generate`` take the same options and print the same rows.
-from stepwatch.client.commands import search_arguments, search_settings
+from stepwatch.client.commands import (
+    input_arguments,
+    save_candidates,
+    search_arguments,
+    search_settings,
+)
 from stepwatch.client.render import candidate_table, compute_line
+from stepwatch.client.runs import Result
 from stepwatch.protocol import (
     Adjusted,
     Applied,
     Check,
     Error,
+    ErrorCode,
     Finished,
     Progress,
+    ProtocolError,
     Started,
     StopMode,
     stamp,
@@ -40,6 +48,7 @@ from stepwatch.protocol import (
 
 if TYPE_CHECKING:
     from stepwatch.server.engine.events import EngineEvent
+    from stepwatch.server.engine.inputs import InputImages
 
 DEFAULT_MODEL = "builtin:shapes"
 
@@ -79,6 +88,7 @@ def sample(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preview-format", default="jpeg", choices=["jpeg", "webp", "png"], help="thumbnails"
     )
+    input_arguments(parser)
     search_arguments(parser)
     parser.add_argument("--out", type=Path, help="image file (default stepwatch-<seed>.png)")
     parser.add_argument("--json", action="store_true", help="one JSON object per event")
@@ -104,6 +114,28 @@ def _quiet_libraries() -> None:
     transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
+def _read_inputs(args: argparse.Namespace) -> tuple[InputImages | None, dict[str, str]]:
+    """The input images the command line names, checked as an upload is (raises
+    :class:`~stepwatch.protocol.ProtocolError` with the upload's code), and their ids."""
+    from stepwatch.server.engine.inputs import InputImages
+    from stepwatch.server.uploads import CONTENT_TYPES, check_upload, open_for_use
+
+    images: dict[str, Any] = {}
+    ids: dict[str, str] = {}
+    for role in ("image", "mask", "control_image"):
+        path: Path | None = getattr(args, role)
+        if path is None:
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ProtocolError(ErrorCode.INVALID_UPLOAD, f"cannot read {path}: {exc}") from exc
+        kind = {"jpg": "jpeg"}.get(path.suffix.lower()[1:], path.suffix.lower()[1:])
+        checked = check_upload(data, f"image/{kind}" if f"image/{kind}" in CONTENT_TYPES else "")
+        images[role], ids[role] = open_for_use(data, role), checked.id
+    return (InputImages(**images) if images else None), ids
+
+
 def _sample(args: argparse.Namespace) -> int:
     _quiet_libraries()
     from stepwatch.server.engine.control import RunControl
@@ -114,6 +146,7 @@ def _sample(args: argparse.Namespace) -> int:
     from stepwatch.server.models.loading import ModelSpec, load_model
 
     try:
+        inputs, ids = _read_inputs(args)
         model = load_model(ModelSpec.parse(_model_spec_text(args.model)))
         registry = VerifierRegistry()
         registry.register_model_verifiers(model.verifiers)
@@ -142,9 +175,13 @@ def _sample(args: argparse.Namespace) -> int:
                 preview_format=args.preview_format,
                 candidates=args.candidates,
                 search=search_settings(args),
+                strength=args.strength,
+                control_scale=args.control_scale,
+                inputs=inputs,
+                **ids,
             )
         )
-    except EngineError as exc:
+    except (EngineError, ProtocolError) as exc:
         print(f"stepwatch sample: {exc}", file=sys.stderr)
         return 2
     out = args.out or Path(f"stepwatch-{params.parameters.seed}.png")
@@ -166,6 +203,8 @@ def _sample(args: argparse.Namespace) -> int:
     [result] = results
     if result.image is not None:
         out.write_bytes(result.image.data)
+        for path in save_candidates(Result.from_finished(result, params.parameters), out):
+            print(f"candidate image saved to {path}", file=sys.stderr)
     if not args.json:
         printer.summary(result, out)
     return 1 if result.reason == "failed" else 0

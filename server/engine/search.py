@@ -13,7 +13,10 @@ last check's, and the ``select`` rule picks the result by them.
 
 Each lane keeps its own trajectory, generator, scores and fate (:class:`Lane`): a later batch of
 lanes of different runs needs nothing more than this. The policy of single runs (CFG raises,
-early stops) does not act in a search; a ``stop`` ends every lane (``abort`` with no image).
+early stops) does not act in a search. The owner's controls act at step boundaries: a
+``stop`` ends every lane (``abort`` with no image); a stop of one candidate takes its lane out
+of the batch as a prune does, a keep takes out every other lane; a ``set`` of the strategy's
+settings applies from the next check on.
 """
 
 from __future__ import annotations
@@ -40,13 +43,15 @@ from stepwatch.protocol import (
     Progress,
     RunError,
     SearchCompute,
+    SearchSettingChange,
     SearchSettings,
     SettingChange,
     Started,
 )
 from stepwatch.protocol import limits as wire
+from stepwatch.protocol.search import SEARCH_SETTINGS, STRATEGY_SETTINGS
 
-from .control import PendingControls, RunControl
+from .control import CandidateRequest, PendingControls, RunControl
 from .errors import UnsupportedScheduler, VerifierError
 from .events import EventSink, fit_cfg, fit_components, fit_score, fit_seconds, fit_text
 from .lanes import REINDEXABLE, DenoiserCounter, HeldRows, reindex_rows, reindex_scheduler
@@ -161,6 +166,11 @@ class _Search:
         self.timer = StepTimer(clock)
         self.started = 0.0
         self.ending: FinishReason | None = None
+        # The owner's candidate requests not yet applied (those taken before the first step),
+        # the candidate a keep kept, and the batch order of this step's x0 after they acted.
+        self.asked: list[CandidateRequest] = []
+        self.kept: int | None = None
+        self.x0_order: tuple[int, ...] | None = None
 
     # -- the run as a whole --------------------------------------------------------------------
 
@@ -226,9 +236,16 @@ class _Search:
         chosen = self._select(scores)
         lane = self.lanes[chosen]
         self.results[lane.candidate] = dataclasses.replace(
-            self.results[lane.candidate], fate="chosen"
+            self.results[lane.candidate], fate="chosen", by_owner=self.kept == lane.candidate
         )
-        image = encode_png(to_uint8(images[chosen : chosen + 1])[0])
+        pixels = to_uint8(images)
+        if self.settings.images == "all":
+            for position, other in enumerate(self.lanes):
+                if position != chosen:
+                    self.results[other.candidate] = dataclasses.replace(
+                        self.results[other.candidate], image=encode_png(pixels[position])
+                    )
+        image = encode_png(pixels[chosen])
         return self._end(reason, None, image=image, chosen=lane, steps_run=steps_run)
 
     def _select(self, scores: list[float]) -> int:
@@ -285,18 +302,21 @@ class _Search:
             self.total = len(pipeline.scheduler.timesteps)
             self.rows_per_lane = max(1, self.counter.evaluations // len(self.lanes))
         self._emit(self._progress())
+        self.x0_order = None
         if self._controls(self.control.take()):
             pipeline._interrupt = True
             x0 = self._x0()
             latents = tensors["latents"]
             return {"latents": x0.to(latents.dtype)}
+        returned = self._owner_candidates(pipeline, tensors)
+        tensors = {**tensors, **returned}
         if (
             self.step - self.last_check >= self.interval
             or self.step == self.total
             or schedule_checks(self.settings, self.step)
         ):
-            return self._check(pipeline, tensors)
-        return {}
+            return {**returned, **self._check(pipeline, tensors)}
+        return returned
 
     def _progress(self) -> Progress:
         return self.timer.progress(self.step, self.total)
@@ -306,17 +326,29 @@ class _Search:
         for request in pending.changes:
             applied: list[SettingChange] = []
             refused: list[str] = []
+            searched: list[SearchSettingChange] = []
             for name, value in request.change.items():
                 if name == "check_interval":
                     applied.append(SettingChange(name, float(self.interval), float(value)))
                     self.interval = int(value)
+                elif name in STRATEGY_SETTINGS[self.settings.strategy]:
+                    was = float(getattr(self.settings, name))
+                    new: dict[str, Any] = {name: int(value) if name.endswith("_every") else value}
+                    self.settings = dataclasses.replace(self.settings, **new)
+                    searched.append(SearchSettingChange(name, was, float(value)))  # type: ignore[arg-type]
+                elif name in SEARCH_SETTINGS:
+                    refused.append(f"a {self.settings.strategy} search has no {name}")
                 else:
                     refused.append(f"a search does not change {name} mid-run")
-            if request.request_id is not None and applied:
-                self._emit(Applied(request.request_id, self.step, tuple(applied), None))
+            if request.request_id is not None and (applied or searched):
+                acknowledged = Applied(
+                    request.request_id, self.step, tuple(applied), None, tuple(searched)
+                )
+                self._emit(acknowledged)
             if request.request_id is not None and refused:
                 message = fit_text("; ".join(refused))
                 self._emit(Error(ErrorCode.INVALID_VALUE, message, request_id=request.request_id))
+        self.asked.extend(pending.candidates)
         stop = pending.stop
         if stop is None:
             return False
@@ -331,6 +363,8 @@ class _Search:
         assert self.capture is not None
         try:
             x0 = self.capture.x0()
+            if self.x0_order is not None:  # the owner took lanes out after this step
+                x0 = x0[torch.tensor(self.x0_order, dtype=torch.long, device=x0.device)]
         except UnsupportedScheduler as exc:
             error = RunError(ErrorCode.UNSUPPORTED_SCHEDULER, fit_text(str(exc)))
             raise _Ended("failed", error) from exc
@@ -348,6 +382,46 @@ class _Search:
         self.verifier_calls += images.shape[0]
         self._last_components = [fit_components(s.components) for s in scores]
         return [fit_score(s.value) for s in scores]
+
+    # -- the owner's candidates ----------------------------------------------------------------
+
+    def _owner_candidates(self, pipeline: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        """Apply the owner's stops and keeps of candidates taken so far; the re-indexed
+        tensors when lanes left the batch."""
+        returned: dict[str, Any] = {}
+        asked, self.asked = self.asked, []
+        for request in asked:
+            live = [lane.candidate for lane in self.lanes]
+            why = self._candidate_refusal(request, live)
+            if why:
+                if request.request_id is not None:
+                    field = "keep" if request.action == "keep" else "candidate"
+                    message = fit_text(why)
+                    self._emit(Error(ErrorCode.INVALID_VALUE, message, field, request.request_id))
+                continue
+            position = live.index(request.candidate)
+            if request.action == "stop":
+                order = tuple(i for i in range(len(live)) if i != position)
+            else:
+                order = (position,)
+                self.kept = request.candidate
+            current = {**tensors, **returned}
+            returned.update(self._reorder(pipeline, current, order, None))
+            self.x0_order = _compose(self.x0_order, order)
+            if request.request_id is not None:
+                stopped = request.candidate if request.action == "stop" else None
+                kept = request.candidate if request.action == "keep" else None
+                self._emit(Applied(request.request_id, self.step, (), None, (), stopped, kept))
+        return returned
+
+    def _candidate_refusal(self, request: CandidateRequest, live: list[int]) -> str:
+        if request.candidate not in live:
+            fate = self.results.get(request.candidate)
+            state = f"was {fate.fate} at step {fate.steps_run}" if fate else "is not one"
+            return f"candidate {request.candidate} is not live: it {state}"
+        if len(live) == 1:
+            return f"candidate {request.candidate} is the last one live; stop the run instead"
+        return ""
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -438,9 +512,14 @@ class _Search:
         )
 
     def _reorder(
-        self, pipeline: Any, tensors: dict[str, Any], order: tuple[int, ...], scores: list[float]
+        self,
+        pipeline: Any,
+        tensors: dict[str, Any],
+        order: tuple[int, ...],
+        scores: list[float] | None,
     ) -> dict[str, Any]:
-        """Re-index every per-lane tensor and the lanes themselves to ``order``."""
+        """Re-index every per-lane tensor and the lanes themselves to ``order``; ``scores``
+        are this check's (``None``: the owner took lanes out between checks)."""
         live = len(self.lanes)
         latents: torch.Tensor = tensors["latents"]
         reindex_scheduler(pipeline.scheduler, order, latents.shape)
@@ -453,8 +532,14 @@ class _Search:
         if len(order) < live:  # prune: the lanes left out stop here
             for position in set(range(live)) - set(order):
                 lane = self.lanes[position]
+                last = lane.history[-1].score if lane.history else None
                 self.results[lane.candidate] = CandidateResult(
-                    lane.candidate, scores[position], "pruned", self.step, tuple(lane.lineage)
+                    lane.candidate,
+                    last if scores is None else scores[position],
+                    "pruned",
+                    self.step,
+                    tuple(lane.lineage),
+                    by_owner=scores is None,
                 )
             lanes = [self.lanes[i] for i in order]
         else:  # fk: slot j continues from order[j]; a repeated parent gets a fresh generator
@@ -470,3 +555,8 @@ class _Search:
         self.lanes = lanes
         self.generators[:] = [lane.generator for lane in lanes]
         return returned
+
+
+def _compose(first: tuple[int, ...] | None, then: tuple[int, ...]) -> tuple[int, ...]:
+    """The order ``then`` applied after ``first`` (positions into the batch before both)."""
+    return then if first is None else tuple(first[i] for i in then)

@@ -8,6 +8,7 @@ One SQLite file (``stepwatch.sqlite3``) and an ``images/`` folder under the data
     events    each run's event log as protocol frames (superseded progress left out;
               the ``finished`` frame without its image, which lives in images/RUN.png)
     previews  each check's thumbnail (a running run's too), for ``GET /api/runs/{id}/previews``
+    uploads   uploaded input images (init images, masks, control images) that runs name
 
 A module per concept, each adding its part to :class:`Store`:
 
@@ -16,6 +17,7 @@ A module per concept, each adding its part to :class:`Store`:
     archive     runs read back: lists, search, records, a finished run's frames; deleting one
     previews    each check's thumbnail
     history     each run's checks, and the scores curves are learned from
+    uploads     uploaded input images, by the SHA-256 of their bytes
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from stepwatch.server.store.database import StoreError, probe_writable
 from stepwatch.server.store.history import HISTORY_RUNS, QualityArchive
 from stepwatch.server.store.previews import PreviewArchive, StoredPreview
 from stepwatch.server.store.recording import INTERRUPTED, RunRecorder
+from stepwatch.server.store.uploads import UploadArchive
 
 __all__ = [
     "HISTORY_RUNS",
@@ -38,7 +41,7 @@ __all__ = [
 ]
 
 
-class Store(RunRecorder, RunArchive, PreviewArchive, QualityArchive):
+class Store(RunRecorder, RunArchive, PreviewArchive, QualityArchive, UploadArchive):
     """The service's SQLite store and image folder under ``data_dir``.
 
     Open it with :meth:`open` (a coroutine) and close it with :meth:`close`; its methods are

@@ -76,6 +76,17 @@ CREATE TABLE IF NOT EXISTS previews (
     PRIMARY KEY (run_id, step)
 );
 """
+#: Uploaded input images, by the SHA-256 of their bytes (see :mod:`.uploads`).
+UPLOADS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS uploads (
+    id         TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    format     TEXT NOT NULL,
+    width      INTEGER NOT NULL,
+    height     INTEGER NOT NULL,
+    data       BLOB NOT NULL
+);
+"""
 
 
 class StoreError(Exception):
@@ -111,6 +122,7 @@ class Database:
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.executescript(SCHEMA)
             connection.executescript(LIVE_SCHEMA)
+            connection.executescript(UPLOADS_SCHEMA)
             connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the store under {data_dir}: {exc}") from exc

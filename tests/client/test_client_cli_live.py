@@ -223,3 +223,19 @@ def test_generate_json_of_a_search_carries_the_candidates(
     finished = events[-1]
     assert [c["candidate"] for c in finished["candidates"]] == [0, 1]
     assert finished["compute"]["single_run_evaluations"] > 0
+
+
+def test_generate_all_images_writes_every_candidate_next_to_the_chosen_one(
+    server: ServerThread, tmp_path: Path
+) -> None:
+    result = stepwatch(
+        "generate", "red circle", "--server", server.url, *QUICK, "--candidates", "3",
+        "--all-images", "--out", str(tmp_path / "best.png"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    written = sorted(path.name for path in tmp_path.glob("*.png"))
+    assert len(written) == 3 and "best.png" in written
+    others = [name for name in written if name != "best.png"]
+    assert all(name.startswith("best-candidate-") for name in others)
+    assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in written)
+    assert result.stderr.count("candidate image saved to") == 2

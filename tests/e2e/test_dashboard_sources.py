@@ -7,7 +7,7 @@ import re
 import tomllib
 from pathlib import Path
 
-from stepwatch.protocol import ErrorCode
+from stepwatch.protocol import ADDED_SERVER_FIELDS, ErrorCode
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "client" / "dashboard"
@@ -19,6 +19,13 @@ def test_every_error_code_has_a_sentence_for_people() -> None:
     table = source[start : source.index("};", start)]
     codes = set(re.findall(r"^\s+(\w+): \"", table, flags=re.MULTILINE))
     assert codes == {code.value for code in ErrorCode}
+
+
+def test_the_dashboard_names_every_added_field_it_reads() -> None:
+    source = (DASHBOARD / "src" / "protocol.js").read_text()
+    start = source.index("export const FEATURES = [")
+    listed = re.findall(r'"(\w+)"', source[start : source.index("];", start)])
+    assert listed == sorted(ADDED_SERVER_FIELDS)
 
 
 def test_dependencies_come_from_the_lockfile_and_none_are_committed() -> None:

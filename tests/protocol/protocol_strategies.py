@@ -19,6 +19,7 @@ from stepwatch.protocol import (
     Finished,
     Message,
     Set,
+    Stop,
 )
 from stepwatch.protocol.schema import (
     BoolSpec,
@@ -92,10 +93,23 @@ def _applied() -> st.SearchStrategy[Any]:
     spec = compile_record(Applied)
     by_name = {field.name: field.spec for field in spec.fields}
     changes = for_spec(by_name["changes"]).filter(bool)
+    searched = for_spec(by_name["search_changes"]).filter(bool)
     stop = st.sampled_from(["finish", "abort"])
-    return record(spec, changes=changes, stop=st.none()) | record(
-        spec, changes=st.just(()), stop=stop
+    candidate = st.integers(0, 63)
+    neither = {"stop": st.none(), "candidate_stopped": st.none(), "candidate_kept": st.none()}
+    nothing = {**neither, "changes": st.just(()), "search_changes": st.just(())}
+    return (
+        record(spec, **{**neither, "changes": changes})
+        | record(spec, **{**neither, "search_changes": searched})
+        | record(spec, **{**nothing, "stop": stop})
+        | record(spec, **{**nothing, "candidate_stopped": candidate})
+        | record(spec, **{**nothing, "candidate_kept": candidate})
     )
+
+
+def _stop() -> st.SearchStrategy[Any]:
+    spec = compile_record(Stop)
+    return record(spec, candidate=st.none()) | record(spec, keep=st.none())
 
 
 def _finished() -> st.SearchStrategy[Any]:
@@ -108,7 +122,7 @@ def _finished() -> st.SearchStrategy[Any]:
     )
 
 
-SPECIAL = {Set: _set, Applied: _applied, Finished: _finished}
+SPECIAL = {Set: _set, Stop: _stop, Applied: _applied, Finished: _finished}
 
 
 def message_of(cls: type[Any]) -> st.SearchStrategy[Message]:

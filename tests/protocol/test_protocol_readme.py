@@ -37,6 +37,11 @@ PARTS = (
     parts.HistoryEntry,
     parts.SettingChange,
     parts.RunError,
+    parts.SearchSettings,
+    parts.SearchSettingChange,
+    parts.CandidateScore,
+    parts.CandidateResult,
+    parts.SearchCompute,
 )
 SPECIAL_NUMBERS = {limits.MAX_INT: "2⁵³−1", limits.MAX_SECONDS: "10⁷"}
 

@@ -158,3 +158,16 @@ def test_a_search_prints_a_table_per_check(model_folder: Path, tmp_path: Path) -
     ]  # fmt: skip
     assert "denoiser evaluations" in lines[-2]
     assert (tmp_path / "stepwatch-7.png").exists()
+
+
+def test_sample_all_images_writes_every_candidate(model_folder: Path, tmp_path: Path) -> None:
+    result = stepwatch(
+        "sample", "red circle", "--model", f"{model_folder},device=cpu", "--steps", "4",
+        "--seed", "7", "--check-interval", "2", "--no-early-stop", "--candidates", "2",
+        "--all-images", "--out", "x.png", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in tmp_path.glob("*.png")) in (
+        ["x-candidate-0.png", "x.png"],
+        ["x-candidate-1.png", "x.png"],
+    )

@@ -1,9 +1,12 @@
 // The quality chart of a run: score against step, the threshold in force as a stepped line,
 // the CFG in force on a second axis, and marks where the policy raised CFG, where the run's
-// owner changed a setting and where the run was stopped. Drawn with uPlot.
+// owner changed a setting and where the run was stopped. Drawn with uPlot. A search adds a
+// thin line per candidate (its score at each check it was live; pruned ones grey, a resampled
+// one joined by a dashed line to the parent it continues from).
 
 import uPlot from "uplot";
 import "uplot/dist/uPlot.min.css";
+import { candidateCurves } from "./candidates.js";
 
 const HEIGHT = 280;
 
@@ -122,6 +125,7 @@ export class QualityChart {
     const bottom = u.bbox.top + u.bbox.height;
     ctx.save();
     ctx.font = `${11 * ratio}px system-ui, sans-serif`;
+    drawCandidates(ctx, u, run, c.text, ratio);
     for (const check of run.checks) {
       if (check.decision === "continue") continue;
       const x = u.valToPos(check.step, "x", true);
@@ -134,6 +138,7 @@ export class QualityChart {
         .filter((item) => item.kind === "applied")
         .map((item) => [item.step, c.owner, `${settingName(item.setting)} ${fmt(item.new)}`]),
       ...run.stops.map((stop) => [stop.step, c.stop, `stop (${stop.mode})`]),
+      ...(run.ownerCandidates ?? []).map((o) => [o.step, c.owner, `${o.action} #${o.candidate}`]),
     ].sort((a, b) => a[0] - b[0]);
     const taken = []; // per line, the [left, right] extents of its labels
     const backings = []; // [left, top, width] of each label's backing
@@ -164,6 +169,27 @@ export class QualityChart {
     this.resize.disconnect();
     this.plot.destroy();
   }
+}
+
+function drawCandidates(ctx, u, run, grey, ratio) {
+  const at = ([step, score]) => [u.valToPos(step, "x", true), u.valToPos(score, "score", true)];
+  for (const curve of candidateCurves(run)) {
+    ctx.strokeStyle = curve.greyed ? grey : curve.color;
+    ctx.globalAlpha = curve.greyed ? 0.4 : 0.85;
+    ctx.lineWidth = 1.25 * ratio;
+    ctx.beginPath();
+    curve.points.map(at).forEach(([x, y], i) => (i ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+    ctx.stroke();
+    ctx.setLineDash([2 * ratio, 3 * ratio]);
+    for (const [from, to] of curve.links) {
+      ctx.beginPath();
+      ctx.moveTo(...at(from));
+      ctx.lineTo(...at(to));
+      ctx.stroke();
+    }
+    ctx.setLineDash([]);
+  }
+  ctx.globalAlpha = 1;
 }
 
 /** uPlot's aligned data for `run`: steps, then score, threshold and CFG at each step. */

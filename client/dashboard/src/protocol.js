@@ -7,6 +7,25 @@ export const SUBPROTOCOL = "stepwatch.v1";
 export const VERSION = 1;
 export const CLIENT_NAME = "stepwatch-dashboard/0.1";
 
+/**
+ * The fields added to version 1 after its first release that the dashboard reads, as
+ * `hello.features` names them: the server leaves the others out of its frames. The same list
+ * as `stepwatch.protocol.ADDED_SERVER_FIELDS` (a test holds them together).
+ */
+export const FEATURES = [
+  "by_owner",
+  "candidate_kept",
+  "candidate_stopped",
+  "candidates",
+  "compute",
+  "image",
+  "images",
+  "preview_decoder",
+  "preview_decoders",
+  "search",
+  "search_changes",
+];
+
 /** The run events: they carry `run_id` and `seq`, and every watcher of the run sees them. */
 export const RUN_EVENTS = new Set([
   "started",

@@ -20,6 +20,7 @@ export class RunState {
     this.checks = []; // {step, score, components, threshold, decision, reason, cfg, preview}
     this.changes = []; // {step, kind: "adjusted"|"applied", setting, old, new, reason, requestId}
     this.stops = []; // {step, mode, requestId}
+    this.ownerCandidates = []; // a search's owner's stops and keeps: {step, candidate, action}
     this.finished = null; // {reason, stepsRun, elapsed, finalScore, error}
     this.image = null; // {url, width, height}
     this.objectUrls = [];
@@ -96,6 +97,12 @@ export class RunState {
   }
 
   applied(event) {
+    const candidate = event.candidate_stopped ?? event.candidate_kept;
+    if (candidate !== undefined && candidate !== null) {
+      const action = event.candidate_kept === candidate ? "keep" : "stop";
+      this.ownerCandidates.push({ step: event.step, candidate, action });
+      return;
+    }
     if (event.stop) {
       this.stops.push({
         step: event.step,
@@ -105,7 +112,7 @@ export class RunState {
       });
       return;
     }
-    for (const item of event.changes) {
+    for (const item of [...event.changes, ...(event.search_changes ?? [])]) {
       this.changes.push({
         ...change({ ...event, ...item }, "applied"),
         requestId: event.request_id,

@@ -8,9 +8,9 @@
 // how it ended (the server was killed and restarted). Thumbnails a replay collapsed come from
 // the HTTP API's kept previews, so the filmstrip has every check for every viewer.
 
-import { renderCandidates } from "./candidates.js";
+import { candidateCurves, renderCandidates } from "./candidates.js";
 import { QualityChart, fmt, settingName } from "./chart.js";
-import { fill, h, reasonText, score, seconds } from "./dom.js";
+import { fill, h, reasonText, score, seconds, showNotice } from "./dom.js";
 import { Filmstrip } from "./filmstrip.js";
 import { describeError } from "./protocol.js";
 import {
@@ -22,6 +22,7 @@ import {
   tabTitle,
 } from "./runfacts.js";
 import { ImageSources, drawImage } from "./runimage.js";
+import { drawInputs } from "./runinputs.js";
 import { RunState } from "./runstate.js";
 import { renderSteering } from "./steering.js";
 
@@ -69,8 +70,9 @@ export function renderRun(main, app, runId) {
     describeChart(view, run);
     drawTable(view, run);
     drawImage(view, run, strip, images, redrawAll);
+    drawInputs(view.inputs, run, images);
     filmstrip.update(run, strip.selected);
-    renderCandidates(view.candidates, run, images);
+    renderCandidates(view.candidates, run, images, candidateControls(app, runId));
     drawLog(view, run);
     tellTheEnd(view, run, ending);
     askTheStore();
@@ -198,6 +200,12 @@ function buildLayout(main, runId, app, getRun) {
     tableSummary: h("summary", {}, "Checks as a table"),
     tableBox: null,
     image: h("figure", { class: "large-image", id: "run-image" }),
+    inputs: h("div", {
+      class: "run-inputs",
+      id: "run-inputs",
+      "aria-label": "Input images",
+      hidden: true,
+    }),
     filmstrip: h("ol", { class: "filmstrip", id: "filmstrip", "aria-label": "Earlier previews" }),
     steer: h("section", { class: "card steer", "aria-labelledby": "steer-title" }),
     candidates: h("section", {
@@ -274,7 +282,7 @@ function buildLayout(main, runId, app, getRun) {
         view.latestReason,
         view.tableBox,
       ),
-      h("section", { class: "card image-card", "aria-label": "Image" }, view.image),
+      h("section", { class: "card image-card", "aria-label": "Image" }, view.image, view.inputs),
     ),
     h(
       "section",
@@ -350,9 +358,25 @@ function stateLabel(run) {
 
 // The chart is a picture; the same facts in words and a table (and the data attributes the
 // browser tests read) sit beside it.
+// The owner's stop and keep of one candidate (null for a watcher without the run's token); a
+// refusal (a candidate no longer live) is shown as a notice.
+function candidateControls(app, runId) {
+  const token = app.controlToken(runId);
+  if (!token) return null;
+  const send = (fields) =>
+    app.request("stop", { run_id: runId, token, ...fields }, (reply) => {
+      if (reply.type === "error") showNotice(describeError(reply));
+    });
+  return {
+    stop: (candidate) => send({ candidate }),
+    keep: (candidate) => send({ keep: candidate }),
+  };
+}
+
 function describeChart(view, run) {
   const last = run.checks.at(-1);
   view.chartBox.dataset.checks = String(run.checks.length);
+  view.chartBox.dataset.curves = String(candidateCurves(run).length);
   view.chartBox.dataset.steps = run.checks.map((c) => c.step).join(",");
   view.chartBox.dataset.threshold = run.threshold === null ? "" : String(run.threshold);
   fill(

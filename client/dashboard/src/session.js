@@ -22,7 +22,7 @@
 // "unasked" (a reply nobody waits for); `{ kind: "answered", request, message }` for a reply
 // to `request` ({ type, fields }); `{ kind: "lost", request }` for a start a drop lost.
 
-import { RUN_EVENTS } from "./protocol.js";
+import { FEATURES, RUN_EVENTS } from "./protocol.js";
 
 export const MAX_RESUME_RUNS = 32;
 const STEERING = new Set(["stop", "set"]);
@@ -84,7 +84,8 @@ export class ClientSession {
     const limit = this.maxResume;
     this.state = "connecting";
     this.afterWelcome = points.slice(limit);
-    this.send("hello", { client, token: token ?? undefined, resume: points.slice(0, limit) });
+    const resume = points.slice(0, limit);
+    this.send("hello", { client, token: token ?? undefined, resume, features: FEATURES });
   }
 
   /** Send a message (any, in any state: the server judges); its reply comes as "answered". */

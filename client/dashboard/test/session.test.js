@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { ClientSession, MAX_RESUME_RUNS } from "../src/session.js";
+import { FEATURES } from "../src/protocol.js";
 
 const RUN = "r-1";
 const OTHER = "r-2";
@@ -64,7 +65,10 @@ test("hello comes first and welcome opens", () => {
   session.hello("tests/1", "secret");
   assert.equal(session.state, "awaiting_welcome");
   assert.deepEqual(session.dataToSend(), [
-    { type: "hello", fields: { client: "tests/1", token: "secret", resume: [] } },
+    {
+      type: "hello",
+      fields: { client: "tests/1", token: "secret", resume: [], features: FEATURES },
+    },
   ]);
   assert.deepEqual(kinds(feed(session, WELCOME)), [["welcome", "welcome", undefined]]);
   assert.equal(session.state, "open");

@@ -102,3 +102,11 @@ def test_a_prune_search_reindexes_the_driven_loops_batch() -> None:
     assert isinstance(result, Finished) and result.reason == "completed", result.error
     fates = sorted(c.fate for c in result.candidates)
     assert fates == ["chosen", "pruned", "pruned", "pruned"] and result.image is not None
+
+
+def test_a_list_of_prompts_sizes_the_batch_one_image_each() -> None:
+    # Runs batched together pass one prompt each; the unconditional model makes one image each.
+    loop = DrivenLoop(make_ddpm_pipeline())
+    out = loop(prompt=["a", "b", "c"], num_inference_steps=2, output_type="pt")
+    assert out.images.shape == (3, 3, 8, 8)
+    assert loop(prompt="a", num_inference_steps=2, output_type="pt").images.shape[0] == 1

@@ -5,11 +5,14 @@ from __future__ import annotations
 import pytest
 
 from stepwatch.protocol import (
+    ADDED_SERVER_FIELDS,
     Applied,
+    CandidateResult,
     Check,
     Error,
     ErrorCode,
     Finished,
+    Image,
     Preview,
     Progress,
     RunEvent,
@@ -121,3 +124,36 @@ async def test_a_finished_event_is_never_dropped() -> None:
     for event in logged(log, *events):
         outbox.event("a", event)
     assert await drain(outbox) == events
+
+
+async def test_each_watcher_gets_the_events_as_its_features_read_them() -> None:
+    """An older watcher never receives a field it would refuse: an applied of one candidate
+    is left out for it, the candidates' images leave finished, a check's candidates stay."""
+    log = EventLog()
+    stopped = Applied("q", 3, (), None, candidate_stopped=1, run_id="a", seq=2)
+    result = CandidateResult(1, 0.5, "finished", 8, image=Image(8, 8, b"\x89PNG"))
+    finished = Finished(
+        "completed", 8, 1.0, 0.5, (), None, None, candidates=(result,), run_id="a", seq=3
+    )
+    events = logged(log, check("a", 1), stopped, finished)
+    newer, older, everything = Outbox(16), Outbox(16), Outbox(16)
+    newer.features = frozenset(ADDED_SERVER_FIELDS)
+    older.features = frozenset({"candidates", "compute", "search"})
+    for outbox in (newer, older, everything):
+        for event in events:
+            outbox.event("a", event)
+    assert [m.seq for m in await drain(older)] == [1, 3]  # type: ignore[attr-defined]
+    older_finished = await drain_last(events, frozenset({"candidates"}))
+    assert older_finished.candidates[0].image is None
+    assert await drain(newer) == [*(e.message for e in events)]
+    assert await drain(everything) == [*(e.message for e in events)]
+    # The downgraded frame is made once per set of features and shared.
+    assert events[2].seen_by(older.features) is events[2].seen_by(frozenset(older.features))
+
+
+async def drain_last(events: list, features: frozenset[str]) -> Finished:  # type: ignore[type-arg]
+    seen = events[-1].seen_by(features)
+    assert seen is not None
+    message = decode_server(seen.frame)
+    assert isinstance(message, Finished)
+    return message

@@ -29,6 +29,7 @@ from stepwatch.protocol import (
 )
 from stepwatch.server.config import ServerConfig
 from stepwatch.server.engine.finish import tail_length
+from stepwatch.server.engine.lanes import DenoiserCounter
 from stepwatch.server.engine.model import LoadedModel, describe_pipeline
 from stepwatch.server.engine.previews import to_uint8
 
@@ -128,3 +129,35 @@ async def test_a_pixel_run_on_another_sampler_completes_with_checks(
     finished = events[-1]
     assert isinstance(finished, Finished) and finished.reason == "completed"
     assert finished.error is None and pixels(finished).shape == (8, 8, 3)
+
+
+async def test_ddpm_runs_queued_together_share_one_batch_each_its_own_image(
+    tmp_path: Path, ddpm_model: LoadedModel
+) -> None:
+    runs = [{"prompt": p, "seed": 20 + i, "steps": 6, "early_stop": False} for i, p in
+            enumerate(("a cat", "a dog", "a fox"))]  # fmt: skip
+    counter = DenoiserCounter()
+    counter.attach(ddpm_model.pipeline)
+    try:
+        config = ServerConfig(data_dir=tmp_path, sampler_threads=1)
+        async with running_server(config, lambda c: [ddpm_model]) as server:
+            async with connect(server.url) as client:
+                blocker = await client.start("b", prompt="x", steps=LONG, early_stop=False)
+                await client.event(blocker.run_id, Started)
+                ids = [(await client.start(f"q{i}", **run)).run_id for i, run in enumerate(runs)]
+                await client.send(Stop("s", blocker.run_id, blocker.control_token, "abort"))
+                await client.run_events(blocker.run_id)
+                results = [(await client.run_events(run_id))[-1] for run_id in ids]
+    finally:
+        counter.detach()
+    assert 3 in counter.batch_sizes  # the three runs were denoised together
+    for run, finished in zip(runs, results, strict=True):
+        assert isinstance(finished, Finished) and finished.reason == "completed", finished
+        own = ddpm_model.pipeline.pipeline(
+            generator=torch.Generator("cpu").manual_seed(run["seed"]),
+            num_inference_steps=6,
+            output_type="pt",
+        ).images
+        # Batched convolutions round differently from batch 1: within 2 of 255 per pixel.
+        difference = np.abs(pixels(finished).astype(int) - to_uint8(own)[0].astype(int))
+        assert difference.max() <= 2

@@ -38,7 +38,14 @@ async def test_welcome_lists_models_verifiers_limits_and_capabilities(
         async with connect(server.url) as client:
             welcome = client.welcome
     assert welcome is not None and welcome.server.startswith("stepwatch/")
-    assert set(welcome.capabilities) == {"previews", "resume", "steer", "early_stop", "search"}
+    assert set(welcome.capabilities) == {
+        "previews",
+        "resume",
+        "steer",
+        "early_stop",
+        "search",
+        "search_controls",
+    }
     assert welcome.limits["max_steps"] == 250 and welcome.limits["max_queue"] == 4
     (model,) = welcome.models
     assert (model.id, model.default_width, model.default_sampler) == ("tiny", 32, "dpmpp_2m")
