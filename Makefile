@@ -96,6 +96,8 @@ SERVICE_MODULES := app bridge catalog cli config connections devicequeue eventlo
 	engine.pipeline_call engine.policy engine.lanes engine.batch engine.candidates engine.search engine.steptimer engine.strategies
 # Input images: the upload checks, their table, and what a pipeline takes.
 SERVICE_MODULES += uploads store.uploads engine.inputs
+# Pipelines whose loop the engine drives itself: DDPM/DDIM, Kandinsky 2.2.
+SERVICE_MODULES += engine.driven_loop engine.kandinsky
 
 # mypy cannot follow setuptools' package-dir mapping, so it reads the packages through a tree of
 # links that spells their import names (stepwatch/protocol -> protocol/, ...).

@@ -135,15 +135,21 @@ class Service:
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, config: ServerConfig, load_models: ModelLoader, sampler: Sampler | None = None
+        cls,
+        config: ServerConfig,
+        load_models: ModelLoader,
+        sampler: Sampler | None = None,
+        verifiers: VerifierRegistry | None = None,
     ) -> AsyncIterator[Service]:
         """Load models and verifiers, open the store, run the manager; close all on exit.
 
         ``sampler`` is the engine runs are sampled by (by default the monitored engine with
         the configured verifiers, :func:`~.execution.engine_sampler`, and runs share batches up
-        to ``config.max_batch``; a given ``sampler`` samples every run alone)."""
+        to ``config.max_batch``; a given ``sampler`` samples every run alone). ``verifiers``,
+        when given, is the registry :func:`build_verifiers` already built for these models."""
         models = list(await anyio.to_thread.run_sync(load_models, config))
-        verifiers = await anyio.to_thread.run_sync(build_verifiers, config, models)
+        if verifiers is None:
+            verifiers = await anyio.to_thread.run_sync(build_verifiers, config, models)
         catalog = Catalog(models, verifiers, config.limits)
         store = await Store.open(config.data_dir)
         try:
@@ -201,18 +207,21 @@ def create_app(
     *,
     load_models: ModelLoader | None = None,
     sampler: Sampler | None = None,
+    verifiers: VerifierRegistry | None = None,
 ) -> Starlette:
     """The stepwatch app for ``config``.
 
     ``load_models`` replaces :func:`load_configured_models` (tests hand in tiny in-memory
     pipelines this way); it runs in a worker thread during start-up. ``sampler`` replaces the
-    engine at its declared interface (tests hand in a scripted one).
+    engine at its declared interface (tests hand in a scripted one). ``verifiers`` is a registry
+    built before start-up (``stepwatch serve`` builds it first, to refuse a bad verifier in one
+    line).
     """
     loader = load_models or load_configured_models
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with Service.open(config, loader, sampler) as service:
+        async with Service.open(config, loader, sampler, verifiers) as service:
             app.state.service = service
             app.state.session_services = service.session_services
             app.state.http_services = service.http_services

@@ -145,15 +145,16 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     import anyio
 
-    from stepwatch.server.app import load_configured_models
-    from stepwatch.server.engine.errors import ModelError
+    from stepwatch.server.app import build_verifiers, load_configured_models
+    from stepwatch.server.engine.errors import ModelError, VerifierError
     from stepwatch.server.serving import serve_until_signalled
 
-    # Loaded before serving, so that a model the engine cannot watch is one line, not the
-    # traceback an app's failed start-up prints.
+    # Loaded before serving, so that a model the engine cannot watch, or a verifier that cannot
+    # be had, is one line, not the traceback an app's failed start-up prints.
     try:
         models = load_configured_models(config)
-    except ModelError as exc:
+        verifiers = build_verifiers(config, models)
+    except (ModelError, VerifierError) as exc:
         print(f"stepwatch serve: {exc}", file=sys.stderr)
         return 2
-    return anyio.run(serve_until_signalled, config, _announce, lambda _config: models)
+    return anyio.run(serve_until_signalled, config, _announce, lambda _config: models, verifiers)

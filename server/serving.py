@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING
 
 import anyio
 import uvicorn
@@ -29,6 +30,9 @@ from starlette.applications import Starlette
 from stepwatch.server.app import ModelLoader, Service, create_app
 from stepwatch.server.config import ServerConfig
 from stepwatch.server.connections import install_log_filters, protocols
+
+if TYPE_CHECKING:
+    from stepwatch.server.engine.verifiers import VerifierRegistry
 
 __all__ = ["serve", "serve_until_signalled", "uvicorn_config"]
 
@@ -154,12 +158,16 @@ async def _shut_down(app: Starlette, server: _Server) -> None:
 
 
 async def serve_until_signalled(
-    config: ServerConfig, on_ready: Ready | None = None, load_models: ModelLoader | None = None
+    config: ServerConfig,
+    on_ready: Ready | None = None,
+    load_models: ModelLoader | None = None,
+    verifiers: VerifierRegistry | None = None,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully (a second signal: at once).
 
-    ``load_models`` is handed to :func:`~stepwatch.server.app.create_app` (``stepwatch serve``
-    loads the models before it serves, so that one it cannot use is refused in one line)."""
+    ``load_models`` and ``verifiers`` are handed to :func:`~stepwatch.server.app.create_app`
+    (``stepwatch serve`` loads the models and verifiers before it serves, so that one it cannot
+    use is refused in one line)."""
     stop = anyio.Event()
 
     async def watch_signals() -> None:
@@ -173,7 +181,7 @@ async def serve_until_signalled(
 
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(watch_signals)
-        app = create_app(config, load_models=load_models)
+        app = create_app(config, load_models=load_models, verifiers=verifiers)
         status = await serve(app, config, stop, on_ready=on_ready)
         tasks.cancel_scope.cancel()
     return status

@@ -43,6 +43,7 @@ REINDEXABLE = frozenset(
         "StableDiffusionXLPipeline",
         "StableDiffusion3Pipeline",
         "FluxPipeline",
+        "DrivenLoop",
     }
 )
 

@@ -29,6 +29,7 @@ from stepwatch.protocol import limits as wire
 
 from . import samplers
 from .curves import ExpectedCurve
+from .driven_loop import DRIVEN_PIPELINES, drive
 from .errors import ModelError, ParamError
 from .inputs import ROLES, InputImages, InputSlots, image_size, input_slots, resolve_inputs
 from .params import DEFAULT_THRESHOLD, RequestedParams, ResolvedParams, default_cfg_max
@@ -134,6 +135,11 @@ class LoadedModel:
         return device
 
     @property
+    def guided(self) -> bool:
+        """Whether the pipeline takes a guidance scale at all (unconditional models do not)."""
+        return "guidance_scale" in self.call_parameters
+
+    @property
     def start_cfg(self) -> float:
         """The CFG a run starts with when it names none: the model's, within the protocol's
         range."""
@@ -151,6 +157,8 @@ class LoadedModel:
         self._check_prompts(request)
         steps = request.steps if request.steps is not None else d.steps
         cfg = request.cfg if request.cfg is not None else self.start_cfg
+        if not self.guided and cfg != self.start_cfg:
+            raise ParamError("cfg", "this model has no classifier-free guidance; leave cfg out")
         cfg_max = request.cfg_max
         if cfg_max is None:
             # The model's cap, as ``welcome`` announces it; a higher CFG must name its own.
@@ -357,6 +365,9 @@ def _preview_decoders(
         decoders["tiny"] = AutoencoderPreview(tiny_autoencoder, "tiny")
     if getattr(pipeline, "vae", None) is not None:
         decoders["vae"] = AutoencoderPreview(pipeline.vae, "vae")
+    own = getattr(pipeline, "own_preview_decoder", None)  # an engine-driven loop's (.kandinsky)
+    if own is not None:
+        decoders["vae"] = own
     if not decoders:
         raise ModelError("no preview decoder applies to this pipeline")
     return decoders
@@ -388,7 +399,8 @@ def _call_defaults(pipeline: Any) -> tuple[frozenset[str], int, float]:
         )
     if "callback_on_step_end" not in names:
         raise ModelError(
-            f"{kind} takes no callback_on_step_end, so the engine cannot watch its steps"
+            f"{kind} takes no callback_on_step_end, so the engine cannot watch its steps "
+            f"(it drives the loop itself only for {', '.join(DRIVEN_PIPELINES)})"
         )
     steps = parameters.get("num_inference_steps")
     cfg = parameters.get("guidance_scale")
@@ -440,8 +452,10 @@ def describe_pipeline(
     :class:`~.errors.ModelError` for a pipeline the engine cannot watch: one without
     ``callback_on_step_end``, a video pipeline, a tiny autoencoder of another latent space.
     A pipeline without an ``interrupt`` property is watched; the engine ends it at a step
-    boundary itself (see :mod:`.monitor`).
+    boundary itself (see :mod:`.monitor`). A ``DDPMPipeline`` or ``DDIMPipeline`` runs under the
+    engine's own loop (:mod:`.driven_loop`).
     """
+    pipeline = drive(pipeline)
     names, steps, cfg = _call_defaults(pipeline)
     family, factors = detect_family(pipeline)
     decoders = _preview_decoders(pipeline, family, factors, tiny_autoencoder)

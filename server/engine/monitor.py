@@ -18,7 +18,7 @@ A CFG raise sets the pipeline's ``_guidance_scale``, which the standard CFG pipe
 step, so it applies from the next step. An early stop or a ``finish`` stop re-plans the rest of
 the schedule into a short tail to zero noise (:mod:`.finish`); an ``estimate`` stop sets the
 pipeline's ``_interrupt`` flag and hands it the x0 estimate as its latents, which the pipeline
-decodes with its own decoder. A pipeline without an ``interrupt`` property (LCM, Kandinsky 3,
+decodes with its own decoder. A pipeline without an ``interrupt`` property (LCM, Lumina 2,
 AuraFlow, ...) is left by raising from the step callback at that step boundary instead, and the
 engine decodes the estimate with the model's VAE. An ``abort`` leaves the pipeline at once and
 returns no image.
@@ -346,7 +346,7 @@ class _MonitoredRun:
     ) -> dict[str, Any]:
         """End the loop after this step; the pipeline decodes ``x0`` in place of its latents.
 
-        A pipeline without ``interrupt`` (LCM, Kandinsky 3, ...) cannot be told to end its
+        A pipeline without ``interrupt`` (LCM, AuraFlow, Lumina 2) cannot be told to end its
         loop: the callback leaves it by raising, and the engine decodes ``x0`` itself."""
         if not hasattr(type(pipeline), "interrupt"):
             raise _EndedEarly(x0)
@@ -423,6 +423,8 @@ class _MonitoredRun:
                     old, self.interval = float(self.interval), int(value)
                 case "cfg":
                     why = cfg_refusal(self.start_cfg, value)
+                    if not self.model.guided:  # unconditional (DDPM, DDIM): nothing to guide
+                        why = "this model has no classifier-free guidance"
                     if not why and not self.model.guidance_live and self.step > 0:
                         why = "this model reads its guidance only once per run"
                     if why:

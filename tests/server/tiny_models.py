@@ -1,5 +1,5 @@
-"""Test helpers for the server tests: tiny random-weight SD, SDXL, SD3 and Flux pipelines built
-offline, and an event-recording sink.
+"""Test helpers for the server tests: tiny random-weight SD, SDXL, SD3, Flux, Kandinsky 2.2
+and pixel-space DDPM/DDIM pipelines built offline, and an event-recording sink.
 
 A module with its own name, not ``conftest``: test modules import it directly
 (``from tiny_models import ...``), which ``from conftest import`` cannot do safely once several
@@ -26,26 +26,38 @@ import torch  # noqa: E402
 from diffusers import (  # noqa: E402
     AutoencoderKL,
     AutoencoderTiny,
+    DDIMPipeline,
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     FluxTransformer2DModel,
+    KandinskyV22CombinedPipeline,
     LatentConsistencyModelPipeline,
     LCMScheduler,
+    PriorTransformer,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
+    UnCLIPScheduler,
     UNet2DConditionModel,
+    UNet2DModel,
+    VQModel,
 )
 from transformers import (  # noqa: E402
     CLIPConfig,
+    CLIPImageProcessor,
     CLIPModel,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
     T5Config,
     T5EncoderModel,
 )
@@ -97,7 +109,8 @@ def _text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
     )
 
 
-def _vae(scaling_factor: float) -> AutoencoderKL:
+def tiny_vae(scaling_factor: float) -> AutoencoderKL:
+    """The tiny 4-channel VAE of the SD-layout pipelines, with the family's scaling factor."""
     return AutoencoderKL(
         block_out_channels=(4, 8),
         in_channels=3,
@@ -131,7 +144,7 @@ def tiny_sd_unet(**options: Any) -> UNet2DConditionModel:
 def tiny_sd_parts(tokenizer: CLIPTokenizer) -> dict[str, Any]:
     """The tiny SD 1.x VAE and text encoder for ``tokenizer``, as pipeline keyword arguments."""
     return {
-        "vae": _vae(0.18215),
+        "vae": tiny_vae(0.18215),
         "text_encoder": CLIPTextModel(_text_config(tokenizer)),
         "tokenizer": tokenizer,
     }
@@ -144,7 +157,7 @@ def make_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     unet = tiny_sd_unet()
     pipeline = StableDiffusionPipeline(
         unet=unet,
-        vae=_vae(0.18215),
+        vae=tiny_vae(0.18215),
         text_encoder=CLIPTextModel(_text_config(tokenizer)),
         tokenizer=tokenizer,
         scheduler=DPMSolverMultistepScheduler(**SD_BETAS),
@@ -202,7 +215,7 @@ def make_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     config = _text_config(tokenizer)
     pipeline = StableDiffusionXLPipeline(
         unet=unet,
-        vae=_vae(0.13025),
+        vae=tiny_vae(0.13025),
         text_encoder=CLIPTextModel(config),
         text_encoder_2=CLIPTextModelWithProjection(config),
         tokenizer=tokenizer,
@@ -319,6 +332,105 @@ def make_flux_pipeline(seed: int = 0) -> FluxPipeline:
         transformer=transformer,
     )
     pipeline.default_sample_size = 16  # Flux's own is 128 latent pixels
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def tiny_pixel_unet(seed: int = 0) -> UNet2DModel:
+    """A tiny unconditional pixel-space UNet (3 channels, 8×8 images)."""
+    torch.manual_seed(seed)
+    return UNet2DModel(
+        sample_size=8,
+        block_out_channels=(4, 8),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=2,
+        layers_per_block=1,
+    )
+
+
+def make_ddpm_pipeline(seed: int = 0) -> DDPMPipeline:
+    """A tiny ``DDPMPipeline`` (no step callback), 8×8 images."""
+    pipeline = DDPMPipeline(unet=tiny_pixel_unet(seed), scheduler=DDPMScheduler())
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def make_ddim_pipeline(seed: int = 0) -> DDIMPipeline:
+    """A tiny ``DDIMPipeline`` (no step callback), 8×8 images."""
+    pipeline = DDIMPipeline(unet=tiny_pixel_unet(seed), scheduler=DDIMScheduler())
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def make_kandinsky22_pipeline(seed: int = 0) -> KandinskyV22CombinedPipeline:
+    """A tiny Kandinsky 2.2 text-to-image pipeline (prior and decoder), 32×32 images: a prior
+    transformer over a tiny CLIP text and image encoder, a UNet conditioned on image embeddings
+    with learned variance (8 output channels), MoVQ (whose spatial norms need 32-channel
+    blocks), DDPM for the decoder as the real model has."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        image_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        patch_size=8,
+        projection_dim=32,
+    )
+    unet = UNet2DConditionModel(
+        in_channels=4,
+        out_channels=8,
+        sample_size=16,
+        addition_embed_type="image",
+        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        encoder_hid_dim=32,
+        encoder_hid_dim_type="image_proj",
+        cross_attention_dim=16,
+        attention_head_dim=4,
+        resnet_time_scale_shift="scale_shift",
+        norm_num_groups=4,
+    )
+    movq = VQModel(
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "AttnDownEncoderBlock2D"),
+        up_block_types=("AttnUpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        norm_type="spatial",
+        num_vq_embeddings=12,
+        vq_embed_dim=4,
+    )
+    pipeline = KandinskyV22CombinedPipeline(
+        unet=unet,
+        scheduler=DDPMScheduler(
+            beta_schedule="linear",
+            beta_start=0.00085,
+            beta_end=0.012,
+            clip_sample=False,
+            steps_offset=1,
+            variance_type="learned_range",
+        ),
+        movq=movq,
+        prior_prior=PriorTransformer(
+            num_attention_heads=2, attention_head_dim=16, embedding_dim=32, num_layers=1
+        ),
+        prior_image_encoder=CLIPVisionModelWithProjection(vision),
+        prior_text_encoder=CLIPTextModelWithProjection(_text_config(tokenizer)),
+        prior_tokenizer=tokenizer,
+        prior_scheduler=UnCLIPScheduler(
+            variance_type="fixed_small_log", prediction_type="sample", clip_sample_range=10.0
+        ),
+        prior_image_processor=CLIPImageProcessor(
+            crop_size=32, size=32, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        ),
+    )
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
