@@ -93,7 +93,7 @@ SERVICE_MODULES := app bridge catalog cli config connections devicequeue eventlo
 	harness http liverun outbox runs serving steering watching session store store.archive \
 	store.database store.history store.previews store.recording comfyui.adapter comfyui.chart \
 	comfyui.install engine.control engine.events engine.model engine.monitor engine.params \
-	engine.pipeline_call engine.policy engine.lanes engine.search engine.steptimer engine.strategies
+	engine.pipeline_call engine.policy engine.checking engine.lanes engine.search engine.steptimer engine.strategies
 
 # mypy cannot follow setuptools' package-dir mapping, so it reads the packages through a tree of
 # links that spells their import names (stepwatch/protocol -> protocol/, ...).

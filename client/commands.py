@@ -189,6 +189,11 @@ def generate(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--preview-decoder", help="one of the model's preview decoders")
     group.add_argument("--check-interval", type=int, help="score the estimate every N steps")
     group.add_argument(
+        "--checks",
+        choices=["strict", "overlapped"],
+        help="overlapped: checks run beside the sampler, each decision one step later",
+    )
+    group.add_argument(
         "--threshold",
         dest="quality_threshold",
         type=float,
@@ -259,6 +264,7 @@ _RUN_OPTIONS: Final = (
     "cfg_max",
     "min_steps",
     "early_stop",
+    "checks",
 )
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol, Self, TypedDict
 from stepwatch.protocol import (
     Applied,
     CandidateResult,
+    CheckMode,
     Finished,
     FinishReason,
     HistoryEntry,
@@ -151,6 +152,7 @@ class RunOptions(TypedDict, total=False):
     preview_decoder: str | None
     candidates: int
     search: SearchSettings | None
+    checks: CheckMode | None
 
 
 class RunHandle:

@@ -78,6 +78,7 @@ from .session import (
     Unasked,
 )
 from .values import (
+    CheckMode,
     Decision,
     FinishReason,
     PreviewFormat,
@@ -132,6 +133,7 @@ __all__ = [
     "Pong",
     "Preview",
     "PreviewFormat",
+    "CheckMode",
     "Progress",
     "ProtocolError",
     "ResumePoint",

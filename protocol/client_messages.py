@@ -17,6 +17,7 @@ from .search import Candidates, SearchSettings
 from .values import (
     ApiToken,
     Cfg,
+    CheckMode,
     ControlToken,
     Count,
     ImageSize,
@@ -140,6 +141,9 @@ class Start:
     candidates: Candidates = field(default=1, metadata=ADDED)
     #: The search's strategy and settings; ``None`` for best-of-N with the defaults.
     search: SearchSettings | None = field(default=None, metadata=ADDED)
+    #: ``overlapped``: checks run beside the sampler and each decision applies one step after
+    #: its check; ``strict``: the sampler waits for each check; ``None`` for the server's default.
+    checks: CheckMode | None = field(default=None, metadata=ADDED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from .search import CandidateFate, CandidateIndex, Candidates, SearchSettings
 from .values import (
     SETTINGS,
     Cfg,
+    CheckMode,
     ControlToken,
     Count,
     Decision,
@@ -160,6 +161,8 @@ class RunParameters:
     candidates: Candidates = field(default=1, metadata=ADDED)
     #: The search's strategy and settings; ``None`` for a single run.
     search: SearchSettings | None = field(default=None, metadata=ADDED)
+    #: How the checks ran (a search's always run ``strict``).
+    checks: CheckMode = field(default="strict", metadata=ADDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +422,9 @@ class Check:
     candidates: Annotated[tuple[CandidateScore, ...], Length(0, limits.MAX_CANDIDATES)] = field(
         default=(), metadata=ADDED
     )
+    #: The steps done when the decision took effect, when later than ``step`` (an overlapped
+    #: check applies one step after its estimate); ``None``: at ``step``.
+    applied_step: Step | None = field(default=None, metadata=ADDED)
 
     def entry(self, elapsed: float) -> HistoryEntry:
         """The check as the run's quality history keeps it, made ``elapsed`` seconds into
@@ -443,6 +449,8 @@ class Adjusted:
     new: float
     #: Why, for people.
     reason: Text
+    #: The step of the check that decided it, when earlier than ``step`` (overlapped checks).
+    check_step: Step | None = field(default=None, metadata=ADDED)
 
 
 @dataclass(frozen=True, slots=True)

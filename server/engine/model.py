@@ -30,7 +30,13 @@ from stepwatch.protocol import limits as wire
 from . import samplers
 from .curves import ExpectedCurve
 from .errors import ModelError, ParamError
-from .params import DEFAULT_THRESHOLD, RequestedParams, ResolvedParams, default_cfg_max
+from .params import (
+    DEFAULT_CHECKS,
+    DEFAULT_THRESHOLD,
+    RequestedParams,
+    ResolvedParams,
+    default_cfg_max,
+)
 from .previews import (
     FLUX_FACTORS,
     SD3_FACTORS,
@@ -178,6 +184,11 @@ class LoadedModel:
         if min_steps > steps:
             raise ParamError("min_steps", f"must not exceed steps ({steps})")
         threshold = request.quality_threshold
+        checks = request.checks or DEFAULT_CHECKS
+        if checks == "overlapped" and request.wire_default("candidates") > 1:
+            raise ParamError(
+                "checks", "a search's checks run strict: it reorders its batch from each check"
+            )
         parameters = RunParameters(
             model=self.name,
             prompt=request.prompt,
@@ -205,6 +216,7 @@ class LoadedModel:
             search=(request.search or DEFAULT_SEARCH)
             if request.wire_default("candidates") > 1
             else None,
+            checks=checks,
         )
         return ResolvedParams(parameters, decoder, request.initial_latent)
 

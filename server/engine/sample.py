@@ -69,6 +69,11 @@ def sample(parser: argparse.ArgumentParser) -> None:
         help="register a custom verifier for this run (repeatable)",
     )
     parser.add_argument("--check-interval", type=int, default=5, help="steps between checks")
+    parser.add_argument(
+        "--checks",
+        choices=["strict", "overlapped"],
+        help="overlapped: checks run beside the sampler, each decision one step later",
+    )
     parser.add_argument("--threshold", type=float, default=0.7, help="quality threshold in [0, 1]")
     parser.add_argument("--scale-factor", type=float, default=1.25, help="CFG raise factor")
     parser.add_argument("--cfg-max", type=float, help="cap on CFG raises (2 x cfg)")
@@ -142,6 +147,7 @@ def _sample(args: argparse.Namespace) -> int:
                 preview_format=args.preview_format,
                 candidates=args.candidates,
                 search=search_settings(args),
+                checks=args.checks,
             )
         )
     except EngineError as exc:
