@@ -40,10 +40,11 @@ from typing import Final
 
 import torch
 
-from stepwatch.protocol import CheckMode, ErrorCode, Preview, PreviewFormat, RunError
+from stepwatch.protocol import Check, CheckMode, ErrorCode, Preview, PreviewFormat, RunError
 
 from .errors import VerifierError
-from .events import fit_components, fit_text
+from .events import fit_cfg, fit_components, fit_score, fit_text
+from .policy import PolicyDecision
 from .previews import PreviewDecoder, encode_thumbnail, to_uint8
 from .verifiers import Verifier, score_batch
 
@@ -75,6 +76,20 @@ class CheckOutcome:
     score: float
     components: Mapping[str, float]
     preview: Preview | None
+
+    def event(self, decision: PolicyDecision, threshold: float, applied: int) -> Check:
+        """The ``check`` event of this outcome, decided so and applied after step ``applied``."""
+        return Check(
+            step=self.step,
+            score=fit_score(self.score),
+            components=self.components,
+            threshold=fit_score(threshold),
+            decision=decision.decision,
+            reason=fit_text(decision.reason),
+            cfg=fit_cfg(self.cfg),
+            preview=self.preview,
+            applied_step=applied if applied > self.step else None,
+        )
 
 
 @dataclass(frozen=True)

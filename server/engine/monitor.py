@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,7 +47,6 @@ from stepwatch import protocol
 from stepwatch.protocol import (
     Adjusted,
     Applied,
-    Check,
     Decision,
     Error,
     ErrorCode,
@@ -69,8 +68,6 @@ from .errors import UnsupportedScheduler, VerifierError
 from .events import (
     EngineEvent,
     EventSink,
-    fit_cfg,
-    fit_score,
     fit_seconds,
     fit_text,
 )
@@ -109,13 +106,6 @@ class _Aborted(Exception):
     def __init__(self, reason: FinishReason) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclasses.dataclass(frozen=True)
-class _Scored:
-    step: int
-    score: float
-    components: Mapping[str, float]
 
 
 def run_monitored(
@@ -472,25 +462,12 @@ class _MonitoredRun:
         if outcome is None:
             return None
         later = self.step > outcome.step
-        scored: list[Scored] = [
-            *self.history,
-            _Scored(outcome.step, outcome.score, outcome.components),
-        ]
+        scored: list[Scored] = [*self.history, outcome]
         total = self.step if last else self.total
         decision = decide(
             scored, self.settings, cfg=self.cfg, total_steps=total, applies_at=self.step
         )
-        check = Check(
-            step=outcome.step,
-            score=fit_score(outcome.score),
-            components=outcome.components,
-            threshold=fit_score(self.settings.quality_threshold),
-            decision=decision.decision,
-            reason=fit_text(decision.reason),
-            cfg=fit_cfg(outcome.cfg),
-            preview=outcome.preview,
-            applied_step=self.step if later else None,
-        )
+        check = outcome.event(decision, self.settings.quality_threshold, self.step)
         self.history.append(check.entry(fit_seconds(self.clock() - self.started)))
         self._emit(check)
         if decision.decision == "raise_cfg":

@@ -212,9 +212,10 @@ class LinePrinter(EventPrinter):
                     self.stream.flush()
             case Check() as q:
                 parts = " ".join(f"{k} {v:.2f}" for k, v in q.components.items())
+                later = "" if q.applied_step is None else f" (applied at step {q.applied_step})"
                 self._line(
                     f"  step {q.step:>3}  score {q.score:.3f}  [{parts}]  cfg {q.cfg:g}  "
-                    f"{q.decision}: {q.reason}"
+                    f"{q.decision}{later}: {q.reason}"
                 )
                 for line in candidate_table(q):
                     self._line(line)
