@@ -90,7 +90,11 @@ def _with(request: RequestedParams, **changes: Any) -> RequestedParams:
     return replace(request, **changes)
 
 
-def _measure(setup: Setup, registry: VerifierRegistry, repeats: int) -> dict[str, Any]:
+def _measure(
+    setup: Setup, registry: VerifierRegistry, repeats: int, progress: Any = None
+) -> dict[str, Any]:
+    """Time ``setup``'s configurations; ``progress`` receives the result so far after each
+    repeat (a long run on a busy machine leaves its figures behind if it is stopped)."""
     configs = _configs(setup)
     resolved = [setup.model.resolve(request) for _, request in configs]
 
@@ -100,13 +104,23 @@ def _measure(setup: Setup, registry: VerifierRegistry, repeats: int) -> dict[str
         assert result.reason == "completed", result.error
         return time.perf_counter() - start
 
-    for index in range(len(configs)):  # warm up
-        once(index)
+    once(0)  # warm up: the first call allocates; each decoder's first decode too
+    for decoder in setup.decoders:
+        once(next(i for i, (_, r) in enumerate(configs) if r.preview_decoder == decoder))
     walls: list[list[float]] = [[] for _ in configs]
     for repeat in range(repeats):
         offset = repeat % len(configs)
         for index in [*range(offset, len(configs)), *range(offset)]:
             walls[index].append(once(index))
+        if progress is not None:
+            progress(_summary(setup, configs, resolved, walls))
+    return _summary(setup, configs, resolved, walls)
+
+
+def _summary(
+    setup: Setup, configs: list[tuple[str, RequestedParams]], resolved: list[Any],
+    walls: list[list[float]],
+) -> dict[str, Any]:  # fmt: skip
     rows = []
     for (name, request), times in zip(configs, walls, strict=True):
         paired = [t / b for t, b in zip(times, walls[0], strict=True)]
@@ -131,11 +145,23 @@ def _measure(setup: Setup, registry: VerifierRegistry, repeats: int) -> dict[str
 
 
 def measure_overlap(
-    builtin: LoadedModel, registry: VerifierRegistry, repeats: int
+    builtin: LoadedModel, registry: VerifierRegistry, repeats: int, progress: Any = None
 ) -> list[dict[str, Any]]:
-    """Strict and overlapped checks against none, on tiny SD at 512 px and the built-in model."""
+    """Strict and overlapped checks against none, on the built-in model and tiny SD at 512 px;
+    ``progress`` receives every result so far after each repeat."""
     tiny = tiny_sd_512()
     setups = [
+        Setup(
+            "built-in shapes, 32 px",
+            builtin,
+            RequestedParams(
+                "small red triangle on a dark background",
+                seed=0,
+                quality_threshold=0.0,
+                early_stop=False,
+            ),  # fmt: skip
+            (builtin.defaults.preview_decoder,),
+        ),
         Setup(
             "tiny SD 1.x, 512 px",
             tiny,
@@ -152,19 +178,12 @@ def measure_overlap(
             ),  # fmt: skip
             ("tiny", "vae"),
         ),
-        Setup(
-            "built-in shapes, 32 px",
-            builtin,
-            RequestedParams(
-                "small red triangle on a dark background",
-                seed=0,
-                quality_threshold=0.0,
-                early_stop=False,
-            ),  # fmt: skip
-            (builtin.defaults.preview_decoder,),
-        ),
     ]
-    return [_measure(setup, registry, repeats) for setup in setups]
+    done: list[dict[str, Any]] = []
+    for setup in setups:
+        report = None if progress is None else (lambda now: progress([*done, now]))
+        done.append(_measure(setup, registry, repeats, report))
+    return done
 
 
 def print_overlap(results: list[dict[str, Any]]) -> None:

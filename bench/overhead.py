@@ -193,7 +193,12 @@ def main() -> None:
         report["overhead"] = measure_overhead(model, registry, args.repeats)
         print_report(report["overhead"])
     if args.part in ("all", "overlap"):
-        report["overlap"] = measure_overlap(model, registry, args.repeats)
+        partial = args.out.with_name(args.out.stem + "-partial.json")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        report["overlap"] = measure_overlap(
+            model, registry, args.repeats,
+            lambda now: partial.write_text(json.dumps({"overlap": now}, indent=2)),
+        )  # fmt: skip
         print_overlap(report["overlap"])
     load["after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)

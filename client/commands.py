@@ -264,7 +264,6 @@ _RUN_OPTIONS: Final = (
     "cfg_max",
     "min_steps",
     "early_stop",
-    "checks",
 )
 
 
@@ -272,6 +271,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     """The ``start`` fields the user gave on the command line."""
     given = {name: getattr(args, name) for name in _RUN_OPTIONS}
     given["candidates"] = getattr(args, "candidates", None)
+    given["checks"] = getattr(args, "checks", None)
     given["search"] = search_settings(args) if hasattr(args, "search") else None
     return cast(RunOptions, {name: value for name, value in given.items() if value is not None})
 
