@@ -93,7 +93,7 @@ SERVICE_MODULES := app bridge catalog cli config connections devicequeue eventlo
 	harness http liverun outbox runs serving steering watching session store store.archive \
 	store.database store.history store.previews store.recording comfyui.adapter comfyui.candidates comfyui.chart \
 	comfyui.install engine.control engine.events engine.model engine.monitor engine.params \
-	engine.pipeline_call engine.policy engine.lanes engine.batch engine.candidates engine.search engine.steptimer engine.strategies
+	engine.pipeline_call engine.policy engine.checking engine.lanes engine.batch engine.candidates engine.search engine.steptimer engine.strategies
 # Input images: the upload checks, their table, and what a pipeline takes.
 SERVICE_MODULES += uploads store.uploads engine.inputs
 # Pipelines whose loop the engine drives itself: DDPM/DDIM, Kandinsky 2.2.

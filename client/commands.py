@@ -205,6 +205,11 @@ def generate(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--preview-decoder", help="one of the model's preview decoders")
     group.add_argument("--check-interval", type=int, help="score the estimate every N steps")
     group.add_argument(
+        "--checks",
+        choices=["strict", "overlapped"],
+        help="overlapped: checks run beside the sampler, each decision one step later",
+    )
+    group.add_argument(
         "--threshold",
         dest="quality_threshold",
         type=float,
@@ -324,6 +329,7 @@ def run_options(args: argparse.Namespace) -> RunOptions:
     given["candidates"] = getattr(args, "candidates", None)
     for name in ("strength", "control_scale"):  # the input-image options, where a command has them
         given[name] = getattr(args, name, None)
+    given["checks"] = getattr(args, "checks", None)
     given["search"] = search_settings(args) if hasattr(args, "search") else None
     return cast(RunOptions, {name: value for name, value in given.items() if value is not None})
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol, Self, TypedDict
 from stepwatch.protocol import (
     Applied,
     CandidateResult,
+    CheckMode,
     Finished,
     FinishReason,
     HistoryEntry,
@@ -172,6 +173,7 @@ class RunOptions(TypedDict, total=False):
     control_image: str | None
     strength: float | None
     control_scale: float | None
+    checks: CheckMode | None
 
 
 class RunHandle:

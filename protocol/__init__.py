@@ -88,6 +88,7 @@ from .session import (
     Unasked,
 )
 from .values import (
+    CheckMode,
     Decision,
     FinishReason,
     PreviewFormat,
@@ -147,6 +148,7 @@ __all__ = [
     "Pong",
     "Preview",
     "PreviewFormat",
+    "CheckMode",
     "Progress",
     "ProtocolError",
     "ResumePoint",

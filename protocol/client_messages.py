@@ -25,6 +25,7 @@ from .search import (
 from .values import (
     ApiToken,
     Cfg,
+    CheckMode,
     ControlScale,
     ControlToken,
     Count,
@@ -162,6 +163,9 @@ class Start:
     strength: Strength | None = field(default=None, metadata=ADDED)
     #: The ControlNet's conditioning scale; ``None`` for the model's default.
     control_scale: ControlScale | None = field(default=None, metadata=ADDED)
+    #: ``overlapped``: checks run beside the sampler and each decision applies one step after
+    #: its check; ``strict``: the sampler waits for each check; ``None`` for the server's default.
+    checks: CheckMode | None = field(default=None, metadata=ADDED)
 
 
 @dataclass(frozen=True, slots=True)

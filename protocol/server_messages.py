@@ -27,6 +27,7 @@ from .search import (
 from .values import (
     SETTINGS,
     Cfg,
+    CheckMode,
     ControlScale,
     ControlToken,
     Count,
@@ -177,6 +178,8 @@ class RunParameters:
     control_image: UploadId | None = field(default=None, metadata=ADDED)
     strength: Strength | None = field(default=None, metadata=ADDED)
     control_scale: ControlScale | None = field(default=None, metadata=ADDED)
+    #: How the checks ran (a search's always run ``strict``).
+    checks: CheckMode = field(default="strict", metadata=ADDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +445,9 @@ class Check:
     candidates: Annotated[tuple[CandidateScore, ...], Length(0, limits.MAX_CANDIDATES)] = field(
         default=(), metadata=ADDED
     )
+    #: The steps done when the decision took effect, when later than ``step`` (an overlapped
+    #: check applies one step after its estimate); ``None``: at ``step``.
+    applied_step: Step | None = field(default=None, metadata=ADDED)
 
     def entry(self, elapsed: float) -> HistoryEntry:
         """The check as the run's quality history keeps it, made ``elapsed`` seconds into
@@ -466,6 +472,8 @@ class Adjusted:
     new: float
     #: Why, for people.
     reason: Text
+    #: The step of the check that decided it, when earlier than ``step`` (overlapped checks).
+    check_step: Step | None = field(default=None, metadata=ADDED)
 
 
 @dataclass(frozen=True, slots=True)

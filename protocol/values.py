@@ -122,6 +122,9 @@ StopMode: TypeAlias = Literal["finish", "estimate", "abort"]
 Setting: TypeAlias = Literal["quality_threshold", "scale_factor", "check_interval", "cfg"]
 #: Every :data:`Setting`, in order.
 SETTINGS: Final[tuple[str, ...]] = get_args(Setting)
+#: How a run's checks are computed: ``strict`` on the sampler's thread, the decision applied at
+#: the check's own step; ``overlapped`` beside the sampler, the decision applied one step later.
+CheckMode: TypeAlias = Literal["strict", "overlapped"]
 #: The encodings of preview thumbnails.
 PreviewFormat: TypeAlias = Literal["webp", "jpeg", "png"]
 #: Where a run is in its life.

@@ -27,6 +27,7 @@ from stepwatch.protocol import (
 )
 from stepwatch.protocol import limits as wire
 from stepwatch.server.config import ServiceLimits
+from stepwatch.server.engine.candidates import search_refusal
 from stepwatch.server.engine.errors import ParamError
 from stepwatch.server.engine.inputs import InputImages
 from stepwatch.server.engine.model import LoadedModel
@@ -40,7 +41,6 @@ from stepwatch.server.engine.params import (
     default_cfg_max,
 )
 from stepwatch.server.engine.policy import cfg_refusal
-from stepwatch.server.engine.candidates import search_refusal
 from stepwatch.server.engine.verifiers import BUILTIN_COMPONENTS, VerifierRegistry
 
 __all__ = ["Catalog", "ResolvedRun"]

@@ -32,7 +32,13 @@ from .curves import ExpectedCurve
 from .driven_loop import DRIVEN_PIPELINES, drive
 from .errors import ModelError, ParamError
 from .inputs import ROLES, InputImages, InputSlots, image_size, input_slots, resolve_inputs
-from .params import DEFAULT_THRESHOLD, RequestedParams, ResolvedParams, default_cfg_max
+from .params import (
+    DEFAULT_CHECKS,
+    DEFAULT_THRESHOLD,
+    RequestedParams,
+    ResolvedParams,
+    default_cfg_max,
+)
 from .previews import (
     FLUX_FACTORS,
     SD3_FACTORS,
@@ -208,6 +214,11 @@ class LoadedModel:
                     f"{candidates} final images of {width} x {height} may not fit in one "
                     "frame; ask for fewer candidates, smaller images or images 'chosen'",
                 )
+        checks = request.checks or DEFAULT_CHECKS
+        if checks == "overlapped" and request.wire_default("candidates") > 1:
+            raise ParamError(
+                "checks", "a search's checks run strict: it reorders its batch from each check"
+            )
         parameters = RunParameters(
             model=self.name,
             prompt=request.prompt,
@@ -240,6 +251,7 @@ class LoadedModel:
             control_image=request.control_image,
             strength=taken.strength,
             control_scale=taken.control_scale,
+            checks=checks,
         )
         return ResolvedParams(parameters, decoder, request.initial_latent, request.inputs)
 

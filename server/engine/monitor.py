@@ -6,9 +6,11 @@ denoising step:
 1. emits ``progress``;
 2. takes the control's pending requests and applies them (``set`` changes, ``stop``);
 3. every ``check_interval`` steps (the current interval, which a ``set`` may change), takes the
-   x0 estimate, decodes it once with the preview decoder, scores that image with the verifier,
-   asks the policy, applies its decision and emits ``check`` (and ``adjusted`` when CFG was
-   raised).
+   x0 estimate, decodes it once with the preview decoder and scores that image with the
+   verifier; when that check is due, it asks the policy, applies its decision and emits
+   ``check`` (and ``adjusted`` when CFG was raised). A ``strict`` run's check is due at once; an
+   ``overlapped`` run's is computed beside the sampler and due one step later, before that
+   step's controls (:mod:`.checking`).
 
 The events are the protocol's (see :mod:`.events`); the run's result is its ``finished``.
 
@@ -35,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -45,7 +47,7 @@ from stepwatch import protocol
 from stepwatch.protocol import (
     Adjusted,
     Applied,
-    Check,
+    Decision,
     Error,
     ErrorCode,
     Finished,
@@ -59,15 +61,13 @@ from stepwatch.protocol import (
     StopMode,
 )
 
+from .checking import CheckFailed, CheckOutcome, CheckRunner, CheckWork
 from .control import PendingControls, RunControl, SetRequest, StopRequest
 from .curves import ExpectedCurve, curve_key
 from .errors import UnsupportedScheduler, VerifierError
 from .events import (
     EngineEvent,
     EventSink,
-    fit_cfg,
-    fit_components,
-    fit_score,
     fit_seconds,
     fit_text,
 )
@@ -75,11 +75,11 @@ from .finish import Tail, plan_tail, schedule_position
 from .model import LoadedModel
 from .params import ResolvedParams
 from .pipeline_call import call_arguments, classify_failure, emit_finished
-from .policy import CFG_OFF_AT, PolicyDecision, PolicySettings, Scored, cfg_refusal, decide
-from .previews import PreviewDecoder, encode_png, encode_thumbnail, to_uint8
+from .policy import CFG_OFF_AT, PolicySettings, Scored, cfg_refusal, decide
+from .previews import PreviewDecoder, encode_png, to_uint8
 from .search import run_search
 from .steptimer import StepTimer
-from .verifiers import Verifier, VerifierRegistry, score_batch
+from .verifiers import Verifier, VerifierRegistry
 from .x0 import StepCapture
 
 logger = logging.getLogger(__name__)
@@ -106,13 +106,6 @@ class _Aborted(Exception):
     def __init__(self, reason: FinishReason) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclasses.dataclass(frozen=True)
-class _Scored:
-    step: int
-    score: float
-    components: Mapping[str, float]
 
 
 def run_monitored(
@@ -160,7 +153,7 @@ def run_monitored(
 class _MonitoredRun:
     """The state of one run, driven by the pipeline's step callback.
 
-    Its 18 methods are the phases of that one callback (progress, controls, check, finishing
+    Its 21 methods are the phases of that one callback (progress, controls, check, finishing
     tail, the end) over state they all read and change at every step (the step, the CFG in use,
     the policy's settings, the history, the tail); split into classes, each would reach into the
     others' state at every step, so they stay together, grouped by phase below."""
@@ -205,6 +198,11 @@ class _MonitoredRun:
         self.capture: StepCapture | None = None
         self.tail: Tail | None = None
         self.finishing_total = 0
+        work = CheckWork(
+            decoder, verifier, params.verifier, params.prompt, params.preview_size,
+            params.preview_format,
+        )  # fmt: skip
+        self.checks = CheckRunner(work, params.checks)
 
     # -- the run as a whole --------------------------------------------------------------------
 
@@ -222,16 +220,18 @@ class _MonitoredRun:
             self._emit(Started(self.params))
             self._apply_controls(self.control.take())  # a stop before the first step aborts
             output = pipeline(**self._call_arguments(device))
+            self._apply_check(self.checks.drain(), last=True)
             return self._finish_result(_first_image(output), self.ending or "completed")
         except _EndedEarly as ended:
             return self._finish_early(ended.x0)
         except _Aborted as abort:
             return self._end(abort.reason, None)
-        except _Failed as failed:
+        except (_Failed, CheckFailed) as failed:
             return self._end("failed", failed.error)
         except Exception as exc:  # no error inside a run may escape into the caller's thread
             return self._end("failed", classify_failure(exc))
         finally:
+            self.checks.close()
             if self.capture is not None:
                 self.capture.remove()
             pipeline.scheduler = own_scheduler
@@ -300,16 +300,26 @@ class _MonitoredRun:
         if self.tail is not None:
             return self._on_tail_step(pipeline, tensors)
         self._emit(self._progress())
+        # An overlapped check of an earlier step is decided before this step's controls, with
+        # the settings it would have been decided with at its own step.
+        if self._apply_check(self.checks.due(self.step)) == "early_stop":
+            return self._stop_early(pipeline, tensors, timestep)
         stop = self._apply_controls(self.control.take())
         if stop == "estimate":
             return self._stop_with_x0(pipeline, tensors, self._x0())
         if stop == "finish":
             return self._begin_tail(pipeline, tensors, timestep)
         if self.step - self.last_check >= self.interval:
-            if self._check().decision == "early_stop":
-                self.ending = "early_stop"
-                return self._begin_tail(pipeline, tensors, timestep)
+            self.last_check = self.step
+            x0 = self.model.to_spatial(self._estimate(), self.params.width, self.params.height)
+            self.checks.submit(self.step, x0, self.cfg, self.total)
+            if self._apply_check(self.checks.due(self.step)) == "early_stop":
+                return self._stop_early(pipeline, tensors, timestep)
         return {}
+
+    def _stop_early(self, pipeline: Any, tensors: dict[str, Any], timestep: Any) -> dict[str, Any]:
+        self.ending = "early_stop"
+        return self._begin_tail(pipeline, tensors, timestep)
 
     def _begin_tail(self, pipeline: Any, tensors: dict[str, Any], timestep: Any) -> dict[str, Any]:
         """Re-plan the rest of the schedule into a short tail to zero noise (see
@@ -370,12 +380,15 @@ class _MonitoredRun:
             return self._end("failed", classify_failure(exc))
 
     def _x0(self) -> torch.Tensor:
+        return self._finite(self._estimate())
+
+    def _estimate(self) -> torch.Tensor:
+        """The x0 estimate of the last step, read from the scheduler (on this thread only)."""
         assert self.capture is not None
         try:
-            x0 = self.capture.x0()
+            return self.capture.x0()
         except UnsupportedScheduler as exc:
             raise _Failed(ErrorCode.UNSUPPORTED_SCHEDULER, str(exc)) from exc
-        return self._finite(x0)
 
     def _finite(self, x0: torch.Tensor) -> torch.Tensor:
         if not bool(torch.isfinite(x0).all()):
@@ -454,39 +467,27 @@ class _MonitoredRun:
 
     # -- checks --------------------------------------------------------------------------------
 
-    def _check(self) -> PolicyDecision:
-        self.last_check = self.step
-        params = self.params
-        x0 = self.model.to_spatial(self._x0(), params.width, params.height)
-        images = self.decoder.decode(x0)
-        try:
-            score = score_batch(self.verifier, images, params.prompt)[0]
-        except VerifierError as exc:
-            raise _Failed(ErrorCode.VERIFIER_FAILED, f"verifier {params.verifier}: {exc}") from exc
-        components = fit_components(score.components)
-        scored: list[Scored] = [*self.history, _Scored(self.step, score.value, components)]
-        decision = decide(scored, self.settings, cfg=self.cfg, total_steps=self.total)
-        preview = None
-        if params.preview_size > 0:
-            pixels = to_uint8(images[:1])[0]
-            preview = encode_thumbnail(pixels, params.preview_size, params.preview_format)
-        check = Check(
-            step=self.step,
-            score=fit_score(score.value),
-            components=components,
-            threshold=fit_score(self.settings.quality_threshold),
-            decision=decision.decision,
-            reason=fit_text(decision.reason),
-            cfg=fit_cfg(self.cfg),
-            preview=preview,
+    def _apply_check(self, outcome: CheckOutcome | None, *, last: bool = False) -> Decision | None:
+        """Decide on a due check at this step's boundary, apply the decision and emit its
+        ``check`` (and ``adjusted``); ``last``: the loop has ended, nothing can change."""
+        if outcome is None:
+            return None
+        later = self.step > outcome.step
+        scored: list[Scored] = [*self.history, outcome]
+        total = self.step if last else self.total
+        decision = decide(
+            scored, self.settings, cfg=self.cfg, total_steps=total, applies_at=self.step
         )
+        check = outcome.event(decision, self.settings.quality_threshold, self.step)
         self.history.append(check.entry(fit_seconds(self.clock() - self.started)))
         self._emit(check)
         if decision.decision == "raise_cfg":
             old = self.cfg
             self._set_cfg(decision.cfg)
-            self._emit(Adjusted(self.step, "cfg", old, decision.cfg, fit_text(decision.reason)))
-        return decision
+            reason = fit_text(decision.reason)
+            origin = outcome.step if later else None
+            self._emit(Adjusted(self.step, "cfg", old, decision.cfg, reason, check_step=origin))
+        return decision.decision
 
 
 def _planned_steps(

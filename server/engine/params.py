@@ -42,12 +42,13 @@ from stepwatch.protocol import (
 )
 from stepwatch.protocol import limits as wire
 from stepwatch.protocol.schema import compile_record
-from stepwatch.protocol.values import SETTINGS, PreviewFormat
+from stepwatch.protocol.values import SETTINGS, CheckMode, PreviewFormat
 
 from .errors import ParamError
 from .inputs import InputImages
 
 __all__ = [
+    "DEFAULT_CHECKS",
     "DEFAULT_THRESHOLD",
     "MIN_PREVIEW_SIZE",
     "PROMPT_FIELDS",
@@ -76,6 +77,10 @@ _START_DEFAULTS: Final[Mapping[str, Any]] = {
 }
 #: The quality threshold of a run that names none (the protocol leaves it to the verifier).
 DEFAULT_THRESHOLD: Final = 0.7
+#: How the checks of a run that names none are computed: ``strict``, so that a client written
+#: before ``checks`` existed gets the run it always got (an early stop one step later, a CFG
+#: raise one step later would change its images); ``overlapped`` is asked for per run.
+DEFAULT_CHECKS: Final[CheckMode] = "strict"
 #: Width and height are multiples of this, for every model.
 SIZE_MULTIPLE: Final = 8
 #: The smallest thumbnail; ``preview_size`` 0 asks for none.
@@ -109,9 +114,10 @@ class RequestedParams:
     """What a caller asks a run to do; ``None`` is "the default" (see the module's docstring).
 
     ``preview_decoder`` names one of the model's decoders (``linear``, ``tiny``, ``vae``,
-    ``identity``). ``initial_latent``, when given, replaces the seeded starting noise: an array
-    of the model's latent shape (batch 1) holding unit-variance noise, which the scheduler scales
-    as it would its own. Checked on construction.
+    ``identity``); ``checks`` is ``strict`` or ``overlapped`` (see :mod:`.checking`).
+    ``initial_latent``, when given, replaces the seeded starting noise: an array of the model's
+    latent shape (batch 1) holding unit-variance noise, which the scheduler scales as it would
+    its own. Checked on construction.
     """
 
     prompt: str
@@ -142,6 +148,7 @@ class RequestedParams:
     control_image: str | None = None
     strength: float | None = None
     control_scale: float | None = None
+    checks: CheckMode | None = None
     initial_latent: LatentArray | None = field(default=None, compare=False, repr=False)
     #: The decoded images of the uploads ``image``, ``mask`` and ``control_image`` name.
     inputs: InputImages | None = field(default=None, compare=False, repr=False)

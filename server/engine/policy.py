@@ -98,17 +98,23 @@ class PolicyDecision:
 
 
 def decide(
-    history: Sequence[Scored], settings: PolicySettings, *, cfg: float, total_steps: int
+    history: Sequence[Scored],
+    settings: PolicySettings,
+    *,
+    cfg: float,
+    total_steps: int,
+    applies_at: int | None = None,
 ) -> PolicyDecision:
     """Decide after the latest check, the last entry of ``history``.
 
     ``cfg`` is the guidance scale in use; ``total_steps`` the run's planned number of steps (no
-    action is taken at the last step, when there is nothing left to change).
+    action is taken at the last step, when there is nothing left to change); ``applies_at`` the
+    step after which the decision takes effect, when later than the check's (overlapped checks).
     """
     if not history:
         raise ValueError("decide needs at least one check in the history")
     latest = history[-1]
-    if latest.step >= total_steps:
+    if max(latest.step, applies_at or 0) >= total_steps:
         return _keep(cfg, f"score {latest.score:.3f} at the last step; nothing left to change")
     if latest.score >= settings.quality_threshold:
         return _at_or_above_threshold(history, settings, cfg)

@@ -78,6 +78,11 @@ def sample(parser: argparse.ArgumentParser) -> None:
         help="register a custom verifier for this run (repeatable)",
     )
     parser.add_argument("--check-interval", type=int, default=5, help="steps between checks")
+    parser.add_argument(
+        "--checks",
+        choices=["strict", "overlapped"],
+        help="overlapped: checks run beside the sampler, each decision one step later",
+    )
     parser.add_argument("--threshold", type=float, default=0.7, help="quality threshold in [0, 1]")
     parser.add_argument("--scale-factor", type=float, default=1.25, help="CFG raise factor")
     parser.add_argument("--cfg-max", type=float, help="cap on CFG raises (2 x cfg)")
@@ -175,6 +180,7 @@ def _sample(args: argparse.Namespace) -> int:
                 preview_format=args.preview_format,
                 candidates=args.candidates,
                 search=search_settings(args),
+                checks=args.checks,
                 strength=args.strength,
                 control_scale=args.control_scale,
                 inputs=inputs,
@@ -245,9 +251,10 @@ class LinePrinter(EventPrinter):
                     self.stream.flush()
             case Check() as q:
                 parts = " ".join(f"{k} {v:.2f}" for k, v in q.components.items())
+                later = "" if q.applied_step is None else f" (applied at step {q.applied_step})"
                 self._line(
                     f"  step {q.step:>3}  score {q.score:.3f}  [{parts}]  cfg {q.cfg:g}  "
-                    f"{q.decision}: {q.reason}"
+                    f"{q.decision}{later}: {q.reason}"
                 )
                 for line in candidate_table(q):
                     self._line(line)

@@ -11,12 +11,12 @@ denoiser), so a pruned candidate costs nothing more and a resampled one continue
 parent's state. A search always checks at its last step; each candidate's final score is its
 last check's, and the ``select`` rule picks the result by them.
 
-Each lane keeps its own trajectory, generator, scores and fate (:class:`~.candidates.Lane`): a later batch of
-lanes of different runs needs nothing more than this. The policy of single runs (CFG raises,
-early stops) does not act in a search. The owner's controls act at step boundaries: a
-``stop`` ends every lane (``abort`` with no image); a stop of one candidate takes its lane out
-of the batch as a prune does, a keep takes out every other lane; a ``set`` of the strategy's
-settings applies from the next check on.
+Each lane keeps its own trajectory, generator, scores and fate (:class:`~.candidates.Lane`);
+the batches of different runs (:mod:`.batch`) use the same re-indexing. The policy of single
+runs (CFG raises, early stops) does not act in a search. The owner's controls act at step
+boundaries: a ``stop`` ends every lane (``abort`` with no image); a stop of one candidate takes
+its lane out of the batch as a prune does, a keep takes out every other lane; a ``set`` of the
+strategy's settings applies from the next check on.
 """
 
 from __future__ import annotations

@@ -89,6 +89,23 @@ def test_terminal_mode_prints_a_line_per_check(model_folder: Path, tmp_path: Pat
     assert lines[-1].startswith("completed: 4/4 steps") and out.exists()
 
 
+def test_overlapped_checks_say_where_their_decision_applied(
+    model_folder: Path, tmp_path: Path
+) -> None:
+    result = stepwatch(
+        "sample", "blue square", "--model", str(model_folder), "--steps", "4", "--seed", "1",
+        "--check-interval", "2", "--threshold", "1.0", "--checks", "overlapped",
+        "--out", str(tmp_path / "o.png"), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    [early] = [line for line in lines if line.startswith("  step   2  score")]
+    assert "(applied at step 3)" in early
+    # The last step's check has no later step to wait for.
+    [last] = [line for line in lines if line.startswith("  step   4  score")]
+    assert "applied at" not in last
+
+
 def test_width_and_height_choose_the_image_size(model_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "wide.png"
     result = stepwatch(
