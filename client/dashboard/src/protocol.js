@@ -13,17 +13,26 @@ export const CLIENT_NAME = "stepwatch-dashboard/0.1";
  * as `stepwatch.protocol.ADDED_SERVER_FIELDS` (a test holds them together).
  */
 export const FEATURES = [
+  "applied_step",
   "by_owner",
   "candidate_kept",
   "candidate_stopped",
   "candidates",
+  "check_step",
+  "checks",
   "compute",
+  "control_image",
+  "control_scale",
   "image",
   "images",
+  "keep_top",
+  "mask",
   "preview_decoder",
   "preview_decoders",
+  "prune_steps",
   "search",
   "search_changes",
+  "strength",
 ];
 
 /** The run events: they carry `run_id` and `seq`, and every watcher of the run sees them. */
@@ -90,6 +99,9 @@ const ERROR_TEXT = {
   verifier_failed: "The verifier failed to score the image.",
   out_of_memory: "The server ran out of memory for this run.",
   unsupported_scheduler: "The server cannot watch a run with this scheduler.",
+  unknown_upload: "The server does not hold this input image; upload it again.",
+  invalid_upload: "The input image cannot be used (its format, its contents or its size).",
+  upload_too_large: "The input image is too large for the server.",
 };
 
 /** A coded error as people read it: `{code, summary, detail, field}`. */
