@@ -1,9 +1,11 @@
 """A run's event log: every run event, numbered, encoded once, kept for replay.
 
 Each event is encoded to its frame once, when it is logged, and the same bytes go to every
-watcher and, when the run has finished, into the store. :meth:`EventLog.after` is what a
-``subscribe`` or ``hello.resume`` replays; :meth:`EventLog.kept` is what the store keeps (the
-log without superseded progress, which a replay would leave out anyway).
+watcher and, when the run has finished, into the store; so are its WebSocket frame and, should a
+later preview supersede its own, its frame without the preview (both made on first use, once).
+:meth:`EventLog.after` is what a ``subscribe`` or ``hello.resume`` replays; :meth:`EventLog.kept`
+is what the store keeps (the log without superseded progress, which a replay would leave out
+anyway).
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from stepwatch.protocol import Check, Progress, RunEvent, decode_server, encode
+from stepwatch.server.wireframes import binary_frame
 
 __all__ = ["EventLog", "LoggedEvent", "collapse_preview", "logged_from_frame"]
 
@@ -42,11 +46,27 @@ class LoggedEvent:
     def has_preview(self) -> bool:
         return isinstance(self.message, Check) and self.message.preview is not None
 
+    @cached_property
+    def wire(self) -> bytes:
+        """:attr:`frame` as a whole WebSocket frame, made once for every watcher."""
+        return binary_frame(self.frame)
+
+    @cached_property
+    def collapsed(self) -> bytes:
+        """The frame of this check once a later preview superseded its own: ``preview`` nil
+        (encoded once, however many watchers were behind)."""
+        assert isinstance(self.message, Check)
+        return encode(dataclasses.replace(self.message, preview=None))
+
+    @cached_property
+    def collapsed_wire(self) -> bytes:
+        """:attr:`collapsed` as a whole WebSocket frame."""
+        return binary_frame(self.collapsed)
+
 
 def collapse_preview(event: LoggedEvent) -> bytes:
     """The frame of a check whose preview was superseded: the same check, ``preview`` nil."""
-    assert isinstance(event.message, Check)
-    return encode(dataclasses.replace(event.message, preview=None))
+    return event.collapsed
 
 
 def logged_from_frame(frame: bytes) -> LoggedEvent:
