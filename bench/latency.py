@@ -28,6 +28,10 @@ Prints a table and writes ``bench/results/latency.json``::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
+import io
+import pstats
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -35,10 +39,12 @@ from typing import Any
 
 import _clients
 from _service import (
+    RESULTS,
     WatcherProcesses,
     bench_server,
     load_bench_model,
     median,
+    percentile,
     print_table,
     run_clients,
     step_seconds,
@@ -73,68 +79,113 @@ def latencies(
     return by_kind
 
 
-def measure_path(args: argparse.Namespace, model: Any, write_through: bool) -> list[dict[str, Any]]:
-    """Every watcher count's figures on a server with ``write_through`` on or off."""
-    fields = start_fields(args)
-    counts = sorted(set(args.watchers) | {0})
-    pooled: dict[int, dict[str, list[int]]] = {n: defaultdict(list) for n in counts}
-    paces: dict[int, list[float]] = {n: [] for n in counts}
-    loop_cpu: dict[int, list[float]] = {n: [] for n in counts}
-    ratios: dict[int, list[float]] = {n: [1.0] if n == 0 else [] for n in counts}
-    # Every watcher connects from loopback: one address, so its cap must hold them all.
-    limits = ServiceLimits(
-        max_runs_per_connection=64, max_connections_per_client=512, write_through=write_through
-    )
-    with (
-        tempfile.TemporaryDirectory() as data,
-        bench_server(model, Path(data), limits, None) as server,
-    ):
-        run_clients(_clients.watch_run, server.url, 1, {**fields, "steps": 10})  # warm up
+class PathBench:
+    """One server with ``write_through`` on or off, and the figures measured on it."""
 
-        def measure(n: int, repeat: int) -> float:
-            with WatcherProcesses(server.url, n, args.client_processes) as watchers:
-                cpu_before = server.loop_cpu_ns()
-                run_id = watchers.start(fields)
-                result = watchers.watch(run_id)
-                server.wait_finished(run_id)
-                cpu = server.loop_cpu_ns() - cpu_before
-            emitted = server.emitted(run_id)
-            pace = step_seconds(emitted)
-            paces[n].append(pace)
-            loop_cpu[n].append(cpu / 1e6 / args.steps)
-            for kind, values in latencies(result, emitted).items():
-                pooled[n][kind].extend(values)
-            path = "write-through" if write_through else "asgi"
-            print(f"{path}, repeat {repeat + 1}, {n} watchers: {pace * 1e3:.2f} ms/step")
-            return pace
+    def __init__(self, args: argparse.Namespace, server: Any, write_through: bool) -> None:
+        self.args, self.server, self.write_through = args, server, write_through
+        self.fields = start_fields(args)
+        counts = sorted(set(args.watchers) | {0})
+        self.counts = counts
+        self.pooled: dict[int, dict[str, list[int]]] = {n: defaultdict(list) for n in counts}
+        self.paces: dict[int, list[float]] = {n: [] for n in counts}
+        self.loop_cpu: dict[int, list[float]] = {n: [] for n in counts}
+        self.ratios: dict[int, list[float]] = {n: [1.0] if n == 0 else [] for n in counts}
+        self.name = "write-through" if write_through else "asgi"
 
-        # Each watched run is paired with an unwatched one right before or after it, so load
-        # that drifts over minutes cancels out of the ratio.
-        for repeat in range(args.repeats):
-            for n in counts[1:]:
-                if repeat % 2 == 0:
-                    baseline = measure(0, repeat)
-                    ratios[n].append(measure(n, repeat) / baseline)
-                else:
-                    watched = measure(n, repeat)
-                    ratios[n].append(watched / measure(0, repeat))
-    report = []
-    for n in counts:
-        report.append(
+    def measure(self, n: int, repeat: int, profile: cProfile.Profile | None = None) -> float:
+        server = self.server
+        with WatcherProcesses(server.url, n, self.args.client_processes) as watchers:
+            if profile is not None:  # cProfile follows only the thread that enables it
+                server.call(lambda _server: profile.enable())
+            cpu_before = server.loop_cpu_ns()
+            run_id = watchers.start(self.fields)
+            result = watchers.watch(run_id)
+            server.wait_finished(run_id)
+            cpu = server.loop_cpu_ns() - cpu_before
+            if profile is not None:
+                server.call(lambda _server: profile.disable())
+        emitted = server.emitted(run_id)
+        pace = step_seconds(emitted)
+        self.paces[n].append(pace)
+        self.loop_cpu[n].append(cpu / 1e6 / self.args.steps)
+        for kind, values in latencies(result, emitted).items():
+            self.pooled[n][kind].extend(values)
+        print(f"{self.name}, repeat {repeat + 1}, {n} watchers: {pace * 1e3:.2f} ms/step")
+        return pace
+
+    def pair(self, n: int, repeat: int) -> None:
+        """A watched run and an unwatched one right before or after it (so load that drifts
+        over minutes cancels out of the ratio)."""
+        if repeat % 2 == 0:
+            baseline = self.measure(0, repeat)
+            self.ratios[n].append(self.measure(n, repeat) / baseline)
+        else:
+            watched = self.measure(n, repeat)
+            self.ratios[n].append(watched / self.measure(0, repeat))
+
+    def report(self) -> list[dict[str, Any]]:
+        return [
             {
                 "watchers": n,
-                "write_through": write_through,
-                "progress": summary_ms(pooled[n]["progress"]),
-                "check": summary_ms(pooled[n]["check"]),
-                "step_ms": median(paces[n]) * 1e3,
-                "step_ms_each": [p * 1e3 for p in paces[n]],
-                "slowdown": median(ratios[n]) - 1,
-                "paired_ratios": ratios[n],
-                "loop_cpu_ms_per_step": median(loop_cpu[n]),
-                "loop_cpu_ms_per_step_each": loop_cpu[n],
+                "write_through": self.write_through,
+                "progress": summary_ms(self.pooled[n]["progress"]),
+                "check": summary_ms(self.pooled[n]["check"]),
+                "step_ms": median(self.paces[n]) * 1e3,
+                "step_ms_each": [p * 1e3 for p in self.paces[n]],
+                "slowdown": median(self.ratios[n]) - 1,
+                "slowdown_quartiles": [
+                    percentile(self.ratios[n], 25) - 1,
+                    percentile(self.ratios[n], 75) - 1,
+                ],
+                "paired_ratios": self.ratios[n],
+                "loop_cpu_ms_per_step": median(self.loop_cpu[n]),
+                "loop_cpu_ms_per_step_each": self.loop_cpu[n],
             }
-        )
-    return report
+            for n in self.counts
+        ]
+
+
+def measure(args: argparse.Namespace, model: Any) -> list[dict[str, Any]]:
+    """Every path's figures; the paths' servers run side by side and take turns, a watcher
+    count at a time, so both see the same load."""
+    # Every watcher connects from loopback: one address, so its cap must hold them all.
+    with contextlib.ExitStack() as held:
+        benches = []
+        for name in args.paths:
+            limits = ServiceLimits(
+                max_runs_per_connection=64,
+                max_connections_per_client=512,
+                write_through=name == "write-through",
+            )
+            data = Path(held.enter_context(tempfile.TemporaryDirectory()))
+            server = held.enter_context(bench_server(model, data, limits, None))
+            fields = {**start_fields(args), "steps": 10}
+            run_clients(_clients.watch_run, server.url, 1, fields)  # warm up
+            benches.append(PathBench(args, server, name == "write-through"))
+        for repeat in range(args.repeats):
+            for n in benches[0].counts[1:]:
+                for bench in benches if repeat % 2 == 0 else benches[::-1]:
+                    bench.pair(n, repeat)
+        if args.profile:
+            profile_loop(benches[0], max(args.watchers))
+    return [entry for bench in benches for entry in bench.report()]
+
+
+def profile_loop(bench: PathBench, n: int) -> None:
+    """cProfile of the server's event-loop thread through one run with ``n`` watchers, written
+    to ``bench/results/latency-profile.txt`` (not counted in the figures)."""
+    profile = cProfile.Profile()
+    figures = (bench.paces[n][:], bench.loop_cpu[n][:], dict(bench.pooled[n]))
+    bench.measure(n, -1, profile)
+    bench.paces[n][:], bench.loop_cpu[n][:] = figures[0], figures[1]
+    bench.pooled[n] = defaultdict(list, figures[2])
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out).sort_stats("tottime")
+    stats.print_stats(25)
+    path = RESULTS / "latency-profile.txt"
+    path.write_text(f"{bench.name}, {n} watchers, {bench.args.steps} steps\n{out.getvalue()}")
+    print(f"wrote {path}")
 
 
 def quartiles(summary: dict[str, float]) -> str:
@@ -161,11 +212,12 @@ def main() -> None:
         help="send paths to measure, each on its own server in this run (ServiceLimits."
         "write_through on or off)",
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the loop thread through one more run"
+    )
     args = parser.parse_args()
     model = load_bench_model(args.model)
-    report = []
-    for path in args.paths:
-        report.extend(measure_path(args, model, path == "write-through"))
+    report = measure(args, model)
     rows = [
         [
             "write-through" if entry["write_through"] else "asgi",
