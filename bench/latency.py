@@ -176,7 +176,8 @@ def profile_loop(bench: PathBench, n: int) -> None:
     """cProfile of the server's event-loop thread through one run with ``n`` watchers, written
     to ``bench/results/latency-profile.txt`` (not counted in the figures)."""
     profile = cProfile.Profile()
-    figures = (bench.paces[n][:], bench.loop_cpu[n][:], dict(bench.pooled[n]))
+    kept = {kind: list(values) for kind, values in bench.pooled[n].items()}
+    figures = (bench.paces[n][:], bench.loop_cpu[n][:], kept)
     bench.measure(n, -1, profile)
     bench.paces[n][:], bench.loop_cpu[n][:] = figures[0], figures[1]
     bench.pooled[n] = defaultdict(list, figures[2])

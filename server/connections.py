@@ -119,14 +119,14 @@ class SocketWriter:
             and not protocol.conn.extensions
         )
 
-    def write(self, frames: Sequence[bytes]) -> None:
-        self._protocol.transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+    def write(self, frame: bytes) -> None:
+        self._protocol.transport.write(frame)
 
     async def send(self, frames: Sequence[bytes]) -> None:
         await self._protocol.writable.wait()
         if not self.can_write():
             raise ClientDisconnected()
-        self.write(frames)
+        self.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
 
 def protocols(

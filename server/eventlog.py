@@ -82,6 +82,7 @@ class EventLog:
 
     def __init__(self) -> None:
         self._events: list[LoggedEvent] = []
+        self._checks: list[LoggedEvent] = []
 
     @property
     def next_seq(self) -> int:
@@ -101,13 +102,24 @@ class EventLog:
         """Log an event made by :meth:`prepare`."""
         if event.seq != self.next_seq:
             raise ValueError(f"seq {event.seq} does not follow {len(self._events)}")
-        self._events.append(event)
+        self._log(event)
 
     def append(self, message: RunEvent, emitted_ns: int = 0) -> LoggedEvent:
         """Encode and log ``message``, the next event."""
         event = self.prepare(message, emitted_ns)
-        self._events.append(event)
+        self._log(event)
         return event
+
+    def _log(self, event: LoggedEvent) -> None:
+        self._events.append(event)
+        if isinstance(event.message, Check):
+            self._checks.append(event)
+
+    @property
+    def checks(self) -> Sequence[LoggedEvent]:
+        """The logged checks, in order (kept as they are logged: a run's history is read at
+        every check, and scanning the whole log each time grew with the square of its length)."""
+        return self._checks
 
     @property
     def last_seq(self) -> int:

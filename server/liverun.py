@@ -52,6 +52,7 @@ class LiveRun:
         self.abandon_timer: anyio.CancelScope | None = None
         #: Keeping the running run's events in the store failed once (logged once).
         self.keep_failed = False
+        self._entries: list[HistoryEntry] = []
 
     @property
     def finished(self) -> bool:
@@ -67,8 +68,12 @@ class LiveRun:
 
     @property
     def history(self) -> tuple[HistoryEntry, ...]:
-        """The run's checks so far, read from its log."""
-        return tuple(self.entry(event) for event in self.log if isinstance(event.message, Check))
+        """The run's checks so far, read from its log (each made into an entry once: the
+        service reads the history at every check)."""
+        checks = self.log.checks
+        while len(self._entries) < len(checks):
+            self._entries.append(self.entry(checks[len(self._entries)]))
+        return tuple(self._entries)
 
     def entry(self, event: LoggedEvent) -> HistoryEntry:
         """A logged check as the quality history keeps it; ``elapsed`` counts from when the

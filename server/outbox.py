@@ -18,13 +18,14 @@ capacity: its frames are the run log's own bytes, so it costs the outbox little 
 send timeout still drops a client that does not read it.
 
 **Writing through.** With a :class:`~stepwatch.server.wireframes.FrameWriter` attached
-(:meth:`Outbox.attach`), a frame put while nothing waits, no send is in progress and the
-socket takes writes is written at once, from the call that put it (the run's fan-out), as the
-event's one shared WebSocket frame: no task wakes, nothing is queued. Otherwise it queues, and
-the rules above apply unchanged, to exactly the frames that wait: a connection whose socket
-backs up (its transport paused writing) queues, coalesces, overflows or times out as before,
-and every frame still leaves in the order it was put. The connection's sender takes what
-waits in one batch (:meth:`Outbox.take`) and writes it in one write.
+(:meth:`Outbox.attach`), a frame put while nothing waits, no send is in progress and the socket
+takes writes is written at once, from the call that put it (the run's fan-out), as the event's
+one shared WebSocket frame: no task wakes, nothing is queued (a replay always queues, so that
+its superseded previews collapse). Otherwise it queues, and the rules above apply unchanged, to
+exactly the frames that wait: a connection whose socket backs up (its transport paused writing)
+queues, coalesces, overflows or times out as before, and every frame still leaves in the order
+it was put. The connection's sender takes what waits in one batch (:meth:`Outbox.take`) and
+writes it in one write.
 """
 
 from __future__ import annotations
@@ -115,9 +116,12 @@ class Outbox:
 
     def reply(self, message: ServerMessage) -> None:
         """Queue a reply (``welcome``, ``error``, ...); replies are never dropped."""
-        item = _Waiting(encode(message))
-        if not self._wrote_through(item):
-            self._push(item)
+        frame = encode(message)
+        if self._may_write_through():
+            assert self._writer is not None
+            self._writer.write(binary_frame(frame))
+        else:
+            self._push(_Waiting(frame))
 
     def event(self, run_id: str, event: LoggedEvent, *, replay: bool = False) -> None:
         """Queue a run event, superseding waiting progress or previews of the same run.
@@ -126,9 +130,12 @@ class Outbox:
         """
         if self.closed:
             return
-        item = _Waiting(event.frame, run_id, event, counted=not replay)
-        if self._wrote_through(item):
+        # A replay always queues: a late watcher gets only the newest of its previews.
+        if not replay and self._may_write_through():
+            assert self._writer is not None
+            self._writer.write(event.wire)  # no per-watcher allocation: the shared frame
             return
+        item = _Waiting(event.frame, run_id, event, counted=not replay)
         if event.coalescible:
             older = self._progress.pop(run_id, None)
             if older is not None:
@@ -154,15 +161,17 @@ class Outbox:
         self._closed = True
         self._ready.set()
 
-    def _wrote_through(self, item: _Waiting) -> bool:
-        """Write ``item`` at once if nothing waits or is being sent and the socket takes it."""
+    def _may_write_through(self) -> bool:
+        """Whether a frame put now is written at once: a writer is attached, nothing waits or
+        is being sent, the outbox is open and the socket takes writes."""
         writer = self._writer
-        if writer is None or self._queue or self._sending or self.closed:
-            return False
-        if not writer.can_write():
-            return False
-        writer.write((item.wire_to_send(),))
-        return True
+        return (
+            writer is not None
+            and not self._queue
+            and not self._sending
+            and not self.closed
+            and writer.can_write()
+        )
 
     def _drop(self, item: _Waiting) -> None:
         item.dropped = True

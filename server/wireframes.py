@@ -52,12 +52,12 @@ class FrameWriter(Protocol):
         sent, and its transport has not paused writing (its buffer is under the high mark)."""
         ...
 
-    def write(self, frames: Sequence[bytes]) -> None:
-        """Write ``frames`` in one ``transport.write``; only when :meth:`can_write` is true."""
+    def write(self, frame: bytes) -> None:
+        """Write ``frame`` (one or more whole frames); only when :meth:`can_write` is true."""
         ...
 
     async def send(self, frames: Sequence[bytes]) -> None:
-        """Wait until the transport takes writes again, then write ``frames``.
+        """Wait until the transport takes writes again, then write ``frames`` in one write.
 
         Raises :class:`OSError` when the connection has gone or its close was sent.
         """

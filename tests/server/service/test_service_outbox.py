@@ -142,9 +142,9 @@ class Socket:
     def can_write(self) -> bool:
         return self.open
 
-    def write(self, frames: Sequence[bytes]) -> None:
+    def write(self, frame: bytes) -> None:
         assert self.open
-        self.written.extend(frames)
+        self.written.append(frame)
 
     async def send(self, frames: Sequence[bytes]) -> None:
         self.written.extend(frames)
@@ -244,3 +244,17 @@ async def test_a_backed_up_socket_still_overflows_its_outbox() -> None:
     assert outbox.overflowed and sock.written == []
     with pytest.raises(OutboxOverflow):
         await outbox.take()
+
+
+async def test_a_replay_queues_even_to_an_idle_socket_so_its_old_previews_collapse() -> None:
+    log = EventLog()
+    sock = Socket()
+    outbox = Outbox(capacity=8)
+    outbox.attach(sock)
+    for event in logged(log, check("a", 1), check("a", 2)):
+        outbox.event("a", event, replay=True)
+    outbox.event("a", log.append(progress("a", 3)))  # live, but behind the replay
+    assert sock.written == []
+    first, second, third = payloads(await outbox.take())
+    assert isinstance(first, Check) and first.preview is None
+    assert (second, third) == (check("a", 2), progress("a", 3))
