@@ -115,6 +115,7 @@ class SocketWriter:
             and protocol.handshake_complete
             and not protocol.close_sent
             and not protocol.disconnected
+            and not protocol.transport.is_closing()
             and protocol.conn.state is State.OPEN
             and not protocol.conn.extensions
         )
