@@ -90,7 +90,7 @@ lint: $(VENV)/.installed $(DASHBOARD)/node_modules/.package-lock.json
 # the modules they import (the rest of the engine and the models, which torch's typing limits)
 # are read, not reported.
 SERVICE_MODULES := app bridge catalog cli config connections devicequeue eventlog execution gate \
-	harness http liverun outbox runs serving steering watching session store store.archive \
+	harness http liverun outbox runs serving steering watching session wireframes store store.archive \
 	store.database store.history store.previews store.recording comfyui.adapter comfyui.candidates comfyui.chart \
 	comfyui.install engine.control engine.events engine.model engine.monitor engine.params \
 	engine.pipeline_call engine.policy engine.checking engine.lanes engine.batch engine.candidates engine.search engine.steptimer engine.strategies

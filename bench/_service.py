@@ -4,7 +4,9 @@
   process with its own event loop (:class:`~stepwatch.server.harness.ServerThread`, the harness
   the tests use too); the sampler runs in a worker thread as always.
 - Clients run in a child process (:func:`run_clients`), so their work does not share this
-  process's interpreter lock with the server and the sampler, as real clients would not.
+  process's interpreter lock with the server and the sampler, as real clients would not. The
+  latency benchmark's watchers are lean ones spread over several processes
+  (:class:`WatcherProcesses`, ``_watchers.py``), so the figure measures the server.
 - Both sides read ``time.monotonic_ns()``: ``CLOCK_MONOTONIC``, one clock for every process of
   a Linux machine. The server stamps each engine event when the sampler hands it over (the run
   log's ``emitted_ns``); a client stamps each frame as ``recv`` returns it. The difference is the
@@ -17,11 +19,13 @@ use (32×32, about 15 ms a step on one CPU thread); anything else is a ``NAME=SP
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -75,6 +79,71 @@ def run_clients(target: Callable[..., Any], *arguments: Any) -> Any:
         return pool.apply(target, arguments)
 
 
+class WatcherProcesses:
+    """``watchers`` lean watchers of ``url`` spread over ``processes`` child processes
+    (``bench/_watchers.py``), connected on entering; a ``with`` block holds them.
+
+    :meth:`start` starts a run from an owner connection (in the first process), :meth:`watch`
+    has every watcher subscribe to it and returns what :func:`_clients.watch_run` returns.
+    """
+
+    def __init__(self, url: str, watchers: int, processes: int) -> None:
+        processes = max(1, min(processes, watchers))
+        counts = [watchers // processes + (i < watchers % processes) for i in range(processes)]
+        script = str(ROOT / "bench" / "_watchers.py")
+        self._children = [
+            subprocess.Popen(
+                [sys.executable, script, url, str(count)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for count in counts
+        ]
+
+    def __enter__(self) -> WatcherProcesses:
+        for child in self._children:
+            self._read(child)  # ready
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for child in self._children:
+            with contextlib.suppress(OSError):
+                self._tell(child, {"quit": True})
+        for child in self._children:
+            child.wait(timeout=30)
+
+    def start(self, fields: dict[str, Any]) -> str:
+        self._tell(self._children[0], {"start": fields})
+        run_id: str = self._read(self._children[0])["run_id"]
+        return run_id
+
+    def watch(self, run_id: str) -> dict[str, Any]:
+        for child in self._children:
+            self._tell(child, {"watch": run_id})
+        merged: dict[str, Any] = {"run_id": run_id, "live_after": [], "records": []}
+        for child in self._children:
+            result = self._read(child)
+            merged["live_after"].extend(result["live_after"])
+            merged["records"].extend(result["records"])
+        return merged
+
+    @staticmethod
+    def _tell(child: subprocess.Popen[str], message: dict[str, Any]) -> None:
+        assert child.stdin is not None
+        child.stdin.write(json.dumps(message) + "\n")
+        child.stdin.flush()
+
+    @staticmethod
+    def _read(child: subprocess.Popen[str]) -> dict[str, Any]:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        if not line:
+            raise RuntimeError(f"a watcher process exited with {child.wait()}")
+        message: dict[str, Any] = json.loads(line)
+        return message
+
+
 # -- numbers ---------------------------------------------------------------------------------
 
 
@@ -93,7 +162,9 @@ def summary_ms(latencies_ns: Sequence[int]) -> dict[str, float]:
     values = [value / 1e6 for value in latencies_ns]
     return {
         "count": len(values),
+        "p25_ms": round(percentile(values, 25), 3),
         "p50_ms": round(percentile(values, 50), 3),
+        "p75_ms": round(percentile(values, 75), 3),
         "p99_ms": round(percentile(values, 99), 3),
         "max_ms": round(max(values), 3) if values else float("nan"),
     }

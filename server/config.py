@@ -83,9 +83,17 @@ class ServiceLimits:
 
     Delivery: ``outbox_size`` (frames waiting for one connection; a full outbox, or one whose
     oldest frame waits longer than ``send_timeout`` seconds, closes the connection with
-    ``slow_consumer``). ``abandon_grace``: seconds a run goes on with nobody attached before it is
-    stopped as ``abandoned``. ``finished_retention``: seconds a finished run stays in memory
-    (the store keeps it after). ``shutdown_timeout``: seconds shutdown waits for runs to finish.
+    ``slow_consumer``). ``write_through``: when the server offers a direct frame writer (uvicorn
+    with :mod:`~stepwatch.server.connections`' protocol class), a run event is framed once and
+    written straight to each watcher's socket that has nothing waiting and is not backed up,
+    from the fan-out itself; only frames behind a backed-up socket go through the outbox and the
+    connection's task (see :mod:`~stepwatch.server.outbox`; off: every frame takes the
+    connection's task and an ASGI send, one write each, as before; the benchmark compares
+    them). ``send_batch_bytes``: the most bytes the connection's task writes in one batch of
+    the frames that waited (at least one frame). ``abandon_grace``: seconds a run goes on with
+    nobody attached before it is stopped as ``abandoned``. ``finished_retention``: seconds a
+    finished run stays in memory (the store keeps it after). ``shutdown_timeout``: seconds
+    shutdown waits for runs to finish.
 
     Sockets (see :mod:`~stepwatch.server.connections`): ``max_connections`` open at once
     (uvicorn answers HTTP requests beyond it with 503), ``max_connections_per_client`` from one
@@ -106,6 +114,8 @@ class ServiceLimits:
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
     outbox_size: int = 4096
     send_timeout: float = 10.0
+    write_through: bool = True
+    send_batch_bytes: int = 1 << 20
     abandon_grace: float = 30.0
     finished_retention: float = 300.0
     shutdown_timeout: float = 120.0
@@ -146,6 +156,7 @@ class ServiceLimits:
             f"max_prompt_chars must be 1..{wire.MAX_PROMPT_CHARS}",
         )
         _require(self.outbox_size >= 8, "outbox_size must be at least 8")
+        _require(self.send_batch_bytes >= 1, "send_batch_bytes must be at least 1")
         _require(self.max_connections >= 1, "max_connections must be at least 1")
         _require(
             self.max_connections_per_client >= 1, "max_connections_per_client must be at least 1"

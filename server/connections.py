@@ -18,6 +18,10 @@ does not bound, the two protocol classes made here do, for one server's :class:`
   a send to a gone client does, not a ``RuntimeError``.
 - **An upgrade request the WebSocket parser refuses** (a header line over 8 KiB) is answered
   400 at once, instead of never.
+
+The WebSocket class also offers the app a :class:`~.wireframes.FrameWriter` for the connection
+(:class:`SocketWriter`, under :data:`~.wireframes.FRAMES_EXTENSION` in the scope's
+extensions): whole frames written to the transport in one write, without the ASGI send path.
 """
 
 from __future__ import annotations
@@ -29,17 +33,27 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
+from websockets.protocol import State
 
 from stepwatch.server.config import ServiceLimits
+from stepwatch.server.wireframes import FRAMES_EXTENSION
 
-__all__ = ["ClientSlots", "OncePerInterval", "WithoutQuery", "install_log_filters", "protocols"]
+__all__ = [
+    "ClientSlots",
+    "OncePerInterval",
+    "SocketWriter",
+    "WithoutQuery",
+    "install_log_filters",
+    "protocols",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +96,40 @@ def _reset(transport: asyncio.Transport) -> None:
     transport.abort()
 
 
+class SocketWriter:
+    """Whole WebSocket frames straight to one connection's transport (a
+    :class:`~.wireframes.FrameWriter`).
+
+    The frames bypass websockets' own framing, which is safe where it has nothing to add: the
+    server masks nothing, no extension is negotiated (compression is off), and websockets
+    itself writes only whole control frames (pong, close), each in one write as these are.
+    """
+
+    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+        self._protocol = protocol
+
+    def can_write(self) -> bool:
+        protocol = self._protocol
+        return (
+            protocol.writable.is_set()
+            and protocol.handshake_complete
+            and not protocol.close_sent
+            and not protocol.disconnected
+            and not protocol.transport.is_closing()
+            and protocol.conn.state is State.OPEN
+            and not protocol.conn.extensions
+        )
+
+    def write(self, frame: bytes) -> None:
+        self._protocol.transport.write(frame)
+
+    async def send(self, frames: Sequence[bytes]) -> None:
+        await self._protocol.writable.wait()
+        if not self.can_write():
+            raise ClientDisconnected()
+        self.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+
 def protocols(
     limits: ServiceLimits,
 ) -> tuple[type[H11Protocol], type[WebSocketsSansIOProtocol]]:
@@ -111,6 +159,11 @@ def protocols(
                 slots.give_back(self.slot)
                 self.slot = None
             super().connection_lost(exc)
+
+        def handle_connect(self, event: Request) -> None:
+            super().handle_connect(event)
+            if self.response.status_code == 101:  # the scope exists; the app has not run yet
+                self.scope["extensions"][FRAMES_EXTENSION] = SocketWriter(self)  # type: ignore[assignment]
 
         async def send(self, message: ASGISendEvent) -> None:
             await self.writable.wait()

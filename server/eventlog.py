@@ -1,17 +1,19 @@
 """A run's event log: every run event, numbered, encoded once, kept for replay.
 
 Each event is encoded to its frame once, when it is logged, and the same bytes go to every
-watcher and, when the run has finished, into the store. :meth:`EventLog.after` is what a
-``subscribe`` or ``hello.resume`` replays; :meth:`EventLog.kept` is what the store keeps (the
-log without superseded progress, which a replay would leave out anyway).
+watcher and, when the run has finished, into the store; so are its WebSocket frame and, should a
+later preview supersede its own, its frame without the preview (both made on first use, once).
+:meth:`EventLog.after` is what a ``subscribe`` or ``hello.resume`` replays; :meth:`EventLog.kept`
+is what the store keeps (the log without superseded progress, which a replay would leave out
+anyway).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from stepwatch.protocol import (
     Check,
@@ -22,6 +24,7 @@ from stepwatch.protocol import (
     encode,
     visible_to,
 )
+from stepwatch.server.wireframes import binary_frame
 
 __all__ = ["EventLog", "LoggedEvent", "collapse_preview", "logged_from_frame"]
 
@@ -42,7 +45,7 @@ class LoggedEvent:
         default_factory=dict, compare=False, repr=False
     )
 
-    @functools.cached_property
+    @cached_property
     def added(self) -> frozenset[str]:
         """The added fields this event uses (see :func:`~stepwatch.protocol.added_in_use`)."""
         return added_in_use(self.message)
@@ -72,11 +75,27 @@ class LoggedEvent:
     def has_preview(self) -> bool:
         return isinstance(self.message, Check) and self.message.preview is not None
 
+    @cached_property
+    def wire(self) -> bytes:
+        """:attr:`frame` as a whole WebSocket frame, made once for every watcher."""
+        return binary_frame(self.frame)
+
+    @cached_property
+    def collapsed(self) -> bytes:
+        """The frame of this check once a later preview superseded its own: ``preview`` nil
+        (encoded once, however many watchers were behind)."""
+        assert isinstance(self.message, Check)
+        return encode(dataclasses.replace(self.message, preview=None))
+
+    @cached_property
+    def collapsed_wire(self) -> bytes:
+        """:attr:`collapsed` as a whole WebSocket frame."""
+        return binary_frame(self.collapsed)
+
 
 def collapse_preview(event: LoggedEvent) -> bytes:
     """The frame of a check whose preview was superseded: the same check, ``preview`` nil."""
-    assert isinstance(event.message, Check)
-    return encode(dataclasses.replace(event.message, preview=None))
+    return event.collapsed
 
 
 def logged_from_frame(frame: bytes) -> LoggedEvent:
@@ -92,6 +111,7 @@ class EventLog:
 
     def __init__(self) -> None:
         self._events: list[LoggedEvent] = []
+        self._checks: list[LoggedEvent] = []
 
     @property
     def next_seq(self) -> int:
@@ -111,13 +131,24 @@ class EventLog:
         """Log an event made by :meth:`prepare`."""
         if event.seq != self.next_seq:
             raise ValueError(f"seq {event.seq} does not follow {len(self._events)}")
-        self._events.append(event)
+        self._log(event)
 
     def append(self, message: RunEvent, emitted_ns: int = 0) -> LoggedEvent:
         """Encode and log ``message``, the next event."""
         event = self.prepare(message, emitted_ns)
-        self._events.append(event)
+        self._log(event)
         return event
+
+    def _log(self, event: LoggedEvent) -> None:
+        self._events.append(event)
+        if isinstance(event.message, Check):
+            self._checks.append(event)
+
+    @property
+    def checks(self) -> Sequence[LoggedEvent]:
+        """The logged checks, in order (kept as they are logged: a run's history is read at
+        every check, and scanning the whole log each time grew with the square of its length)."""
+        return self._checks
 
     @property
     def last_seq(self) -> int:

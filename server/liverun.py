@@ -56,6 +56,7 @@ class LiveRun:
         self.keep_failed = False
         #: Runs of one key may share a batch (``None``: this run is always sampled alone).
         self.batch_key: Hashable | None = None
+        self._entries: list[HistoryEntry] = []
 
     @property
     def finished(self) -> bool:
@@ -71,8 +72,12 @@ class LiveRun:
 
     @property
     def history(self) -> tuple[HistoryEntry, ...]:
-        """The run's checks so far, read from its log."""
-        return tuple(self.entry(event) for event in self.log if isinstance(event.message, Check))
+        """The run's checks so far, read from its log (each made into an entry once: the
+        service reads the history at every check)."""
+        checks = self.log.checks
+        while len(self._entries) < len(checks):
+            self._entries.append(self.entry(checks[len(self._entries)]))
+        return tuple(self._entries)
 
     def entry(self, event: LoggedEvent) -> HistoryEntry:
         """A logged check as the quality history keeps it; ``elapsed`` counts from when the

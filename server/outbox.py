@@ -18,17 +18,29 @@ for a slow connection. The rules are the protocol README's:
 A replay (the events a ``subscribe`` asks for) is queued at once and does not count against the
 capacity: its frames are the run log's own bytes, so it costs the outbox little memory, and the
 send timeout still drops a client that does not read it.
+
+**Writing through.** With a :class:`~stepwatch.server.wireframes.FrameWriter` attached
+(:meth:`Outbox.attach`), a frame put while nothing waits, no send is in progress and the socket
+takes writes is written at once, from the call that put it (the run's fan-out), as the event's
+one shared WebSocket frame: no task wakes, nothing is queued (a replay always queues, so that
+its superseded previews collapse). Otherwise it queues, and the rules above apply unchanged, to
+exactly the frames that wait: a connection whose socket backs up (its transport paused writing)
+queues, coalesces, overflows or times out as before, and every frame still leaves in the order
+it was put. The connection's sender takes what waits in one batch (:meth:`Outbox.take`) and
+writes it in one write.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio
 
 from stepwatch.protocol import ServerMessage, encode
-from stepwatch.server.eventlog import LoggedEvent, collapse_preview
+from stepwatch.server.eventlog import LoggedEvent
+from stepwatch.server.wireframes import FrameWriter, binary_frame
 
 __all__ = ["Outbox", "OutboxOverflow"]
 
@@ -49,20 +61,33 @@ class _Waiting:
     collapsed: bool = False
 
     def bytes_to_send(self) -> bytes:
+        """The message's payload (what an ASGI send takes)."""
         if self.collapsed and self.event is not None:
-            return collapse_preview(self.event)
+            return self.event.collapsed
         return self.frame
+
+    def wire_to_send(self) -> bytes:
+        """The whole WebSocket frame (what a :class:`FrameWriter` takes); an event's is made
+        once for all its watchers."""
+        if self.event is None:
+            return binary_frame(self.frame)
+        return self.event.collapsed_wire if self.collapsed else self.event.wire
 
 
 class Outbox:
     """The frames waiting for one connection, at most ``capacity`` of them.
 
     Call :meth:`reply` and :meth:`event` from the event loop (they never wait); one task sends
-    what :meth:`get` returns. Not thread-safe.
+    what :meth:`take` (or :meth:`get`) returns. ``batch_bytes`` bounds one batch of
+    :meth:`take` (it always holds at least one frame). Not thread-safe.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, batch_bytes: int = 1 << 20) -> None:
         self.capacity = capacity
+        self.batch_bytes = batch_bytes
+        self._writer: FrameWriter | None = None
+        #: The sender holds a batch it has not finished writing.
+        self._sending = False
         self._queue: deque[_Waiting] = deque()
         self._waiting = 0
         self._progress: dict[str, _Waiting] = {}
@@ -82,9 +107,25 @@ class Outbox:
         """Live frames waiting to be sent."""
         return self._waiting
 
+    def attach(self, writer: FrameWriter) -> None:
+        """Write frames through ``writer`` (see the module docstring): whole WebSocket frames,
+        at once when nothing waits; :meth:`take` and :meth:`get` return whole frames too."""
+        self._writer = writer
+
+    @property
+    def wire(self) -> bool:
+        """Whether what :meth:`take` returns is whole WebSocket frames (a writer is attached),
+        not message payloads."""
+        return self._writer is not None
+
     def reply(self, message: ServerMessage) -> None:
         """Queue a reply (``welcome``, ``error``, ...); replies are never dropped."""
-        self._push(_Waiting(encode(message)))
+        frame = encode(message)
+        if self._may_write_through():
+            assert self._writer is not None
+            self._writer.write(binary_frame(frame))
+        else:
+            self._push(_Waiting(frame))
 
     def event(self, run_id: str, event: LoggedEvent, *, replay: bool = False) -> None:
         """Queue a run event, superseding waiting progress or previews of the same run.
@@ -98,6 +139,11 @@ class Outbox:
             if seen is None:
                 return
             event = seen
+        # A replay always queues: a late watcher gets only the newest of its previews.
+        if not replay and self._may_write_through():
+            assert self._writer is not None
+            self._writer.write(event.wire)  # no per-watcher allocation: the shared frame
+            return
         item = _Waiting(event.frame, run_id, event, counted=not replay)
         if event.coalescible:
             older = self._progress.pop(run_id, None)
@@ -124,6 +170,18 @@ class Outbox:
         self._closed = True
         self._ready.set()
 
+    def _may_write_through(self) -> bool:
+        """Whether a frame put now is written at once: a writer is attached, nothing waits or
+        is being sent, the outbox is open and the socket takes writes."""
+        writer = self._writer
+        return (
+            writer is not None
+            and not self._queue
+            and not self._sending
+            and not self.closed
+            and writer.can_write()
+        )
+
     def _drop(self, item: _Waiting) -> None:
         item.dropped = True
         if item.counted:
@@ -148,18 +206,50 @@ class Outbox:
         while True:
             if self.overflowed:
                 raise OutboxOverflow(f"more than {self.capacity} frames waited")
-            while self._queue:
-                item = self._queue.popleft()
-                if item.dropped:
-                    continue
-                self._waiting -= item.counted
-                if item.run_id is not None:
-                    self._release(item)
-                return item.bytes_to_send()
+            item = self._pop()
+            if item is not None:
+                return self._bytes(item)
             if self._closed:
                 return None
             self._ready = anyio.Event()
             await self._ready.wait()
+
+    async def take(self) -> Sequence[bytes]:
+        """Every frame that waits, in order, up to :attr:`batch_bytes` (at least one); waits
+        for one if none does; empty once the outbox is closed and empty. Until the next call
+        (or :meth:`sent`) nothing is written through: the batch is being sent.
+
+        Raises :class:`OutboxOverflow` once the outbox has overflowed.
+        """
+        self._sending = False
+        first = await self.get()
+        if first is None:
+            return ()
+        batch, size = [first], len(first)
+        while size < self.batch_bytes and (item := self._pop()) is not None:
+            frame = self._bytes(item)
+            batch.append(frame)
+            size += len(frame)
+        self._sending = True
+        return batch
+
+    def sent(self) -> None:
+        """The batch :meth:`take` returned has been written: frames may write through again."""
+        self._sending = False
+
+    def _pop(self) -> _Waiting | None:
+        while self._queue:
+            item = self._queue.popleft()
+            if item.dropped:
+                continue
+            self._waiting -= item.counted
+            if item.run_id is not None:
+                self._release(item)
+            return item
+        return None
+
+    def _bytes(self, item: _Waiting) -> bytes:
+        return item.wire_to_send() if self._writer is not None else item.bytes_to_send()
 
     def _release(self, item: _Waiting) -> None:
         assert item.run_id is not None

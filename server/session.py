@@ -1,11 +1,16 @@
 """One WebSocket connection, from the handshake to the close: :func:`serve_connection`.
 
 A session reads frames and answers them in order; one task per connection (in the session's
-task group) sends whatever waits in its :class:`~.outbox.Outbox`. The first frame must be
-``hello``; after ``welcome`` any number of ``start``, ``stop``, ``set``, ``subscribe``,
-``unsubscribe`` and ``ping`` follow, for any number of runs. A frame that cannot be read, a
-request that cannot be served, a frame beyond the rate limit: each gets an ``error`` with its
-code, and nothing else happens — the connection, its other runs and other connections go on.
+task group) sends whatever waits in its :class:`~.outbox.Outbox`. Where the server offers a
+:class:`~.wireframes.FrameWriter` (uvicorn with this package's protocol class does) and
+``limits.write_through`` is on, the outbox writes a frame straight to the socket when nothing
+waits for it, and the task sends only what queued behind a busy socket, a batch per write.
+
+The first frame must be ``hello``; after ``welcome`` any number of ``start``, ``stop``,
+``set``, ``subscribe``, ``unsubscribe`` and ``ping`` follow, for any number of runs. A frame
+that cannot be read, a request that cannot be served, a frame beyond the rate limit: each gets
+an ``error`` with its code, and nothing else happens — the connection, its other runs and
+other connections go on.
 
 The session closes the connection itself (after sending what waits) when ``hello`` is missing
 or refused (1008), when its outbox overflows or a send takes longer than the send timeout
@@ -20,7 +25,7 @@ A session gets the narrow :class:`SessionServices` it uses, not the whole servic
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import assert_never
 
@@ -56,6 +61,7 @@ from stepwatch.server.gate import Gate, TokenBucket
 from stepwatch.server.outbox import Outbox, OutboxOverflow
 from stepwatch.server.runs import RunManager
 from stepwatch.server.uploads import UploadSource, load_inputs
+from stepwatch.server.wireframes import FrameWriter, frame_writer
 
 __all__ = [
     "CAPABILITIES",
@@ -170,7 +176,13 @@ class Session:
         self.websocket = websocket
         self.services = services
         self.limits = services.limits
-        self.outbox = Outbox(self.limits.outbox_size)
+        self.outbox = Outbox(self.limits.outbox_size, self.limits.send_batch_bytes)
+        #: The server's direct writer for this connection; ``None``: frames go by ASGI sends.
+        self.writer: FrameWriter | None = None
+        if self.limits.write_through:
+            self.writer = frame_writer(websocket.scope)
+        if self.writer is not None:
+            self.outbox.attach(self.writer)
         self.bucket = TokenBucket(self.limits.messages_per_second, self.limits.message_burst)
         self.authorized = authorized
         self.protocol = ServerSession(max_frame_bytes=self.limits.max_frame_bytes)
@@ -304,10 +316,11 @@ class Session:
         async with anyio.create_task_group() as sending:
             sending.start_soon(self._watch_sends, sending.cancel_scope)
             try:
-                while (frame := await self.outbox.get()) is not None:
+                while frames := await self.outbox.take():
                     self._send_started = anyio.current_time()
-                    await self.websocket.send({"type": "websocket.send", "bytes": frame})
+                    await self._send(frames)
                     self._send_started = None
+                    self.outbox.sent()
             except OutboxOverflow as exc:
                 stalled = exc
             except GONE:
@@ -321,6 +334,15 @@ class Session:
         elif not gone:
             await self._close_socket(self.protocol.close_code, self.protocol.close_reason)
         self._scope.cancel()
+
+    async def _send(self, frames: Sequence[bytes]) -> None:
+        """Send a batch the outbox gave: in one write through the server's writer, else one
+        ASGI send per message."""
+        if self.writer is not None:
+            await self.writer.send(frames)
+            return
+        for frame in frames:
+            await self.websocket.send({"type": "websocket.send", "bytes": frame})
 
     async def _watch_sends(self, sending: anyio.CancelScope) -> None:
         """Cancel ``sending`` when one send has waited longer than the send timeout.

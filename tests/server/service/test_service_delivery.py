@@ -67,8 +67,11 @@ def assert_resumed(resumed: list[RunEvent], reference: list[RunEvent], after_seq
     [
         ServiceLimits(outbox_size=8, send_timeout=60.0),  # its outbox overflows
         ServiceLimits(outbox_size=4096, send_timeout=0.5),  # a send waits too long
+        # The same two on the ASGI send path (every frame through the connection's task).
+        ServiceLimits(outbox_size=8, send_timeout=60.0, write_through=False),
+        ServiceLimits(outbox_size=4096, send_timeout=0.5, write_through=False),
     ],
-    ids=["overflow", "send_timeout"],
+    ids=["overflow", "send_timeout", "overflow-asgi", "send_timeout-asgi"],
 )
 async def test_a_watcher_that_stops_reading_is_dropped_and_can_resume(
     tmp_path: Path,

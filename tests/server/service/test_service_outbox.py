@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
 
 from stepwatch.protocol import (
     ADDED_SERVER_FIELDS,
@@ -20,6 +24,7 @@ from stepwatch.protocol import (
 )
 from stepwatch.server.eventlog import EventLog
 from stepwatch.server.outbox import Outbox, OutboxOverflow
+from stepwatch.server.wireframes import binary_frame
 
 pytestmark = pytest.mark.anyio
 
@@ -157,3 +162,135 @@ async def drain_last(events: list, features: frozenset[str]) -> Finished:  # typ
     message = decode_server(seen.frame)
     assert isinstance(message, Finished)
     return message
+
+
+# -- writing through a socket writer ---------------------------------------------------------
+
+
+class Socket:
+    """A :class:`~stepwatch.server.wireframes.FrameWriter` whose socket takes writes while
+    ``open``: what a backed-up transport (paused writing) looks like to the outbox."""
+
+    def __init__(self) -> None:
+        self.open = True
+        self.written: list[bytes] = []
+
+    def can_write(self) -> bool:
+        return self.open
+
+    def write(self, frame: bytes) -> None:
+        assert self.open
+        self.written.append(frame)
+
+    async def send(self, frames: Sequence[bytes]) -> None:
+        self.written.extend(frames)
+
+
+def payloads(frames: Sequence[bytes]) -> list[object]:
+    return [decode_server(parse_frame(frame)) for frame in frames]
+
+
+def parse_frame(data: bytes) -> bytes:
+    """The payload of one whole WebSocket frame, read by websockets' own parser."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
+    try:
+        next(parser)
+    except StopIteration as done:
+        frame: Frame = done.value
+        assert frame.fin and frame.opcode is Opcode.BINARY
+        return bytes(frame.data)
+    raise AssertionError("the frame was cut short")
+
+
+@pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536, 200_000])
+def test_a_binary_frame_reads_back_as_its_payload(length: int) -> None:
+    payload = bytes(range(256)) * (length // 256) + bytes(length % 256)
+    assert parse_frame(binary_frame(payload)) == payload
+
+
+async def test_an_event_is_written_at_once_as_one_frame_shared_by_every_watcher() -> None:
+    log = EventLog()
+    sockets = [Socket(), Socket()]
+    outboxes = [Outbox(capacity=8), Outbox(capacity=8)]
+    for outbox, sock in zip(outboxes, sockets, strict=True):
+        outbox.attach(sock)
+    event = log.append(check("a", 1))
+    for outbox in outboxes:
+        outbox.event("a", event)
+    assert [len(outbox) for outbox in outboxes] == [0, 0]  # nothing queued: written through
+    first, second = (sock.written[0] for sock in sockets)
+    assert first is second  # framed once, the same bytes object to both
+    assert payloads([first]) == [check("a", 1)]
+
+
+async def test_behind_a_backed_up_socket_frames_queue_coalesce_and_keep_their_order() -> None:
+    log = EventLog()
+    sock = Socket()
+    outbox = Outbox(capacity=16)
+    outbox.attach(sock)
+    outbox.event("a", log.append(progress("a", 1)))
+    sock.open = False  # the transport paused writing
+    for event in logged(log, check("a", 2), progress("a", 3), check("a", 4), progress("a", 5)):
+        outbox.event("a", event)
+    sock.open = True
+    # The socket takes writes again, but frames wait: a new one goes behind them, not ahead.
+    outbox.event("a", log.append(applied("a", 6)))
+    assert len(sock.written) == 1 and len(outbox) == 4
+    batch = await outbox.take()
+    outbox.event("a", log.append(applied("a", 7)))  # the batch is being sent: this waits too
+    await sock.send(batch)
+    outbox.sent()
+    outbox.event("a", log.append(progress("a", 8)))  # not behind 7, which still waits
+    rest = await outbox.take()
+    await sock.send(rest)
+    outbox.sent()
+    outbox.event("a", log.append(applied("a", 9)))  # nothing waits: written through again
+    assert len(outbox) == 0
+    sent = payloads(sock.written)
+    assert [m.seq for m in sent] == [1, 2, 4, 5, 6, 7, 8, 9]  # type: ignore[attr-defined]
+    assert sent[1].preview is None and sent[2] == check("a", 4)  # type: ignore[attr-defined]
+
+
+async def test_a_batch_holds_what_waits_up_to_its_byte_bound() -> None:
+    log = EventLog()
+    sock = Socket()
+    outbox = Outbox(capacity=16, batch_bytes=1)
+    outbox.attach(sock)
+    sock.open = False
+    for seq in (1, 2):
+        outbox.event("a", log.append(applied("a", seq)))
+    assert len(await outbox.take()) == 1  # at least one frame, however small the bound
+    outbox.sent()
+    outbox.batch_bytes = 1 << 20
+    outbox.event("a", log.append(applied("a", 3)))
+    assert payloads(await outbox.take()) == [applied("a", 2), applied("a", 3)]
+
+
+async def test_a_backed_up_socket_still_overflows_its_outbox() -> None:
+    log = EventLog()
+    sock = Socket()
+    outbox = Outbox(capacity=8)
+    outbox.attach(sock)
+    sock.open = False
+    for seq in range(1, 10):
+        outbox.event("a", log.append(applied("a", seq)))
+    assert outbox.overflowed and sock.written == []
+    with pytest.raises(OutboxOverflow):
+        await outbox.take()
+
+
+async def test_a_replay_queues_even_to_an_idle_socket_so_its_old_previews_collapse() -> None:
+    log = EventLog()
+    sock = Socket()
+    outbox = Outbox(capacity=8)
+    outbox.attach(sock)
+    for event in logged(log, check("a", 1), check("a", 2)):
+        outbox.event("a", event, replay=True)
+    outbox.event("a", log.append(progress("a", 3)))  # live, but behind the replay
+    assert sock.written == []
+    first, second, third = payloads(await outbox.take())
+    assert isinstance(first, Check) and first.preview is None
+    assert (second, third) == (check("a", 2), progress("a", 3))
