@@ -288,7 +288,7 @@ class RunExecutor:
         if not logged.coalescible:
             check = None
             if isinstance(logged.message, Check):
-                check = (len(run.history), run.entry(logged))
+                check = (len(run.log.checks), run.entry(logged))
             await self._keep(run, logged, check)
         run.log.add(logged)
         run.publish(logged, request)
