@@ -181,16 +181,8 @@ class _Lane:
             )
             self.failure = RunError(code, fit_text(str(exc)))
         curve = member.curve or model.curves.get(curve_key(params.verifier, params.sampler))
-        self.settings = PolicySettings(
-            quality_threshold=params.quality_threshold,
-            scale_factor=params.scale_factor,
-            cfg_max=params.cfg_max,
-            patience=params.patience,
-            min_steps=params.min_steps,
-            early_stop=params.early_stop,
-            guidance_on=params.cfg > CFG_OFF_AT,
-            guidance_live=model.guidance_live,
-            curve=curve,
+        self.settings = PolicySettings.for_run(
+            params, guidance_live=model.guidance_live, curve=curve
         )
         self.interval = params.check_interval
         self.last_check = 0

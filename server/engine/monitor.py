@@ -75,7 +75,7 @@ from .finish import Tail, plan_tail, schedule_position
 from .model import LoadedModel
 from .params import ResolvedParams
 from .pipeline_call import call_arguments, classify_failure, emit_finished
-from .policy import CFG_OFF_AT, PolicySettings, Scored, cfg_refusal, decide
+from .policy import PolicySettings, Scored, cfg_refusal, decide
 from .previews import PreviewDecoder, encode_png, to_uint8
 from .search import run_search
 from .steptimer import StepTimer
@@ -176,16 +176,8 @@ class _MonitoredRun:
         self.inputs = resolved.inputs
         self.control, self.sink, self.clock = control, sink, clock
         self.start_cfg = self.cfg = params.cfg
-        self.settings = PolicySettings(
-            quality_threshold=params.quality_threshold,
-            scale_factor=params.scale_factor,
-            cfg_max=params.cfg_max,
-            patience=params.patience,
-            min_steps=params.min_steps,
-            early_stop=params.early_stop,
-            guidance_on=params.cfg > CFG_OFF_AT,
-            guidance_live=model.guidance_live,
-            curve=curve,
+        self.settings = PolicySettings.for_run(
+            params, guidance_live=model.guidance_live, curve=curve
         )
         self.interval = params.check_interval
         self.total = params.steps

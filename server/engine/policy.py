@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from stepwatch.protocol import Decision
+from stepwatch.protocol import Decision, RunParameters
 
 from .curves import ExpectedCurve
 
@@ -86,6 +86,23 @@ class PolicySettings:
     curve: ExpectedCurve | None = None
     owner_cfg_step: int | None = None
     finished_clean: float = FINISHED_CLEAN
+
+    @classmethod
+    def for_run(
+        cls, params: RunParameters, *, guidance_live: bool, curve: ExpectedCurve | None
+    ) -> PolicySettings:
+        """The settings a run with ``params`` starts with."""
+        return cls(
+            quality_threshold=params.quality_threshold,
+            scale_factor=params.scale_factor,
+            cfg_max=params.cfg_max,
+            patience=params.patience,
+            min_steps=params.min_steps,
+            early_stop=params.early_stop,
+            guidance_on=params.cfg > CFG_OFF_AT,
+            guidance_live=guidance_live,
+            curve=curve,
+        )
 
 
 @dataclass(frozen=True)
